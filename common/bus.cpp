@@ -1,0 +1,164 @@
+#include "common/bus.h"
+
+#include <hiredis/hiredis.h>
+
+#include "common/errors.h"
+
+namespace strata {
+
+namespace {
+RedisReply Convert(const redisReply* r) {
+  RedisReply out;
+  if (!r) return out;
+  switch (r->type) {
+    case REDIS_REPLY_STRING:
+      out.type = RedisReply::kString;
+      out.str.assign(r->str, r->len);
+      break;
+    case REDIS_REPLY_STATUS:
+      out.type = RedisReply::kStatus;
+      out.str.assign(r->str, r->len);
+      break;
+    case REDIS_REPLY_INTEGER:
+      out.type = RedisReply::kInteger;
+      out.integer = r->integer;
+      break;
+    case REDIS_REPLY_ARRAY:
+      out.type = RedisReply::kArray;
+      out.elements.reserve(r->elements);
+      for (size_t i = 0; i < r->elements; ++i) out.elements.push_back(Convert(r->element[i]));
+      break;
+    default:
+      break;
+  }
+  return out;
+}
+}  // namespace
+
+RedisClient::RedisClient(std::string url, int timeout_ms) : timeout_ms_(timeout_ms) {
+  // redis://host:port[/db]; Config validated the shape already.
+  std::string rest = url.rfind("redis://", 0) == 0 ? url.substr(8) : url;
+  rest = rest.substr(0, rest.find('/'));
+  const auto colon = rest.rfind(':');
+  host_ = rest.substr(0, colon);
+  if (colon != std::string::npos) port_ = std::stoi(rest.substr(colon + 1));
+}
+
+RedisClient::~RedisClient() {
+  if (ctx_) redisFree(ctx_);
+}
+
+void RedisClient::ConnectLocked() {
+  if (ctx_) return;
+  timeval tv{timeout_ms_ / 1000, (timeout_ms_ % 1000) * 1000};
+  redisContext* c = redisConnectWithTimeout(host_.c_str(), port_, tv);
+  if (!c || c->err) {
+    const std::string why = c ? c->errstr : "out of memory";
+    if (c) redisFree(c);
+    throw EnvError("redis " + host_ + ":" + std::to_string(port_) + ": " + why);
+  }
+  // Blocking reads (XREADGROUP BLOCK) must not hit the socket timeout: allow block + slack.
+  timeval rtv{timeout_ms_ / 1000 + 30, 0};
+  redisSetTimeout(c, rtv);
+  ctx_ = c;
+}
+
+RedisReply RedisClient::Command(const std::vector<std::string>& argv) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ConnectLocked();
+  std::vector<const char*> args;
+  std::vector<size_t> lens;
+  args.reserve(argv.size());
+  lens.reserve(argv.size());
+  for (const auto& a : argv) {
+    args.push_back(a.data());
+    lens.push_back(a.size());
+  }
+  auto* r = static_cast<redisReply*>(
+      redisCommandArgv(ctx_, static_cast<int>(argv.size()), args.data(), lens.data()));
+  if (!r) {
+    const std::string why = ctx_->errstr;
+    redisFree(ctx_);
+    ctx_ = nullptr;
+    throw EnvError("redis " + host_ + ":" + std::to_string(port_) + " " + argv[0] + ": " + why);
+  }
+  if (r->type == REDIS_REPLY_ERROR) {
+    const std::string why(r->str, r->len);
+    freeReplyObject(r);
+    throw EnvError("redis " + argv[0] + ": " + why);
+  }
+  RedisReply out = Convert(r);
+  freeReplyObject(r);
+  return out;
+}
+
+bool RedisClient::Ping() {
+  try {
+    return Command({"PING"}).str == "PONG";
+  } catch (const EnvError&) {
+    return false;
+  }
+}
+
+std::vector<StreamEntry> ParseEntries(const RedisReply& entries) {
+  std::vector<StreamEntry> out;
+  for (const auto& e : entries.elements) {
+    if (e.elements.size() < 2) continue;  // deleted entry (nil fields) in a claim reply
+    StreamEntry se;
+    se.id = e.elements[0].str;
+    const auto& kv = e.elements[1].elements;
+    for (size_t i = 0; i + 1 < kv.size(); i += 2) se.fields[kv[i].str] = kv[i + 1].str;
+    out.push_back(std::move(se));
+  }
+  return out;
+}
+
+Bus::Bus(const std::string& redis_url, int timeout_ms) : client_(redis_url, timeout_ms) {}
+
+std::string Bus::Add(const std::string& stream, const std::map<std::string, std::string>& fields) {
+  std::vector<std::string> argv{"XADD", stream, "*"};
+  for (const auto& [k, v] : fields) {
+    argv.push_back(k);
+    argv.push_back(v);
+  }
+  return client_.Command(argv).str;
+}
+
+void Bus::EnsureGroup(const std::string& stream, const std::string& group) {
+  try {
+    client_.Command({"XGROUP", "CREATE", stream, group, "0", "MKSTREAM"});
+  } catch (const EnvError& e) {
+    if (std::string(e.what()).find("BUSYGROUP") == std::string::npos) throw;
+  }
+}
+
+std::vector<StreamEntry> Bus::ReadGroup(const std::string& stream, const std::string& group,
+                                        const std::string& consumer, int count, int block_ms) {
+  const RedisReply r = client_.Command({"XREADGROUP", "GROUP", group, consumer, "COUNT",
+                                        std::to_string(count), "BLOCK", std::to_string(block_ms),
+                                        "STREAMS", stream, ">"});
+  if (r.type != RedisReply::kArray || r.elements.empty()) return {};
+  return ParseEntries(r.elements[0].elements.at(1));
+}
+
+std::vector<StreamEntry> Bus::AutoClaim(const std::string& stream, const std::string& group,
+                                        const std::string& consumer, long long min_idle_ms,
+                                        int count) {
+  const RedisReply r = client_.Command({"XAUTOCLAIM", stream, group, consumer,
+                                        std::to_string(min_idle_ms), "0", "COUNT",
+                                        std::to_string(count)});
+  if (r.type != RedisReply::kArray || r.elements.size() < 2) return {};
+  return ParseEntries(r.elements[1]);
+}
+
+void Bus::Ack(const std::string& stream, const std::string& group, const std::string& id) {
+  client_.Command({"XACK", stream, group, id});
+}
+
+void Bus::Delete(const std::string& stream, const std::string& id) {
+  client_.Command({"XDEL", stream, id});
+}
+
+long long Bus::Length(const std::string& stream) { return client_.Command({"XLEN", stream}).integer; }
+
+}  // namespace strata

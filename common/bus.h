@@ -1,0 +1,88 @@
+// The message bus: Redis Streams through hiredis.
+//
+// Streams:
+//   strata:batches     record batches (protobuf Batch in field "batch"); group "lake-export"
+//   strata:events      progress facts (protobuf Event in field "event"); group "controller"
+//   strata:deadletter  records that could not be ingested: dataset, ds, run_id, reason,
+//                      position, record
+// Delivery is at-least-once: a consumer acks an entry only after its output is durable and
+// reclaims (XAUTOCLAIM) entries a dead consumer left pending.
+//
+// A RedisClient is one connection guarded by a mutex: cheap calls may share it, but a
+// consumer that blocks in XREADGROUP should own its client. Connection failures throw EnvError
+// and the next call reconnects.
+#pragma once
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+struct redisContext;
+
+namespace strata {
+
+inline constexpr const char* kBatchStream = "strata:batches";
+inline constexpr const char* kEventStream = "strata:events";
+inline constexpr const char* kDeadLetterStream = "strata:deadletter";
+inline constexpr const char* kPublishVersionKey = "strata:publish_version";
+
+struct RedisReply {
+  enum Type { kNil, kString, kInteger, kArray, kStatus } type = kNil;
+  std::string str;
+  long long integer = 0;
+  std::vector<RedisReply> elements;
+};
+
+class RedisClient {
+ public:
+  explicit RedisClient(std::string url, int timeout_ms = 5000);
+  ~RedisClient();
+  RedisClient(const RedisClient&) = delete;
+  RedisClient& operator=(const RedisClient&) = delete;
+
+  // Runs one command. Error replies throw EnvError carrying Redis's message.
+  RedisReply Command(const std::vector<std::string>& argv);
+  // True if PING succeeds (never throws).
+  bool Ping();
+
+ private:
+  void ConnectLocked();
+  std::string host_;
+  int port_ = 6379;
+  int timeout_ms_;
+  std::mutex mu_;
+  redisContext* ctx_ = nullptr;
+};
+
+struct StreamEntry {
+  std::string id;
+  std::map<std::string, std::string> fields;
+};
+
+class Bus {
+ public:
+  explicit Bus(const std::string& redis_url, int timeout_ms = 5000);
+
+  std::string Add(const std::string& stream, const std::map<std::string, std::string>& fields);
+  // XGROUP CREATE ... MKSTREAM from the stream's start; an existing group is fine.
+  void EnsureGroup(const std::string& stream, const std::string& group);
+  std::vector<StreamEntry> ReadGroup(const std::string& stream, const std::string& group,
+                                     const std::string& consumer, int count, int block_ms);
+  // Takes over entries pending longer than min_idle_ms in the group (a dead consumer's work).
+  std::vector<StreamEntry> AutoClaim(const std::string& stream, const std::string& group,
+                                     const std::string& consumer, long long min_idle_ms, int count);
+  void Ack(const std::string& stream, const std::string& group, const std::string& id);
+  void Delete(const std::string& stream, const std::string& id);
+  long long Length(const std::string& stream);
+
+  RedisClient& client() { return client_; }
+
+ private:
+  RedisClient client_;
+};
+
+// Parses the entries of an XREADGROUP/XRANGE-style array reply.
+std::vector<StreamEntry> ParseEntries(const RedisReply& entries);
+
+}  // namespace strata

@@ -1,0 +1,172 @@
+#include "common/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "common/errors.h"
+
+namespace strata {
+
+namespace {
+
+const std::map<std::string, Endpoint>& DefaultEndpoints() {
+  static const std::map<std::string, Endpoint> kDefaults = {
+      {"ingest", {"127.0.0.1:50051", "127.0.0.1:9101", ""}},
+      {"lake_export", {"127.0.0.1:50052", "127.0.0.1:9102", ""}},
+      {"warehouse_loader", {"127.0.0.1:50053", "127.0.0.1:9103", ""}},
+      {"quality", {"127.0.0.1:50054", "127.0.0.1:9104", ""}},
+      {"query", {"127.0.0.1:50055", "127.0.0.1:9105", "127.0.0.1:8085"}},
+      {"controller", {"127.0.0.1:50056", "127.0.0.1:9106", ""}},
+  };
+  return kDefaults;
+}
+
+std::string Upper(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
+  return s;
+}
+
+std::string Scalar(const YAML::Node& n, const std::string& path) {
+  if (!n.IsScalar()) throw InputError("config " + path + ": expected a string value");
+  return n.as<std::string>();
+}
+
+int PositiveInt(const std::string& text, const std::string& path) {
+  try {
+    size_t used = 0;
+    const int v = std::stoi(text, &used);
+    if (used == text.size() && v > 0) return v;
+  } catch (const std::exception&) {
+  }
+  throw InputError("config " + path + ": expected a positive integer, got \"" + text + "\"");
+}
+
+}  // namespace
+
+const std::vector<std::string>& ServiceNames() {
+  static const std::vector<std::string> kNames = {"ingest",  "lake_export", "warehouse_loader",
+                                                  "quality", "query",       "controller"};
+  return kNames;
+}
+
+const Endpoint& Config::endpoint(const std::string& service) const {
+  auto it = services.find(service);
+  if (it == services.end()) throw InputError("config services: unknown service '" + service + "'");
+  return it->second;
+}
+
+void ValidateHostPort(const std::string& value, const std::string& what) {
+  const auto colon = value.rfind(':');
+  bool ok = colon != std::string::npos && colon > 0 && colon + 1 < value.size();
+  if (ok) {
+    const std::string port = value.substr(colon + 1);
+    ok = std::all_of(port.begin(), port.end(), [](unsigned char c) { return std::isdigit(c); }) &&
+         port.size() <= 5 && std::stoi(port) > 0 && std::stoi(port) < 65536;
+  }
+  if (!ok) throw InputError(what + ": expected host:port, got \"" + value + "\"");
+}
+
+Config ParseConfig(const std::string& yaml_text, const std::string& origin, const EnvLookup& env) {
+  Config c;
+  c.services = DefaultEndpoints();
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    throw InputError("config " + origin + ": not valid YAML: " + e.what());
+  }
+  if (root && !root.IsNull()) {
+    if (!root.IsMap()) throw InputError("config " + origin + ": top level must be a mapping");
+    for (const auto& kv : root) {
+      const std::string key = kv.first.as<std::string>();
+      const std::string path = origin + ":" + key;
+      if (key == "warehouse_dsn") c.warehouse_dsn = Scalar(kv.second, path);
+      else if (key == "source_dsn") c.source_dsn = Scalar(kv.second, path);
+      else if (key == "redis_url") c.redis_url = Scalar(kv.second, path);
+      else if (key == "lake_root") c.lake_root = Scalar(kv.second, path);
+      else if (key == "pipeline_spec") c.pipeline_spec = Scalar(kv.second, path);
+      else if (key == "webhook_url") c.webhook_url = Scalar(kv.second, path);
+      else if (key == "source_http") c.source_http = Scalar(kv.second, path);
+      else if (key == "batch_rows") c.batch_rows = PositiveInt(Scalar(kv.second, path), path);
+      else if (key == "query_cache_ttl_seconds")
+        c.query_cache_ttl_seconds = PositiveInt(Scalar(kv.second, path), path);
+      else if (key == "task_timeout_seconds")
+        c.task_timeout_seconds = PositiveInt(Scalar(kv.second, path), path);
+      else if (key == "services") {
+        if (!kv.second.IsMap()) throw InputError("config " + path + ": expected a mapping");
+        for (const auto& svc : kv.second) {
+          const std::string name = svc.first.as<std::string>();
+          const std::string spath = path + "." + name;
+          auto it = c.services.find(name);
+          if (it == c.services.end())
+            throw InputError("config " + spath + ": unknown service (known: ingest, lake_export, "
+                             "warehouse_loader, quality, query, controller)");
+          if (!svc.second.IsMap()) throw InputError("config " + spath + ": expected a mapping");
+          for (const auto& f : svc.second) {
+            const std::string fk = f.first.as<std::string>();
+            const std::string fpath = spath + "." + fk;
+            if (fk == "grpc") it->second.grpc = Scalar(f.second, fpath);
+            else if (fk == "metrics") it->second.metrics = Scalar(f.second, fpath);
+            else if (fk == "http") it->second.http = Scalar(f.second, fpath);
+            else throw InputError("config " + fpath + ": unknown key (known: grpc, metrics, http)");
+          }
+        }
+      } else {
+        throw InputError("config " + path + ": unknown key");
+      }
+    }
+  }
+
+  auto override_str = [&](const char* var, std::string& field) {
+    if (const char* v = env(var)) field = v;
+  };
+  override_str("STRATA_PG_DSN", c.warehouse_dsn);
+  override_str("STRATA_SOURCE_DSN", c.source_dsn);
+  override_str("STRATA_REDIS_URL", c.redis_url);
+  override_str("STRATA_LAKE_ROOT", c.lake_root);
+  override_str("STRATA_PIPELINE_SPEC", c.pipeline_spec);
+  override_str("STRATA_WEBHOOK_URL", c.webhook_url);
+  override_str("STRATA_SOURCE_HTTP", c.source_http);
+  if (const char* v = env("STRATA_BATCH_ROWS")) c.batch_rows = PositiveInt(v, "STRATA_BATCH_ROWS");
+  for (auto& [name, ep] : c.services) {
+    const std::string prefix = "STRATA_" + Upper(name) + "_";
+    override_str((prefix + "GRPC").c_str(), ep.grpc);
+    override_str((prefix + "METRICS").c_str(), ep.metrics);
+    override_str((prefix + "HTTP").c_str(), ep.http);
+  }
+
+  // Validation after overrides: the effective values are what must be right.
+  if (c.redis_url.rfind("redis://", 0) != 0)
+    throw InputError("config redis_url (or STRATA_REDIS_URL): expected redis://host:port, got \"" +
+                     c.redis_url + "\"");
+  ValidateHostPort(c.redis_url.substr(8, c.redis_url.find('/', 8) - 8),
+                   "config redis_url (or STRATA_REDIS_URL)");
+  if (c.lake_root.empty()) throw InputError("config lake_root (or STRATA_LAKE_ROOT): must not be empty");
+  for (const auto& [name, ep] : c.services) {
+    ValidateHostPort(ep.grpc, "config services." + name + ".grpc");
+    ValidateHostPort(ep.metrics, "config services." + name + ".metrics");
+    if (!ep.http.empty()) ValidateHostPort(ep.http, "config services." + name + ".http");
+  }
+  return c;
+}
+
+Config LoadConfig(const std::string& path) {
+  std::string text;
+  if (!path.empty()) {
+    std::ifstream in(path);
+    if (!in) throw InputError("config " + path + ": cannot open file");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+  }
+  return ParseConfig(text, path.empty() ? "<defaults>" : path,
+                     [](const char* var) { return std::getenv(var); });
+}
+
+}  // namespace strata

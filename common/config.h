@@ -1,0 +1,55 @@
+// Service configuration: one YAML file shared by the suite (config/strata.yaml), overridden by
+// environment variables. Validated completely at start-up: an unknown key, a missing value or a
+// malformed address throws InputError naming the key's path, so a service never starts half
+// configured.
+//
+// Environment overrides (win over the file):
+//   STRATA_PG_DSN, STRATA_SOURCE_DSN, STRATA_REDIS_URL, STRATA_LAKE_ROOT, STRATA_PIPELINE_SPEC,
+//   STRATA_WEBHOOK_URL, STRATA_SOURCE_HTTP, STRATA_BATCH_ROWS,
+//   STRATA_<SERVICE>_GRPC and STRATA_<SERVICE>_METRICS (host:port) for
+//   INGEST, LAKE_EXPORT, WAREHOUSE_LOADER, QUALITY, QUERY, CONTROLLER.
+#pragma once
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace strata {
+
+struct Endpoint {
+  std::string grpc;     // host:port the gRPC server listens on / clients dial
+  std::string metrics;  // host:port of the Prometheus /metrics listener
+  std::string http;     // optional extra HTTP listener (query gateway)
+};
+
+struct Config {
+  std::string warehouse_dsn;
+  std::string source_dsn;
+  std::string redis_url = "redis://127.0.0.1:6379";
+  std::string lake_root = ".strata/lake";
+  std::string pipeline_spec = "pipelines/demo.yaml";
+  std::string webhook_url;  // empty: alerts are logged only
+  std::string source_http = "http://127.0.0.1:8089";
+  int batch_rows = 5000;
+  int query_cache_ttl_seconds = 300;
+  int task_timeout_seconds = 900;
+  std::map<std::string, Endpoint> services;
+
+  // The endpoint of a known service; throws InputError for an unknown name.
+  const Endpoint& endpoint(const std::string& service) const;
+};
+
+// The services every config knows about, in DAG order.
+const std::vector<std::string>& ServiceNames();
+
+using EnvLookup = std::function<const char*(const char*)>;
+
+// Parses YAML text (may be empty) then applies env overrides. `origin` names the file in errors.
+Config ParseConfig(const std::string& yaml_text, const std::string& origin, const EnvLookup& env);
+// Reads `path` (empty: no file, defaults + env only) with the process environment.
+Config LoadConfig(const std::string& path);
+
+// host:port check used for every address; throws InputError naming `what`.
+void ValidateHostPort(const std::string& value, const std::string& what);
+
+}  // namespace strata

@@ -1,0 +1,106 @@
+#include "common/lake.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "common/errors.h"
+
+namespace strata {
+
+namespace fs = std::filesystem;
+
+std::string PartitionDir(const std::string& root, const std::string& layer,
+                         const std::string& dataset, const std::string& ds) {
+  return root + "/" + layer + "/" + dataset + "/dt=" + ds;
+}
+
+std::string ManifestPath(const std::string& dir) { return dir + "/_manifest.json"; }
+
+std::string ManifestToJson(const Manifest& m) {
+  nlohmann::json j;
+  j["dataset"] = m.dataset;
+  j["ds"] = m.ds;
+  j["run_id"] = m.run_id;
+  j["layer"] = m.layer;
+  j["format"] = m.format;
+  j["columns"] = m.columns;
+  j["rows"] = m.rows;
+  j["committed_at"] = m.committed_at;
+  j["files"] = nlohmann::json::array();
+  for (const auto& f : m.files)
+    j["files"].push_back({{"path", f.path}, {"rows", f.rows}, {"bytes", f.bytes}, {"crc32", f.crc32}});
+  return j.dump(2) + "\n";
+}
+
+Manifest ManifestFromJson(const std::string& text, const std::string& origin) {
+  try {
+    const auto j = nlohmann::json::parse(text);
+    Manifest m;
+    m.dataset = j.at("dataset").get<std::string>();
+    m.ds = j.at("ds").get<std::string>();
+    m.run_id = j.at("run_id").get<std::string>();
+    m.layer = j.at("layer").get<std::string>();
+    m.format = j.at("format").get<std::string>();
+    m.columns = j.at("columns").get<std::vector<std::string>>();
+    m.rows = j.at("rows").get<int64_t>();
+    m.committed_at = j.value("committed_at", "");
+    for (const auto& f : j.at("files"))
+      m.files.push_back({f.at("path").get<std::string>(), f.at("rows").get<int64_t>(),
+                         f.at("bytes").get<int64_t>(), f.at("crc32").get<uint32_t>()});
+    return m;
+  } catch (const std::exception& e) {
+    throw InputError("manifest " + origin + ": " + e.what());
+  }
+}
+
+std::optional<Manifest> ReadManifest(const std::string& dir) {
+  const std::string path = ManifestPath(dir);
+  std::ifstream in(path);
+  if (!in) return std::nullopt;
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ManifestFromJson(ss.str(), path);
+}
+
+void WriteFileAtomic(const std::string& path, const std::string& data) {
+  const fs::path target(path);
+  std::error_code ec;
+  fs::create_directories(target.parent_path(), ec);
+  if (ec) throw EnvError("mkdir " + target.parent_path().string() + ": " + ec.message());
+  const std::string tmp = path + ".tmp." + std::to_string(getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) throw EnvError("open " + tmp + ": " + std::strerror(errno));
+  size_t off = 0;
+  while (off < data.size()) {
+    const ssize_t n = ::write(fd, data.data() + off, data.size() - off);
+    if (n < 0) {
+      const int err = errno;
+      ::close(fd);
+      throw EnvError("write " + tmp + ": " + std::strerror(err));
+    }
+    off += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) throw EnvError("fsync " + tmp + ": " + std::strerror(errno));
+  if (::rename(tmp.c_str(), path.c_str()) != 0)
+    throw EnvError("rename " + tmp + " -> " + path + ": " + std::strerror(errno));
+  const int dfd = ::open(target.parent_path().c_str(), O_RDONLY | O_DIRECTORY);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+uint32_t Crc32(const std::string& data) {
+  return static_cast<uint32_t>(
+      ::crc32(0L, reinterpret_cast<const Bytef*>(data.data()), static_cast<uInt>(data.size())));
+}
+
+}  // namespace strata

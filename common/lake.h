@@ -1,0 +1,47 @@
+// The lake's on-disk contract, shared by lake-export (writer), warehouse-loader and quality
+// (readers).
+//
+//   <root>/<layer>/<dataset>/dt=<ds>/run=<run_id>/part-00000.csv   data files of one run
+//   <root>/<layer>/<dataset>/dt=<ds>/_manifest.json                 the commit
+//
+// A partition is visible only through its manifest, written by atomic rename, so a reader sees
+// the old partition or the new one, never half of either. Files of older runs are removed
+// only after the new manifest is durable.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace strata {
+
+struct ManifestFile {
+  std::string path;  // relative to the partition dir
+  int64_t rows = 0;
+  int64_t bytes = 0;
+  uint32_t crc32 = 0;
+};
+
+struct Manifest {
+  std::string dataset, ds, run_id, layer = "bronze", format = "csv";
+  std::vector<std::string> columns;  // data columns, after the _ds,_run_id lineage columns
+  std::vector<ManifestFile> files;
+  int64_t rows = 0;
+  std::string committed_at;
+};
+
+std::string PartitionDir(const std::string& root, const std::string& layer,
+                         const std::string& dataset, const std::string& ds);
+std::string ManifestPath(const std::string& partition_dir);
+
+std::string ManifestToJson(const Manifest& m);
+// Throws InputError naming `origin` when the manifest is malformed.
+Manifest ManifestFromJson(const std::string& text, const std::string& origin);
+// nullopt when the partition has no committed manifest.
+std::optional<Manifest> ReadManifest(const std::string& partition_dir);
+
+// Writes via a temp file, fsync, rename and directory fsync. Throws EnvError.
+void WriteFileAtomic(const std::string& path, const std::string& data);
+uint32_t Crc32(const std::string& data);
+
+}  // namespace strata

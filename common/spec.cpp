@@ -1,0 +1,241 @@
+#include "common/spec.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "common/errors.h"
+
+namespace strata {
+
+namespace {
+
+const std::regex kIdent("^[a-z_][a-z0-9_]*$");
+const std::regex kQualified("^[a-z_][a-z0-9_]*\\.[a-z_][a-z0-9_]*$");
+
+[[noreturn]] void Fail(const std::string& path, const std::string& what) {
+  throw InputError(path + ": " + what);
+}
+
+std::string Str(const YAML::Node& n, const std::string& path) {
+  if (!n || !n.IsScalar()) Fail(path, "expected a string");
+  return n.as<std::string>();
+}
+
+std::vector<std::string> StrList(const YAML::Node& n, const std::string& path) {
+  std::vector<std::string> out;
+  if (n.IsScalar()) return {n.as<std::string>()};
+  if (!n.IsSequence()) Fail(path, "expected a list of strings");
+  for (size_t i = 0; i < n.size(); ++i) out.push_back(Str(n[i], path + "[" + std::to_string(i) + "]"));
+  return out;
+}
+
+void OnlyKeys(const YAML::Node& n, const std::string& path, const std::set<std::string>& allowed) {
+  if (!n.IsMap()) Fail(path, "expected a mapping");
+  for (const auto& kv : n) {
+    const std::string k = kv.first.as<std::string>();
+    if (!allowed.count(k)) {
+      std::string known;
+      for (const auto& a : allowed) known += (known.empty() ? "" : ", ") + a;
+      Fail(path + "." + k, "unknown key (known: " + known + ")");
+    }
+  }
+}
+
+ColumnType ParseType(const std::string& t, const std::string& path) {
+  if (t == "int") return ColumnType::kInt;
+  if (t == "float") return ColumnType::kFloat;
+  if (t == "text") return ColumnType::kText;
+  if (t == "timestamp") return ColumnType::kTimestamp;
+  if (t == "date") return ColumnType::kDate;
+  if (t == "bool") return ColumnType::kBool;
+  Fail(path, "unknown type '" + t + "' (known: int, float, text, timestamp, date, bool)");
+}
+
+void CheckIdent(const std::string& v, const std::string& path) {
+  if (!std::regex_match(v, kIdent)) Fail(path, "'" + v + "' is not a lower-case identifier");
+}
+
+void CheckQualified(const std::string& v, const std::string& path) {
+  if (!std::regex_match(v, kQualified)) Fail(path, "'" + v + "' is not schema.table");
+}
+
+}  // namespace
+
+const char* ColumnTypeName(ColumnType t) {
+  switch (t) {
+    case ColumnType::kInt: return "int";
+    case ColumnType::kFloat: return "float";
+    case ColumnType::kText: return "text";
+    case ColumnType::kTimestamp: return "timestamp";
+    case ColumnType::kDate: return "date";
+    case ColumnType::kBool: return "bool";
+  }
+  return "text";
+}
+
+const char* PgTypeName(ColumnType t) {
+  switch (t) {
+    case ColumnType::kInt: return "bigint";
+    case ColumnType::kFloat: return "double precision";
+    case ColumnType::kText: return "text";
+    case ColumnType::kTimestamp: return "timestamptz";
+    case ColumnType::kDate: return "date";
+    case ColumnType::kBool: return "boolean";
+  }
+  return "text";
+}
+
+int DatasetSpec::ColumnIndex(const std::string& n) const {
+  for (size_t i = 0; i < columns.size(); ++i)
+    if (columns[i].name == n) return static_cast<int>(i);
+  return -1;
+}
+
+const DatasetSpec* PipelineSpec::Find(const std::string& dataset) const {
+  for (const auto& d : datasets)
+    if (d.name == dataset) return &d;
+  return nullptr;
+}
+
+PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origin) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::Exception& e) {
+    Fail(origin, std::string("not valid YAML: ") + e.what());
+  }
+  OnlyKeys(root, origin, {"pipeline", "datasets", "models", "checks"});
+  PipelineSpec spec;
+  spec.name = Str(root["pipeline"], origin + ":pipeline");
+  CheckIdent(spec.name, origin + ":pipeline");
+
+  const YAML::Node ds = root["datasets"];
+  if (!ds || !ds.IsSequence() || ds.size() == 0) Fail(origin + ":datasets", "expected a non-empty list");
+  std::set<std::string> names;
+  for (size_t i = 0; i < ds.size(); ++i) {
+    const std::string path = origin + ":datasets[" + std::to_string(i) + "]";
+    const YAML::Node d = ds[i];
+    OnlyKeys(d, path, {"name", "source", "key", "columns"});
+    DatasetSpec dataset;
+    dataset.name = Str(d["name"], path + ".name");
+    CheckIdent(dataset.name, path + ".name");
+    if (!names.insert(dataset.name).second) Fail(path + ".name", "duplicate dataset '" + dataset.name + "'");
+
+    const YAML::Node s = d["source"];
+    if (!s) Fail(path + ".source", "missing");
+    OnlyKeys(s, path + ".source",
+             {"type", "table", "cursor", "path", "date_param", "records", "table_id"});
+    SourceSpec& src = dataset.source;
+    src.type = Str(s["type"], path + ".source.type");
+    auto opt = [&](const char* key, std::string& field) {
+      if (s[key]) field = Str(s[key], path + ".source." + key);
+    };
+    opt("table", src.table);
+    opt("cursor", src.cursor);
+    opt("path", src.path);
+    opt("date_param", src.date_param);
+    opt("records", src.records);
+    opt("table_id", src.table_id);
+    if (src.type == "postgres") {
+      CheckQualified(src.table, path + ".source.table");
+      CheckIdent(src.cursor, path + ".source.cursor");
+    } else if (src.type == "http_json") {
+      if (src.path.empty() || src.path[0] != '/') Fail(path + ".source.path", "expected a path starting with /");
+    } else if (src.type == "html_table") {
+      if (src.path.empty() || src.path[0] != '/') Fail(path + ".source.path", "expected a path starting with /");
+      if (src.table_id.empty()) Fail(path + ".source.table_id", "missing");
+    } else {
+      Fail(path + ".source.type", "unknown source type '" + src.type +
+                                      "' (known: postgres, http_json, html_table)");
+    }
+
+    const YAML::Node cols = d["columns"];
+    if (!cols || !cols.IsSequence() || cols.size() == 0) Fail(path + ".columns", "expected a non-empty list");
+    for (size_t c = 0; c < cols.size(); ++c) {
+      const std::string cpath = path + ".columns[" + std::to_string(c) + "]";
+      OnlyKeys(cols[c], cpath, {"name", "type", "header"});
+      Column col;
+      col.name = Str(cols[c]["name"], cpath + ".name");
+      CheckIdent(col.name, cpath + ".name");
+      if (col.name == "ds" || col.name == "run_id") Fail(cpath + ".name", "'" + col.name + "' is reserved");
+      col.type = ParseType(Str(cols[c]["type"], cpath + ".type"), cpath + ".type");
+      if (cols[c]["header"]) col.header = Str(cols[c]["header"], cpath + ".header");
+      if (dataset.ColumnIndex(col.name) >= 0) Fail(cpath + ".name", "duplicate column '" + col.name + "'");
+      dataset.columns.push_back(col);
+    }
+    if (d["key"]) dataset.key = StrList(d["key"], path + ".key");
+    for (const auto& k : dataset.key)
+      if (dataset.ColumnIndex(k) < 0) Fail(path + ".key", "key column '" + k + "' is not a declared column");
+    if (src.type == "postgres" && dataset.ColumnIndex(src.cursor) < 0)
+      Fail(path + ".source.cursor", "cursor column '" + src.cursor + "' is not a declared column");
+    spec.datasets.push_back(std::move(dataset));
+  }
+
+  if (root["models"]) spec.models = StrList(root["models"], origin + ":models");
+
+  if (root["checks"]) {
+    const YAML::Node cs = root["checks"];
+    if (!cs.IsSequence()) Fail(origin + ":checks", "expected a list");
+    std::set<std::string> check_names;
+    for (size_t i = 0; i < cs.size(); ++i) {
+      const std::string path = origin + ":checks[" + std::to_string(i) + "]";
+      OnlyKeys(cs[i], path, {"name", "kind", "severity", "table", "column", "columns", "to", "values"});
+      CheckSpec c;
+      c.kind = Str(cs[i]["kind"], path + ".kind");
+      c.severity = cs[i]["severity"] ? Str(cs[i]["severity"], path + ".severity") : "error";
+      if (c.severity != "error" && c.severity != "warn")
+        Fail(path + ".severity", "expected error or warn, got '" + c.severity + "'");
+      if (cs[i]["table"]) {
+        c.table = Str(cs[i]["table"], path + ".table");
+        CheckQualified(c.table, path + ".table");
+      }
+      if (cs[i]["column"]) c.columns = {Str(cs[i]["column"], path + ".column")};
+      if (cs[i]["columns"]) c.columns = StrList(cs[i]["columns"], path + ".columns");
+      for (const auto& col : c.columns) CheckIdent(col, path + ".columns");
+      if (cs[i]["values"]) c.values = StrList(cs[i]["values"], path + ".values");
+      const bool needs_table = c.kind == "not_null" || c.kind == "unique" ||
+                               c.kind == "relationships" || c.kind == "accepted_values";
+      if (needs_table && (c.table.empty() || c.columns.empty()))
+        Fail(path, "check kind '" + c.kind + "' needs table and column(s)");
+      if (c.kind == "relationships") {
+        const std::string to = Str(cs[i]["to"], path + ".to");
+        const auto dot = to.rfind('.');
+        if (dot == std::string::npos) Fail(path + ".to", "expected schema.table.column");
+        c.to_table = to.substr(0, dot);
+        c.to_column = to.substr(dot + 1);
+        CheckQualified(c.to_table, path + ".to");
+        CheckIdent(c.to_column, path + ".to");
+      } else if (c.kind == "accepted_values") {
+        if (c.values.empty()) Fail(path + ".values", "accepted_values needs a non-empty list");
+      } else if (c.kind != "not_null" && c.kind != "unique" && c.kind != "reconciliation" &&
+                 c.kind != "dead_letters") {
+        Fail(path + ".kind", "unknown check kind '" + c.kind +
+                                 "' (known: not_null, unique, relationships, accepted_values, "
+                                 "reconciliation, dead_letters)");
+      }
+      c.name = cs[i]["name"] ? Str(cs[i]["name"], path + ".name") : "";
+      if (c.name.empty()) {
+        c.name = c.kind;
+        if (!c.table.empty()) c.name += ":" + c.table;
+        for (const auto& col : c.columns) c.name += (col == c.columns.front() ? "." : "+") + col;
+      }
+      if (!check_names.insert(c.name).second) Fail(path + ".name", "duplicate check '" + c.name + "'");
+      spec.checks.push_back(c);
+    }
+  }
+  return spec;
+}
+
+PipelineSpec LoadPipelineSpec(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw InputError(path + ": cannot open pipeline spec");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ParsePipelineSpec(ss.str(), path);
+}
+
+}  // namespace strata

@@ -1,0 +1,67 @@
+// The pipeline spec (pipelines/*.yaml): datasets with their sources, keys and typed columns,
+// the models to build and the checks to run. Parsing validates everything up front and throws
+// InputError naming the file and key path ("pipelines/demo.yaml: datasets[2].columns.rating:
+// unknown type 'decimal'").
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+namespace strata {
+
+enum class ColumnType { kInt, kFloat, kText, kTimestamp, kDate, kBool };
+
+const char* ColumnTypeName(ColumnType t);
+// The PostgreSQL type a column of this type is staged as.
+const char* PgTypeName(ColumnType t);
+
+struct Column {
+  std::string name;
+  ColumnType type = ColumnType::kText;
+  std::string header;  // html_table / census: the header text that maps to this column
+};
+
+struct SourceSpec {
+  std::string type;  // postgres | http_json | html_table
+  // postgres: incremental extraction of rows whose `cursor` falls within the logical day.
+  std::string table;
+  std::string cursor;
+  // http_json: GET <source_http><path>?<date_param>=<ds>&page=N, records under `records`.
+  std::string path;
+  std::string date_param = "date";
+  std::string records = "records";
+  // html_table: the <table id=...> on the page at `path`.
+  std::string table_id;
+};
+
+struct DatasetSpec {
+  std::string name;
+  SourceSpec source;
+  std::vector<std::string> key;
+  std::vector<Column> columns;
+  int ColumnIndex(const std::string& name) const;  // -1 if absent
+};
+
+struct CheckSpec {
+  std::string name;
+  std::string kind;      // not_null | unique | relationships | accepted_values | reconciliation | dead_letters
+  std::string severity;  // error | warn
+  std::string table;
+  std::vector<std::string> columns;
+  std::string to_table;   // relationships
+  std::string to_column;  // relationships
+  std::vector<std::string> values;  // accepted_values
+};
+
+struct PipelineSpec {
+  std::string name;
+  std::vector<DatasetSpec> datasets;
+  std::vector<std::string> models;
+  std::vector<CheckSpec> checks;
+  const DatasetSpec* Find(const std::string& dataset) const;
+};
+
+PipelineSpec ParsePipelineSpec(const std::string& yaml_text, const std::string& origin);
+PipelineSpec LoadPipelineSpec(const std::string& path);
+
+}  // namespace strata

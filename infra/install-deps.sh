@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything strata needs to build, test and run the demo on Debian 12.
+# Idempotent: packages already present are skipped, so a warm machine pays ~1 s.
+set -euo pipefail
+
+PKGS=(
+  build-essential cmake pkg-config ccache git
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libpqxx-dev libpq-dev libhiredis-dev libcurl4-openssl-dev prometheus-cpp-dev
+  libyaml-cpp-dev libgumbo-dev libcli11-dev libspdlog-dev libfmt-dev libzstd-dev
+  nlohmann-json3-dev libcpp-httplib-dev libssl-dev zlib1g-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  postgresql-15 postgresql-client-15 redis-server redis-tools
+  prometheus docker-compose python3-grpcio python3-protobuf python3-psycopg2 curl
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#PKGS[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The Debian packages start system-wide daemons; strata runs its own private ones.
+$SUDO systemctl disable --now redis-server prometheus postgresql >/dev/null 2>&1 || true
+echo "install-deps: done"

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Runs the whole strata suite as local processes: a private PostgreSQL 15 and Redis 7 on free
+# loopback ports, the source simulator, and every service. Used by `make up/down/demo` and by
+# the test fixture.
+#
+#   infra/stack.sh up   --dir DIR --bin BIN_DIR [--start 2024-01-01] [--seed 42]
+#   infra/stack.sh down --dir DIR
+#
+# `up` writes DIR/env (shell-sourceable): STRATA_PG_DSN, STRATA_SOURCE_DSN, STRATA_REDIS_URL,
+# STRATA_LAKE_ROOT, STRATA_SOURCE_HTTP, STRATA_<SERVICE>_GRPC / _METRICS, ... Logs go to DIR/logs.
+set -euo pipefail
+
+cmd=${1:-}; shift || true
+DIR=""; BIN=""; START=${STRATA_SIM_START:-2024-01-01}; SEED=${STRATA_SIM_SEED:-42}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dir) DIR=$2; shift 2 ;;
+    --bin) BIN=$2; shift 2 ;;
+    --start) START=$2; shift 2 ;;
+    --seed) SEED=$2; shift 2 ;;
+    *) echo "stack.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[ -n "$DIR" ] || { echo "stack.sh: --dir is required" >&2; exit 2; }
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PGBIN=/usr/lib/postgresql/15/bin
+SERVICES="ingest lake_export warehouse_loader quality query controller"
+
+as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+stop_pid() {  # stop_pid FILE: SIGTERM, wait up to 10 s, then SIGKILL
+  local f=$1 pid
+  [ -f "$f" ] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+down() {
+  [ -d "$DIR" ] || return 0
+  for s in controller query quality warehouse_loader lake_export ingest source_sim; do stop_pid "$DIR/run/$s.pid"; done
+  if [ -f "$DIR/env" ]; then
+    # shellcheck disable=SC1091
+    . "$DIR/env"
+    redis-cli -p "$STRATA_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  fi
+  if [ -f "$DIR/pg/data/postmaster.pid" ]; then as_pg "$PGBIN/pg_ctl" -D "$DIR/pg/data" -m fast -w stop >/dev/null || true; fi
+  echo "stack: stopped ($DIR)"
+}
+
+up() {
+  [ -n "$BIN" ] || { echo "stack.sh up: --bin is required" >&2; exit 2; }
+  down >/dev/null 2>&1 || true
+  rm -rf "$DIR"
+  mkdir -p "$DIR"/{run,logs,lake,redis,pg}
+  DIR=$(cd "$DIR" && pwd)
+  local pg_port redis_port sim_port webhook_port
+  pg_port=$(free_port); redis_port=$(free_port); sim_port=$(free_port); webhook_port=$(free_port)
+
+  # PostgreSQL: trust auth on loopback only; wal_level=logical so CDC can use this server too.
+  if [ "$(id -u)" -eq 0 ]; then chown -R postgres:postgres "$DIR/pg"; fi
+  as_pg "$PGBIN/initdb" -D "$DIR/pg/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$DIR/logs/initdb.log"
+  as_pg "$PGBIN/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/postgres.log" -w -t 60 start \
+    -o "-p $pg_port -k $DIR/pg -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null
+  local pg="host=127.0.0.1 port=$pg_port user=postgres"
+  psql "$pg dbname=postgres" -qAtc "CREATE DATABASE warehouse" -c "CREATE DATABASE source" >/dev/null
+
+  redis-server --port "$redis_port" --bind 127.0.0.1 --daemonize yes --dir "$DIR/redis" \
+    --save "" --appendonly no --pidfile "$DIR/run/redis.pid" --logfile "$DIR/logs/redis.log"
+
+  {
+    echo "# strata local stack — source me: . $DIR/env"
+    echo "export STRATA_PG_DSN='$pg dbname=warehouse'"
+    echo "export STRATA_SOURCE_DSN='$pg dbname=source'"
+    echo "export STRATA_PG_ADMIN_DSN='$pg'"
+    echo "export STRATA_PG_PORT=$pg_port"
+    echo "export STRATA_REDIS_URL=redis://127.0.0.1:$redis_port"
+    echo "export STRATA_REDIS_PORT=$redis_port"
+    echo "export STRATA_LAKE_ROOT=$DIR/lake"
+    echo "export STRATA_PIPELINE_SPEC=$ROOT/pipelines/demo.yaml"
+    echo "export STRATA_SOURCE_HTTP=http://127.0.0.1:$sim_port"
+    echo "export STRATA_WEBHOOK_URL=http://127.0.0.1:$webhook_port/hook"
+    echo "export STRATA_WEBHOOK_PORT=$webhook_port"
+    echo "export STRATA_STACK_DIR=$DIR"
+    echo "export STRATA_BIN=$(cd "$BIN" && pwd)"
+    for s in $SERVICES; do
+      S=$(echo "$s" | tr a-z A-Z)
+      echo "export STRATA_${S}_GRPC=127.0.0.1:$(free_port)"
+      echo "export STRATA_${S}_METRICS=127.0.0.1:$(free_port)"
+    done
+    echo "export STRATA_QUERY_HTTP=127.0.0.1:$(free_port)"
+  } >"$DIR/env"
+  # shellcheck disable=SC1091
+  . "$DIR/env"
+
+  "$BIN/strata-source-sim" --seed "$SEED" init --start "$START" >/dev/null
+  "$BIN/strata-source-sim" --seed "$SEED" serve --listen "127.0.0.1:$sim_port" >"$DIR/logs/source_sim.log" 2>&1 &
+  echo $! >"$DIR/run/source_sim.pid"
+
+  local bin
+  for s in $SERVICES; do
+    bin="$BIN/strata-$(echo "$s" | tr _ -)"
+    "$bin" >"$DIR/logs/$s.log" 2>&1 &
+    echo $! >"$DIR/run/$s.pid"
+  done
+  for s in $SERVICES; do
+    for i in $(seq 1 300); do
+      grep -q '"msg":"started grpc=' "$DIR/logs/$s.log" 2>/dev/null && break
+      if ! kill -0 "$(cat "$DIR/run/$s.pid")" 2>/dev/null || [ "$i" -eq 300 ]; then
+        echo "stack: $s did not start; its log:" >&2; cat "$DIR/logs/$s.log" >&2; exit 1
+      fi
+      sleep 0.1
+    done
+  done
+  for i in $(seq 1 100); do curl -sf "$STRATA_SOURCE_HTTP/health" >/dev/null && break; sleep 0.1; done
+  echo "stack: up — . $DIR/env"
+}
+
+case "$cmd" in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: stack.sh up|down --dir DIR [--bin BIN_DIR]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,415 @@
+#include "services/controller/controller.h"
+
+#include <grpcpp/grpcpp.h>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <random>
+#include <thread>
+#include <unistd.h>
+
+#include "common/bus.h"
+#include "common/config.h"
+#include "common/errors.h"
+#include "common/events.h"
+#include "common/pg.h"
+#include "common/spec.h"
+#include "common/task_runner.h"
+#include "common/time_util.h"
+#include "services/controller/dag.h"
+#include "strata.grpc.pb.h"
+
+namespace strata::controller {
+
+namespace {
+
+using namespace std::chrono_literals;
+using strata::v1::RunInfo;
+
+const char* kDdl = R"SQL(
+CREATE SCHEMA IF NOT EXISTS ops;
+CREATE TABLE IF NOT EXISTS ops.runs (
+  run_id text PRIMARY KEY,
+  pipeline text NOT NULL,
+  ds date NOT NULL,
+  state text NOT NULL,
+  message text NOT NULL DEFAULT '',
+  created_at timestamptz NOT NULL DEFAULT now(),
+  started_at timestamptz,
+  finished_at timestamptz);
+CREATE INDEX IF NOT EXISTS runs_created ON ops.runs (created_at DESC);
+CREATE TABLE IF NOT EXISTS ops.task_runs (
+  run_id text NOT NULL REFERENCES ops.runs (run_id),
+  task text NOT NULL,
+  state text NOT NULL,
+  attempt integer NOT NULL DEFAULT 0,
+  rows bigint NOT NULL DEFAULT 0,
+  rejected bigint NOT NULL DEFAULT 0,
+  message text NOT NULL DEFAULT '',
+  started_at timestamptz,
+  finished_at timestamptz,
+  PRIMARY KEY (run_id, task));
+)SQL";
+
+struct Metrics {
+  explicit Metrics(prometheus::Registry& r)
+      : runs(prometheus::BuildCounter().Name("strata_controller_runs_total")
+                 .Help("Pipeline runs finished, by state").Register(r)),
+        tasks(prometheus::BuildCounter().Name("strata_controller_tasks_total")
+                  .Help("Tasks finished, by kind and state").Register(r)),
+        active(prometheus::BuildGauge().Name("strata_controller_active_runs")
+                   .Help("Runs currently executing").Register(r)),
+        run_duration(prometheus::BuildHistogram().Name("strata_controller_run_duration_seconds")
+                         .Help("Wall time of a pipeline run").Register(r)) {}
+  prometheus::Family<prometheus::Counter>& runs;
+  prometheus::Family<prometheus::Counter>& tasks;
+  prometheus::Family<prometheus::Gauge>& active;
+  prometheus::Family<prometheus::Histogram>& run_duration;
+};
+
+const char* KindName(TaskKind k) {
+  switch (k) {
+    case TaskKind::kExtract: return "extract";
+    case TaskKind::kExport: return "export";
+    case TaskKind::kLoad: return "load";
+    case TaskKind::kModel: return "model";
+    case TaskKind::kCheck: return "check";
+  }
+  return "?";
+}
+
+class ControllerImpl final : public Component, public strata::v1::Controller::Service {
+ public:
+  ControllerImpl(const Config& config, prometheus::Registry& registry)
+      : config_(config), spec_(LoadPipelineSpec(config.pipeline_spec)), metrics_(registry), runner_(1) {
+    if (config_.warehouse_dsn.empty()) throw InputError("warehouse_dsn (STRATA_PG_DSN) is not configured");
+    auto conn = PgConnect(config_.warehouse_dsn);
+    RunDdl(*conn, kDdl);
+    {
+      // Runs a previous controller left unfinished cannot be resumed yet: close them honestly.
+      pqxx::work tx(*conn);
+      tx.exec("UPDATE ops.runs SET state = 'failed', message = 'controller restarted during the run', "
+              "finished_at = now() WHERE state IN ('queued', 'running')");
+      tx.commit();
+    }
+    auto channel = [&](const std::string& svc) {
+      return grpc::CreateChannel(config_.endpoint(svc).grpc, grpc::InsecureChannelCredentials());
+    };
+    ingest_ = strata::v1::Ingest::NewStub(channel("ingest"));
+    loader_ = strata::v1::WarehouseLoader::NewStub(channel("warehouse_loader"));
+    quality_ = strata::v1::Quality::NewStub(channel("quality"));
+  }
+
+  std::vector<grpc::Service*> GrpcServices() override { return {this}; }
+
+  void Start() override {
+    events_thread_ = std::thread([this] { ConsumeEvents(); });
+  }
+  void Stop() override {
+    stop_ = true;
+    cv_.notify_all();
+    runner_.Stop();
+    if (events_thread_.joinable()) events_thread_.join();
+  }
+
+  grpc::Status StartRun(grpc::ServerContext*, const strata::v1::StartRunRequest* req, RunInfo* resp) override {
+    const std::string pipeline = req->pipeline().empty() ? spec_.name : req->pipeline();
+    if (pipeline != spec_.name)
+      return {grpc::StatusCode::NOT_FOUND, "pipeline '" + pipeline + "' is not loaded (have '" + spec_.name + "')"};
+    if (!IsValidDate(req->ds()))
+      return {grpc::StatusCode::INVALID_ARGUMENT, "ds: expected YYYY-MM-DD, got \"" + req->ds() + "\""};
+    static std::mt19937 rng(std::random_device{}());
+    static std::mutex rng_mu;
+    std::string run_id;
+    {
+      std::lock_guard<std::mutex> lock(rng_mu);
+      run_id = NewRunId(NowUnixMs(), rng());
+    }
+    try {
+      auto conn = PgConnect(config_.warehouse_dsn);
+      pqxx::work tx(*conn);
+      tx.exec_params("INSERT INTO ops.runs (run_id, pipeline, ds, state) VALUES ($1, $2, $3, 'queued')", run_id,
+                     pipeline, req->ds());
+      for (const auto& t : BuildDag(spec_))
+        tx.exec_params("INSERT INTO ops.task_runs (run_id, task, state) VALUES ($1, $2, 'pending')", run_id, t.name);
+      tx.commit();
+    } catch (const std::exception& e) {
+      return {grpc::StatusCode::UNAVAILABLE, std::string("cannot record run: ") + e.what()};
+    }
+    const std::string ds = req->ds();
+    if (!runner_.Submit([this, run_id, pipeline, ds] { Execute(run_id, pipeline, ds); }))
+      return {grpc::StatusCode::UNAVAILABLE, "controller is shutting down"};
+    spdlog::info("run queued run_id={} ds={}", run_id, ds);
+    return Describe(run_id, resp);
+  }
+
+  grpc::Status GetRun(grpc::ServerContext*, const strata::v1::GetRunRequest* req, RunInfo* resp) override {
+    return Describe(req->run_id(), resp);
+  }
+
+  grpc::Status ListRuns(grpc::ServerContext*, const strata::v1::ListRunsRequest* req,
+                        strata::v1::ListRunsReply* resp) override {
+    if (req->limit() < 0) return {grpc::StatusCode::INVALID_ARGUMENT, "limit: must not be negative"};
+    const int limit = req->limit() == 0 ? 20 : std::min(req->limit(), 1000);
+    try {
+      auto conn = PgConnect(config_.warehouse_dsn);
+      pqxx::read_transaction tx(*conn);
+      const auto r = tx.exec_params(
+          "SELECT run_id, pipeline, ds::text, state, message, coalesce(started_at::text, ''), "
+          "coalesce(finished_at::text, '') FROM ops.runs WHERE ($1 = '' OR state = $1) "
+          "ORDER BY created_at DESC, run_id DESC LIMIT $2",
+          req->state(), limit);
+      for (const auto& row : r) {
+        RunInfo* info = resp->add_runs();
+        FillRun(row, info);
+      }
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return {grpc::StatusCode::UNAVAILABLE, e.what()};
+    }
+  }
+
+ private:
+  static void FillRun(const pqxx::row& row, RunInfo* info) {
+    info->set_run_id(row[0].c_str());
+    info->set_pipeline(row[1].c_str());
+    info->set_ds(row[2].c_str());
+    info->set_state(row[3].c_str());
+    info->set_message(row[4].c_str());
+    info->set_started_at(row[5].c_str());
+    info->set_finished_at(row[6].c_str());
+  }
+
+  grpc::Status Describe(const std::string& run_id, RunInfo* resp) {
+    try {
+      auto conn = PgConnect(config_.warehouse_dsn);
+      pqxx::read_transaction tx(*conn);
+      const auto r = tx.exec_params(
+          "SELECT run_id, pipeline, ds::text, state, message, coalesce(started_at::text, ''), "
+          "coalesce(finished_at::text, '') FROM ops.runs WHERE run_id = $1",
+          run_id);
+      if (r.empty()) return {grpc::StatusCode::NOT_FOUND, "run '" + run_id + "' does not exist"};
+      FillRun(r[0], resp);
+      const auto t = tx.exec_params(
+          "SELECT task, state, attempt, rows, rejected, message, "
+          "coalesce(extract(epoch FROM coalesce(finished_at, now()) - started_at), 0) "
+          "FROM ops.task_runs WHERE run_id = $1 ORDER BY started_at NULLS LAST, task",
+          run_id);
+      for (const auto& row : t) {
+        auto* task = resp->add_tasks();
+        task->set_task(row[0].c_str());
+        task->set_state(row[1].c_str());
+        task->set_attempt(row[2].as<int>());
+        task->set_rows(row[3].as<long long>());
+        task->set_rejected(row[4].as<long long>());
+        task->set_message(row[5].c_str());
+        task->set_duration_seconds(row[6].as<double>());
+      }
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return {grpc::StatusCode::UNAVAILABLE, e.what()};
+    }
+  }
+
+  // ---- events ----------------------------------------------------------------------------
+
+  void ConsumeEvents() {
+    Bus bus(config_.redis_url);
+    const std::string consumer = "controller-" + std::to_string(::getpid());
+    while (!stop_) {
+      try {
+        bus.EnsureGroup(kEventStream, "controller");
+        for (const auto& e : bus.ReadGroup(kEventStream, "controller", consumer, 64, 500)) {
+          strata::v1::Event ev;
+          if (DecodeEvent(e, &ev) && !ev.run_id().empty()) {
+            std::lock_guard<std::mutex> lock(mu_);
+            // First word wins: a redelivered or duplicated event never flips a task's outcome.
+            events_[ev.run_id()].emplace(ev.task(), ev);
+          }
+          bus.Ack(kEventStream, "controller", e.id);
+          bus.Delete(kEventStream, e.id);
+        }
+        cv_.notify_all();
+      } catch (const std::exception& e) {
+        spdlog::error("event loop error={}", e.what());
+        std::this_thread::sleep_for(1s);
+      }
+    }
+  }
+
+  // ---- execution -------------------------------------------------------------------------
+
+  void SetTask(const std::string& run_id, const std::string& task, const std::string& state, int attempt,
+               long long rows, long long rejected, const std::string& message) {
+    auto conn = PgConnect(config_.warehouse_dsn);
+    pqxx::work tx(*conn);
+    const bool starting = state == "running";
+    tx.exec_params(
+        "UPDATE ops.task_runs SET state = $3, attempt = $4, rows = $5, rejected = $6, message = $7, "
+        "started_at = CASE WHEN $8 THEN now() ELSE started_at END, "
+        "finished_at = CASE WHEN $8 THEN NULL ELSE now() END WHERE run_id = $1 AND task = $2",
+        run_id, task, state, attempt, rows, rejected, message, starting);
+    tx.commit();
+  }
+
+  void SetRun(const std::string& run_id, const std::string& state, const std::string& message) {
+    auto conn = PgConnect(config_.warehouse_dsn);
+    pqxx::work tx(*conn);
+    if (state == "running")
+      tx.exec_params("UPDATE ops.runs SET state = $2, started_at = now() WHERE run_id = $1", run_id, state);
+    else
+      tx.exec_params("UPDATE ops.runs SET state = $2, message = $3, finished_at = now() WHERE run_id = $1", run_id,
+                     state, message);
+    tx.commit();
+  }
+
+  // Starts a task's remote work; retries while the service is unreachable.
+  grpc::Status Launch(const TaskNode& t, const strata::v1::TaskRequest& req) {
+    grpc::Status st;
+    for (int attempt = 1; attempt <= 5; ++attempt) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+      ctx.set_wait_for_ready(true);
+      strata::v1::TaskAccepted acc;
+      switch (t.kind) {
+        case TaskKind::kExtract: st = ingest_->Extract(&ctx, req, &acc); break;
+        case TaskKind::kLoad: st = loader_->Load(&ctx, req, &acc); break;
+        case TaskKind::kModel: st = loader_->BuildModels(&ctx, req, &acc); break;
+        case TaskKind::kCheck: st = quality_->RunChecks(&ctx, req, &acc); break;
+        case TaskKind::kExport: return grpc::Status::OK;  // driven by the bus; we only await its commit
+      }
+      if (st.ok() || (st.error_code() != grpc::StatusCode::UNAVAILABLE &&
+                      st.error_code() != grpc::StatusCode::DEADLINE_EXCEEDED))
+        return st;
+      spdlog::warn("task={} service unavailable attempt={} error={}", t.name, attempt, st.error_message());
+      std::this_thread::sleep_for(std::chrono::milliseconds(500 * attempt));
+    }
+    return st;
+  }
+
+  void Execute(const std::string& run_id, const std::string& pipeline, const std::string& ds) {
+    const auto run_start = std::chrono::steady_clock::now();
+    metrics_.active.Add({}).Increment();
+    std::string failure;
+    try {
+      SetRun(run_id, "running", "");
+      const auto dag = BuildDag(spec_);
+      std::vector<std::string> pending, succeeded;
+      for (const auto& t : dag) pending.push_back(t.name);
+      std::map<std::string, std::chrono::steady_clock::time_point> running;
+      const auto timeout = std::chrono::seconds(config_.task_timeout_seconds);
+      while ((!pending.empty() || !running.empty()) && !stop_) {
+        if (failure.empty()) {
+          for (const auto& name : ReadyTasks(dag, pending, succeeded)) {
+            const TaskNode& t = *std::find_if(dag.begin(), dag.end(), [&](const TaskNode& n) { return n.name == name; });
+            strata::v1::TaskRequest req;
+            req.set_pipeline(pipeline);
+            req.set_dataset(t.dataset);
+            req.set_ds(ds);
+            req.set_run_id(run_id);
+            req.set_task(t.name);
+            pending.erase(std::find(pending.begin(), pending.end(), name));
+            SetTask(run_id, name, "running", 1, 0, 0, "");
+            const grpc::Status st = Launch(t, req);
+            if (!st.ok()) {
+              const std::string msg = name + ": " + st.error_message();
+              SetTask(run_id, name, "failed", 1, 0, 0, msg);
+              metrics_.tasks.Add({{"kind", KindName(t.kind)}, {"state", "failed"}}).Increment();
+              failure = msg;
+              break;
+            }
+            running[name] = std::chrono::steady_clock::now();
+          }
+        }
+        if (running.empty()) break;
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait_for(lock, 200ms);
+        auto& evs = events_[run_id];
+        for (auto it = running.begin(); it != running.end();) {
+          const std::string name = it->first;
+          const TaskNode& t = *std::find_if(dag.begin(), dag.end(), [&](const TaskNode& n) { return n.name == name; });
+          auto ev = evs.find(name);
+          std::string state, message;
+          long long rows = 0, rejected = 0;
+          if (ev != evs.end()) {
+            const bool ok = ev->second.kind() != "task_failed";
+            state = ok ? "succeeded" : "failed";
+            message = ev->second.message();
+            rows = ev->second.rows();
+            rejected = ev->second.rejected();
+          } else if (std::chrono::steady_clock::now() - it->second > timeout) {
+            state = "failed";
+            message = name + ": no completion within " + std::to_string(config_.task_timeout_seconds) + " s";
+          } else {
+            ++it;
+            continue;
+          }
+          lock.unlock();
+          SetTask(run_id, name, state, 1, rows, rejected, message);
+          lock.lock();
+          metrics_.tasks.Add({{"kind", KindName(t.kind)}, {"state", state}}).Increment();
+          if (state == "succeeded") succeeded.push_back(name);
+          else if (failure.empty()) failure = message.empty() ? name + " failed" : message;
+          it = running.erase(it);
+        }
+      }
+      if (stop_ && failure.empty() && (!pending.empty() || !running.empty())) failure = "controller shut down during the run";
+      if (!failure.empty()) {
+        auto conn = PgConnect(config_.warehouse_dsn);
+        pqxx::work tx(*conn);
+        tx.exec_params("UPDATE ops.task_runs SET state = 'skipped', finished_at = now() "
+                       "WHERE run_id = $1 AND state IN ('pending', 'running')", run_id);
+        tx.commit();
+      }
+    } catch (const std::exception& e) {
+      failure = std::string("controller error: ") + e.what();
+    }
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      events_.erase(run_id);
+    }
+    try {
+      if (failure.empty()) {
+        // Publish: a new version makes every cached query answer unreachable at once.
+        RedisClient redis(config_.redis_url);
+        redis.Command({"INCR", kPublishVersionKey});
+      }
+      SetRun(run_id, failure.empty() ? "succeeded" : "failed", failure);
+    } catch (const std::exception& e) {
+      spdlog::error("cannot record run end run_id={} error={}", run_id, e.what());
+    }
+    metrics_.active.Add({}).Decrement();
+    metrics_.runs.Add({{"state", failure.empty() ? "succeeded" : "failed"}}).Increment();
+    metrics_.run_duration.Add({}, prometheus::Histogram::BucketBoundaries{1, 5, 15, 60, 300, 900, 3600})
+        .Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count());
+    spdlog::info("run finished run_id={} ds={} state={} message={}", run_id, ds, failure.empty() ? "succeeded" : "failed",
+                 failure);
+  }
+
+  Config config_;
+  PipelineSpec spec_;
+  Metrics metrics_;
+  TaskRunner runner_;
+  std::unique_ptr<strata::v1::Ingest::Stub> ingest_;
+  std::unique_ptr<strata::v1::WarehouseLoader::Stub> loader_;
+  std::unique_ptr<strata::v1::Quality::Stub> quality_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::map<std::string, std::map<std::string, strata::v1::Event>> events_;
+  std::atomic<bool> stop_{false};
+  std::thread events_thread_;
+};
+
+}  // namespace
+
+std::unique_ptr<Component> MakeController(const Config& config, prometheus::Registry& registry) {
+  return std::make_unique<ControllerImpl>(config, registry);
+}
+
+}  // namespace strata::controller

@@ -1,0 +1,243 @@
+// stratactl: the operator's CLI for the controller (and a few analytics queries).
+// Exit codes: 0 success, 1 a run/backfill failed, 2 usage error, 3 controller unreachable.
+#include <CLI/CLI.hpp>
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "common/time_util.h"
+#include "strata.grpc.pb.h"
+
+namespace {
+
+using strata::v1::RunInfo;
+
+std::string EnvOr(const char* var, const char* fallback) {
+  const char* v = std::getenv(var);
+  return v && *v ? v : fallback;
+}
+
+nlohmann::json RunJson(const RunInfo& r) {
+  nlohmann::json tasks = nlohmann::json::array();
+  for (const auto& t : r.tasks())
+    tasks.push_back({{"task", t.task()}, {"state", t.state()}, {"rows", t.rows()}, {"rejected", t.rejected()},
+                     {"duration_seconds", t.duration_seconds()}, {"message", t.message()}});
+  return {{"run_id", r.run_id()}, {"pipeline", r.pipeline()}, {"ds", r.ds()}, {"state", r.state()},
+          {"message", r.message()}, {"started_at", r.started_at()}, {"finished_at", r.finished_at()},
+          {"tasks", tasks}};
+}
+
+void PrintRun(const RunInfo& r) {
+  std::printf("run %s  pipeline=%s  ds=%s  state=%s\n", r.run_id().c_str(), r.pipeline().c_str(), r.ds().c_str(),
+              r.state().c_str());
+  std::printf("  %-26s %-10s %10s %9s %9s  %s\n", "TASK", "STATE", "ROWS", "REJECTED", "SECONDS", "MESSAGE");
+  for (const auto& t : r.tasks())
+    std::printf("  %-26s %-10s %10lld %9lld %9.2f  %s\n", t.task().c_str(), t.state().c_str(),
+                static_cast<long long>(t.rows()), static_cast<long long>(t.rejected()), t.duration_seconds(),
+                t.message().c_str());
+  if (!r.message().empty()) std::printf("  message: %s\n", r.message().c_str());
+}
+
+bool Terminal(const std::string& state) { return state == "succeeded" || state == "failed"; }
+
+int Fail(const grpc::Status& st, const std::string& what) {
+  std::cerr << "stratactl: " << what << ": " << st.error_message() << " (" << st.error_code() << ")\n";
+  if (st.error_code() == grpc::StatusCode::UNAVAILABLE || st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)
+    return 3;
+  return 2;
+}
+
+// Starts a run for ds and waits for it; returns the exit code for that run.
+int RunOne(strata::v1::Controller::Stub& stub, const std::string& pipeline, const std::string& ds, bool json,
+           int timeout_s) {
+  strata::v1::StartRunRequest req;
+  req.set_pipeline(pipeline);
+  req.set_ds(ds);
+  RunInfo info;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    const auto st = stub.StartRun(&ctx, req, &info);
+    if (!st.ok()) return Fail(st, "start run for " + ds);
+  }
+  const bool tty = !json && isatty(fileno(stderr));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  while (!Terminal(info.state())) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      std::cerr << "stratactl: run " << info.run_id() << " still " << info.state() << " after " << timeout_s << " s\n";
+      return 1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    strata::v1::GetRunRequest g;
+    g.set_run_id(info.run_id());
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    RunInfo next;
+    const auto st = stub.GetRun(&ctx, g, &next);
+    if (!st.ok()) return Fail(st, "get run " + info.run_id());
+    info = next;
+    if (tty) {
+      int done = 0;
+      for (const auto& t : info.tasks()) done += Terminal(t.state()) ? 1 : 0;
+      std::fprintf(stderr, "\r%s ds=%s %s %d/%d tasks", info.run_id().c_str(), ds.c_str(), info.state().c_str(), done,
+                   info.tasks_size());
+    }
+  }
+  if (tty) std::fprintf(stderr, "\n");
+  if (json) std::cout << RunJson(info).dump() << "\n";
+  else PrintRun(info);
+  return info.state() == "succeeded" ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"stratactl — run and inspect strata pipelines"};
+  app.require_subcommand(1);
+  std::string controller = EnvOr("STRATA_CONTROLLER_GRPC", "127.0.0.1:50056");
+  std::string query_addr = EnvOr("STRATA_QUERY_GRPC", "127.0.0.1:50055");
+  bool json = false;
+  std::string pipeline = "demo";
+  int timeout_s = 1800;
+  app.add_option("--controller", controller, "controller gRPC address (env STRATA_CONTROLLER_GRPC)");
+  app.add_option("--query", query_addr, "query gRPC address (env STRATA_QUERY_GRPC)");
+  app.add_flag("--json", json, "machine-readable output");
+
+  std::string date, from, to;
+  auto* run = app.add_subcommand("run", "run the pipeline for one logical date and wait for it");
+  run->add_option("--date,-d", date, "logical date YYYY-MM-DD")->required();
+  run->add_option("--pipeline,-p", pipeline, "pipeline name");
+  run->add_option("--timeout", timeout_s, "seconds to wait");
+
+  auto* backfill = app.add_subcommand("backfill", "run every date in [from, to] in order");
+  backfill->add_option("--from", from, "first date")->required();
+  backfill->add_option("--to", to, "last date")->required();
+  backfill->add_option("--pipeline,-p", pipeline, "pipeline name");
+
+  int limit = 20;
+  std::string state;
+  auto* status = app.add_subcommand("status", "list recent runs");
+  status->add_option("--limit,-n", limit, "how many runs");
+  status->add_option("--state", state, "only runs in this state");
+
+  auto* query = app.add_subcommand("query", "ask the query service");
+  query->require_subcommand(1);
+  std::string order_status;
+  int qlimit = 0;
+  auto* q_orders = query->add_subcommand("orders", "orders by status");
+  q_orders->add_option("--status", order_status);
+  q_orders->add_option("--limit", qlimit);
+  auto* q_top = query->add_subcommand("top-customers", "top customers by revenue");
+  q_top->add_option("--status", order_status);
+  q_top->add_option("--limit", qlimit);
+  auto* q_daily = query->add_subcommand("daily-sales", "daily sales over a date range");
+  q_daily->add_option("--from", from)->required();
+  q_daily->add_option("--to", to)->required();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+
+  auto stub = strata::v1::Controller::NewStub(grpc::CreateChannel(controller, grpc::InsecureChannelCredentials()));
+
+  if (*run) {
+    if (!strata::IsValidDate(date)) {
+      std::cerr << "stratactl run: --date: expected YYYY-MM-DD, got \"" << date << "\"\n";
+      return 2;
+    }
+    return RunOne(*stub, pipeline, date, json, timeout_s);
+  }
+  if (*backfill) {
+    if (!strata::IsValidDate(from) || !strata::IsValidDate(to) || from > to) {
+      std::cerr << "stratactl backfill: --from/--to must be dates YYYY-MM-DD with from <= to\n";
+      return 2;
+    }
+    int failed = 0, total = 0;
+    for (std::string ds = from; ds <= to; ds = strata::AddDays(ds, 1)) {
+      ++total;
+      const int rc = RunOne(*stub, pipeline, ds, json, timeout_s);
+      if (rc >= 2) return rc;
+      failed += rc;
+    }
+    if (!json) std::printf("backfill %s..%s: %d run(s), %d failed\n", from.c_str(), to.c_str(), total, failed);
+    return failed ? 1 : 0;
+  }
+  if (*status) {
+    strata::v1::ListRunsRequest req;
+    req.set_limit(limit);
+    req.set_state(state);
+    strata::v1::ListRunsReply reply;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    const auto st = stub->ListRuns(&ctx, req, &reply);
+    if (!st.ok()) return Fail(st, "list runs");
+    if (json) {
+      nlohmann::json out = nlohmann::json::array();
+      for (const auto& r : reply.runs()) out.push_back(RunJson(r));
+      std::cout << out.dump() << "\n";
+    } else {
+      std::printf("%-20s %-8s %-11s %-10s %-32s %s\n", "RUN", "PIPELINE", "DS", "STATE", "FINISHED", "MESSAGE");
+      for (const auto& r : reply.runs())
+        std::printf("%-20s %-8s %-11s %-10s %-32s %s\n", r.run_id().c_str(), r.pipeline().c_str(), r.ds().c_str(),
+                    r.state().c_str(), r.finished_at().c_str(), r.message().c_str());
+    }
+    return 0;
+  }
+  if (*query) {
+    auto q = strata::v1::Query::NewStub(grpc::CreateChannel(query_addr, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    nlohmann::json out;
+    grpc::Status st;
+    if (*q_orders) {
+      strata::v1::OrdersByStatusRequest req;
+      req.set_status(order_status);
+      req.set_limit(qlimit);
+      strata::v1::OrdersReply reply;
+      st = q->OrdersByStatus(&ctx, req, &reply);
+      out = nlohmann::json::array();
+      for (const auto& o : reply.orders())
+        out.push_back({{"order_id", o.order_id()}, {"customer_id", o.customer_id()}, {"status", o.status()},
+                       {"ordered_at", o.ordered_at()}, {"amount", o.amount()}});
+    } else if (*q_top) {
+      strata::v1::TopCustomersRequest req;
+      req.set_status(order_status);
+      req.set_limit(qlimit);
+      strata::v1::TopCustomersReply reply;
+      st = q->TopCustomers(&ctx, req, &reply);
+      out = nlohmann::json::array();
+      for (const auto& c : reply.customers())
+        out.push_back({{"customer_id", c.customer_id()}, {"name", c.name()}, {"revenue", c.revenue()},
+                       {"orders", c.orders()}});
+    } else {
+      strata::v1::DailySalesRequest req;
+      req.set_from(from);
+      req.set_to(to);
+      strata::v1::DailySalesReply reply;
+      st = q->DailySales(&ctx, req, &reply);
+      out = nlohmann::json::array();
+      for (const auto& d : reply.days())
+        out.push_back({{"ds", d.ds()}, {"orders", d.orders()}, {"units", d.units()}, {"revenue", d.revenue()}});
+    }
+    if (!st.ok()) return Fail(st, "query");
+    if (json) {
+      std::cout << out.dump() << "\n";
+    } else {
+      for (const auto& row : out) {
+        std::string line;
+        for (auto it = row.begin(); it != row.end(); ++it)
+          line += (line.empty() ? "" : "  ") + it.key() + "=" + (it->is_string() ? it->get<std::string>() : it->dump());
+        std::cout << line << "\n";
+      }
+    }
+    return 0;
+  }
+  return 2;
+}

@@ -1,0 +1,245 @@
+#include "services/lake_export/lake_export.h"
+
+#include <grpcpp/grpcpp.h>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "common/bus.h"
+#include "common/config.h"
+#include "common/csv.h"
+#include "common/errors.h"
+#include "common/events.h"
+#include "common/lake.h"
+#include "common/time_util.h"
+#include "strata.grpc.pb.h"
+
+namespace strata::lake_export {
+
+namespace {
+
+namespace fs = std::filesystem;
+constexpr const char* kGroup = "lake-export";
+constexpr const char* kLayer = "bronze";
+
+std::string PartName(int seq) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "part-%05d.csv", seq);
+  return buf;
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+struct Metrics {
+  explicit Metrics(prometheus::Registry& r)
+      : batches(prometheus::BuildCounter().Name("strata_lake_export_batches_total")
+                    .Help("Batches consumed, by outcome (written|stale|invalid|error)").Register(r)),
+        rows(prometheus::BuildCounter().Name("strata_lake_export_rows_total")
+                 .Help("Rows written to the lake").Register(r)),
+        bytes(prometheus::BuildCounter().Name("strata_lake_export_bytes_total")
+                  .Help("Bytes written to the lake").Register(r)),
+        commits(prometheus::BuildCounter().Name("strata_lake_export_partitions_committed_total")
+                    .Help("Partitions committed by manifest").Register(r)),
+        reclaimed(prometheus::BuildCounter().Name("strata_lake_export_reclaimed_total")
+                      .Help("Pending entries reclaimed from dead consumers").Register(r)) {}
+  prometheus::Family<prometheus::Counter>& batches;
+  prometheus::Family<prometheus::Counter>& rows;
+  prometheus::Family<prometheus::Counter>& bytes;
+  prometheus::Family<prometheus::Counter>& commits;
+  prometheus::Family<prometheus::Counter>& reclaimed;
+};
+
+class LakeExportImpl final : public Component, public strata::v1::LakeExport::Service {
+ public:
+  LakeExportImpl(const Config& config, prometheus::Registry& registry)
+      : config_(config), metrics_(registry),
+        consumer_("lake-export-" + std::to_string(::getpid())) {}
+
+  std::vector<grpc::Service*> GrpcServices() override { return {this}; }
+
+  void Start() override {
+    thread_ = std::thread([this] { Loop(); });
+  }
+  void Stop() override {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+  grpc::Status DescribePartition(grpc::ServerContext*, const strata::v1::PartitionRequest* req,
+                                 strata::v1::PartitionInfo* resp) override {
+    if (!IsValidDate(req->ds()))
+      return {grpc::StatusCode::INVALID_ARGUMENT, "ds: expected YYYY-MM-DD, got \"" + req->ds() + "\""};
+    const std::string dir = PartitionDir(config_.lake_root, req->layer().empty() ? kLayer : req->layer(),
+                                         req->dataset(), req->ds());
+    try {
+      auto m = ReadManifest(dir);
+      if (!m) return grpc::Status::OK;
+      resp->set_committed(true);
+      resp->set_run_id(m->run_id);
+      resp->set_rows(m->rows);
+      resp->set_manifest_path(ManifestPath(dir));
+      for (const auto& f : m->files) resp->add_files(f.path);
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return {grpc::StatusCode::DATA_LOSS, e.what()};
+    }
+  }
+
+ private:
+  void Loop() {
+    Bus bus(config_.redis_url);
+    auto last_claim = std::chrono::steady_clock::now() - std::chrono::minutes(5);
+    while (!stop_) {
+      try {
+        bus.EnsureGroup(kBatchStream, kGroup);
+        std::vector<StreamEntry> entries;
+        if (std::chrono::steady_clock::now() - last_claim > std::chrono::seconds(15)) {
+          entries = bus.AutoClaim(kBatchStream, kGroup, consumer_, 60000, 64);
+          if (!entries.empty()) {
+            metrics_.reclaimed.Add({}).Increment(static_cast<double>(entries.size()));
+            spdlog::warn("reclaimed {} pending batch(es) from dead consumers", entries.size());
+          }
+          last_claim = std::chrono::steady_clock::now();
+        }
+        if (entries.empty()) entries = bus.ReadGroup(kBatchStream, kGroup, consumer_, 16, 1000);
+        for (const auto& e : entries) {
+          if (stop_) break;  // un-acked entries stay pending and are reclaimed later
+          Handle(bus, e);
+        }
+      } catch (const std::exception& e) {
+        spdlog::error("bus loop error={}", e.what());
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+      }
+    }
+  }
+
+  void Handle(Bus& bus, const StreamEntry& e) {
+    strata::v1::Batch b;
+    auto it = e.fields.find("batch");
+    if (it == e.fields.end() || !b.ParseFromString(it->second) || !IsValidDate(b.ds()) ||
+        b.dataset().empty() || b.run_id().empty()) {
+      // Poison entry: keep it for inspection on the dead-letter stream, then drop it.
+      spdlog::error("undecodable batch entry id={}", e.id);
+      bus.Add(kDeadLetterStream, {{"reason", "lake-export: undecodable batch entry"},
+                                  {"position", "strata:batches id=" + e.id}});
+      metrics_.batches.Add({{"outcome", "invalid"}}).Increment();
+      bus.Ack(kBatchStream, kGroup, e.id);
+      bus.Delete(kBatchStream, e.id);
+      return;
+    }
+    const std::string dir = PartitionDir(config_.lake_root, kLayer, b.dataset(), b.ds());
+    // A batch of a run older than the committed one is stale: writing it would resurrect a
+    // replaced partition. Run ids sort by start time.
+    std::optional<Manifest> committed = ReadManifest(dir);
+    if (committed && committed->run_id > b.run_id()) {
+      metrics_.batches.Add({{"outcome", "stale"}}).Increment();
+    } else {
+      WriteBatch(b, dir);
+      TryCommit(bus, b, dir);
+      metrics_.batches.Add({{"outcome", "written"}}).Increment();
+    }
+    bus.Ack(kBatchStream, kGroup, e.id);
+    bus.Delete(kBatchStream, e.id);
+  }
+
+  void WriteBatch(const strata::v1::Batch& b, const std::string& dir) {
+    const std::string run_dir = dir + "/run=" + b.run_id();
+    std::string csv = "_ds,_run_id";
+    for (const auto& c : b.columns()) csv += "," + c;
+    csv += "\n";
+    for (const auto& row : b.rows()) {
+      AppendCsvField(csv, b.ds(), false);
+      csv.push_back(',');
+      AppendCsvField(csv, b.run_id(), false);
+      for (const auto& v : row.values()) {
+        csv.push_back(',');
+        AppendCsvField(csv, v.text(), v.kind_case() == strata::v1::Value::kNull);
+      }
+      csv.push_back('\n');
+    }
+    const std::string part = PartName(b.seq());
+    WriteFileAtomic(run_dir + "/" + part, csv);
+    nlohmann::json meta = {{"rows", b.rows_size()}, {"bytes", csv.size()}, {"crc32", Crc32(csv)}};
+    std::vector<std::string> cols(b.columns().begin(), b.columns().end());
+    meta["columns"] = cols;
+    WriteFileAtomic(run_dir + "/" + part + ".meta", meta.dump());
+    if (b.last()) WriteFileAtomic(run_dir + "/_total", std::to_string(b.total_batches()));
+    metrics_.rows.Add({{"dataset", b.dataset()}}).Increment(b.rows_size());
+    metrics_.bytes.Add({{"dataset", b.dataset()}}).Increment(static_cast<double>(csv.size()));
+  }
+
+  void TryCommit(Bus& bus, const strata::v1::Batch& b, const std::string& dir) {
+    const std::string run_dir = dir + "/run=" + b.run_id();
+    if (!fs::exists(run_dir + "/_total")) return;
+    const int total = std::stoi(ReadFile(run_dir + "/_total"));
+    Manifest m;
+    m.dataset = b.dataset();
+    m.ds = b.ds();
+    m.run_id = b.run_id();
+    m.layer = kLayer;
+    for (int seq = 0; seq < total; ++seq) {
+      const std::string meta_path = run_dir + "/" + PartName(seq) + ".meta";
+      if (!fs::exists(meta_path)) return;  // not complete yet
+      const auto meta = nlohmann::json::parse(ReadFile(meta_path));
+      if (seq == 0) m.columns = meta.at("columns").get<std::vector<std::string>>();
+      ManifestFile f;
+      f.path = "run=" + b.run_id() + "/" + PartName(seq);
+      f.rows = meta.at("rows").get<int64_t>();
+      f.bytes = meta.at("bytes").get<int64_t>();
+      f.crc32 = meta.at("crc32").get<uint32_t>();
+      m.rows += f.rows;
+      m.files.push_back(f);
+    }
+    m.committed_at = NowIso();
+    WriteFileAtomic(ManifestPath(dir), ManifestToJson(m));
+    metrics_.commits.Add({{"dataset", b.dataset()}}).Increment();
+    spdlog::info("committed partition dataset={} ds={} run_id={} rows={} files={}", m.dataset, m.ds,
+                 m.run_id, m.rows, m.files.size());
+    // Older runs' files are unreachable now that the manifest names this run.
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(dir, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (entry.is_directory() && name.rfind("run=", 0) == 0 && name.substr(4) < b.run_id())
+        fs::remove_all(entry.path(), ec);
+    }
+    strata::v1::Event ev;
+    ev.set_kind("partition_committed");
+    ev.set_pipeline(b.pipeline());
+    ev.set_dataset(b.dataset());
+    ev.set_ds(b.ds());
+    ev.set_run_id(b.run_id());
+    ev.set_task("export." + b.dataset());
+    ev.set_rows(m.rows);
+    ev.set_message(ManifestPath(dir));
+    PublishEvent(bus, "lake_export", ev);
+  }
+
+  Config config_;
+  Metrics metrics_;
+  std::string consumer_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+}  // namespace
+
+std::unique_ptr<Component> MakeLakeExport(const Config& config, prometheus::Registry& registry) {
+  return std::make_unique<LakeExportImpl>(config, registry);
+}
+
+}  // namespace strata::lake_export

@@ -1,0 +1,208 @@
+#include "services/warehouse_loader/loader.h"
+
+#include <grpcpp/grpcpp.h>
+#include <prometheus/counter.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <spdlog/spdlog.h>
+#include <zlib.h>
+
+#include <chrono>
+#include <fstream>
+
+#include "common/bus.h"
+#include "common/config.h"
+#include "common/errors.h"
+#include "common/events.h"
+#include "common/lake.h"
+#include "common/pg.h"
+#include "common/spec.h"
+#include "common/task_runner.h"
+#include "common/time_util.h"
+#include "services/warehouse_loader/models.h"
+#include "strata.grpc.pb.h"
+
+namespace strata::loader {
+
+namespace {
+
+using strata::v1::TaskRequest;
+
+struct Metrics {
+  explicit Metrics(prometheus::Registry& r)
+      : rows(prometheus::BuildCounter().Name("strata_warehouse_loader_rows_loaded_total")
+                 .Help("Rows COPYed into staging").Register(r)),
+        tasks(prometheus::BuildCounter().Name("strata_warehouse_loader_tasks_total")
+                  .Help("Load and model tasks finished, by kind and outcome").Register(r)),
+        duration(prometheus::BuildHistogram().Name("strata_warehouse_loader_task_duration_seconds")
+                     .Help("Wall time of load and model tasks").Register(r)) {}
+  prometheus::Family<prometheus::Counter>& rows;
+  prometheus::Family<prometheus::Counter>& tasks;
+  prometheus::Family<prometheus::Histogram>& duration;
+};
+
+class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::Service {
+ public:
+  LoaderImpl(const Config& config, prometheus::Registry& registry)
+      : config_(config), spec_(LoadPipelineSpec(config.pipeline_spec)),
+        models_(ResolveModels(spec_.models)), metrics_(registry), runner_(2) {
+    if (config_.warehouse_dsn.empty()) throw InputError("warehouse_dsn (STRATA_PG_DSN) is not configured");
+    auto conn = PgConnect(config_.warehouse_dsn);
+    std::string ddl = WarehouseDdl();
+    for (const auto& d : spec_.datasets) ddl += StagingDdl(d);
+    RunDdl(*conn, ddl);
+  }
+
+  std::vector<grpc::Service*> GrpcServices() override { return {this}; }
+  void Stop() override { runner_.Stop(); }
+
+  grpc::Status Load(grpc::ServerContext*, const TaskRequest* req, strata::v1::TaskAccepted* resp) override {
+    const DatasetSpec* d = spec_.Find(req->dataset());
+    if (!d) return {grpc::StatusCode::NOT_FOUND, "dataset '" + req->dataset() + "' is not in pipeline '" + spec_.name + "'"};
+    return Submit(*req, resp, [this, d](const TaskRequest& r) { return LoadPartition(r, *d); }, "load");
+  }
+
+  grpc::Status BuildModels(grpc::ServerContext*, const TaskRequest* req, strata::v1::TaskAccepted* resp) override {
+    return Submit(*req, resp, [this](const TaskRequest& r) { return RunModels(r); }, "model");
+  }
+
+ private:
+  using Work = std::function<long long(const TaskRequest&)>;
+
+  grpc::Status Submit(const TaskRequest& req, strata::v1::TaskAccepted* resp, Work work, const std::string& kind) {
+    if (!IsValidDate(req.ds()))
+      return {grpc::StatusCode::INVALID_ARGUMENT, "ds: expected YYYY-MM-DD, got \"" + req.ds() + "\""};
+    if (req.run_id().empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "run_id: must not be empty"};
+    if (!runner_.Submit([this, req, work, kind] {
+          const auto start = std::chrono::steady_clock::now();
+          strata::v1::Event ev;
+          try {
+            ev = TaskEvent(req, true, "", work(req));
+            metrics_.tasks.Add({{"kind", kind}, {"outcome", "succeeded"}}).Increment();
+          } catch (const std::exception& e) {
+            spdlog::error("task failed task={} ds={} run_id={} error={}", req.task(), req.ds(), req.run_id(), e.what());
+            ev = TaskEvent(req, false, req.task() + ": " + e.what());
+            metrics_.tasks.Add({{"kind", kind}, {"outcome", "failed"}}).Increment();
+          }
+          metrics_.duration.Add({{"kind", kind}}, prometheus::Histogram::BucketBoundaries{0.05, 0.25, 1, 5, 30, 120, 600})
+              .Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+          try {
+            Bus bus(config_.redis_url);
+            PublishEvent(bus, "warehouse_loader", ev);
+          } catch (const std::exception& e) {
+            spdlog::error("cannot publish event task={} error={}", req.task(), e.what());
+          }
+        }))
+      return {grpc::StatusCode::UNAVAILABLE, "warehouse-loader is shutting down"};
+    resp->set_task(req.task());
+    return grpc::Status::OK;
+  }
+
+  long long LoadPartition(const TaskRequest& req, const DatasetSpec& d) {
+    const std::string dir = PartitionDir(config_.lake_root, "bronze", d.name, req.ds());
+    const auto manifest = ReadManifest(dir);
+    if (!manifest) throw InputError("no committed lake partition at " + dir);
+    std::vector<std::string> want;
+    for (const auto& c : d.columns) want.push_back(c.name);
+    if (manifest->columns != want) {
+      std::string got;
+      for (const auto& c : manifest->columns) got += (got.empty() ? "" : ",") + c;
+      throw InputError("partition " + dir + " has columns [" + got + "], the spec declares different ones");
+    }
+    std::string collist = "ds, run_id";
+    for (const auto& c : d.columns) collist += ", " + QuoteIdent(c.name);
+    const std::string table = "staging." + QuoteIdent(d.name);
+
+    CopyConn pg(config_.warehouse_dsn);
+    pg.Exec("BEGIN");
+    pg.Exec("SET LOCAL TIME ZONE 'UTC'");
+    pg.ExecParams("DELETE FROM " + table + " WHERE ds = $1", {req.ds()});
+
+    // Stream every part file in order; drop each file's header line and verify its checksum.
+    size_t file_idx = 0;
+    std::ifstream in;
+    bool header_pending = false;
+    uLong crc = 0;
+    const auto open_next = [&]() -> bool {
+      if (in.is_open()) {
+        if (static_cast<uint32_t>(crc) != manifest->files[file_idx - 1].crc32)
+          throw InputError("checksum mismatch in " + dir + "/" + manifest->files[file_idx - 1].path);
+        in.close();
+      }
+      if (file_idx >= manifest->files.size()) return false;
+      const std::string path = dir + "/" + manifest->files[file_idx++].path;
+      in.open(path, std::ios::binary);
+      if (!in) throw EnvError("cannot open " + path);
+      header_pending = true;
+      crc = crc32(0L, Z_NULL, 0);
+      return true;
+    };
+    const long long copied = pg.CopyIn(
+        "COPY " + table + " (" + collist + ") FROM STDIN (FORMAT csv)", [&](char* buf, size_t cap) -> size_t {
+          for (;;) {
+            if (!in.is_open() && !open_next()) return 0;
+            in.read(buf, static_cast<std::streamsize>(cap));
+            size_t n = static_cast<size_t>(in.gcount());
+            if (n == 0) {
+              if (!open_next()) return 0;
+              continue;
+            }
+            crc = crc32(crc, reinterpret_cast<const Bytef*>(buf), static_cast<uInt>(n));
+            if (header_pending) {
+              const char* nl = static_cast<const char*>(memchr(buf, '\n', n));
+              if (!nl) throw InputError("header line longer than the read buffer in " + dir);
+              const size_t skip = static_cast<size_t>(nl - buf) + 1;
+              memmove(buf, buf + skip, n - skip);
+              n -= skip;
+              header_pending = false;
+              if (n == 0) continue;
+            }
+            return n;
+          }
+        });
+    if (copied != manifest->rows)
+      throw InputError("partition " + dir + ": manifest says " + std::to_string(manifest->rows) +
+                       " rows, COPY loaded " + std::to_string(copied));
+    pg.ExecParams(
+        "INSERT INTO ops.loads (dataset, ds, run_id, manifest_rows, loaded_rows) VALUES ($1, $2, $3, $4, $5) "
+        "ON CONFLICT (dataset, ds) DO UPDATE SET run_id = EXCLUDED.run_id, manifest_rows = EXCLUDED.manifest_rows, "
+        "loaded_rows = EXCLUDED.loaded_rows, loaded_at = now()",
+        {d.name, req.ds(), manifest->run_id, std::to_string(manifest->rows), std::to_string(copied)});
+    pg.Exec("COMMIT");
+    metrics_.rows.Add({{"dataset", d.name}}).Increment(static_cast<double>(copied));
+    spdlog::info("loaded dataset={} ds={} run_id={} rows={}", d.name, req.ds(), manifest->run_id, copied);
+    return copied;
+  }
+
+  long long RunModels(const TaskRequest& req) {
+    auto conn = PgConnect(config_.warehouse_dsn);
+    pqxx::work tx(*conn);
+    tx.exec("SET LOCAL TIME ZONE 'UTC'");
+    // One builder per warehouse at a time: models of two dates touch the same keys.
+    tx.exec("SELECT pg_advisory_xact_lock(7400002)");
+    for (const Model* m : models_) {
+      const auto start = std::chrono::steady_clock::now();
+      RunModel(tx, *m, req.ds());
+      spdlog::info("built model={} ds={} seconds={:.3f}", m->name, req.ds(),
+                   std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
+    const auto r = tx.exec_params(
+        "SELECT count(*) FROM dwh.fact_sales WHERE date_key = to_char($1::date, 'YYYYMMDD')::int", req.ds());
+    tx.commit();
+    return r[0][0].as<long long>();
+  }
+
+  Config config_;
+  PipelineSpec spec_;
+  std::vector<const Model*> models_;
+  Metrics metrics_;
+  TaskRunner runner_;
+};
+
+}  // namespace
+
+std::unique_ptr<Component> MakeLoader(const Config& config, prometheus::Registry& registry) {
+  return std::make_unique<LoaderImpl>(config, registry);
+}
+
+}  // namespace strata::loader

@@ -1,0 +1,284 @@
+#include "services/warehouse_loader/models.h"
+
+#include <pqxx/pqxx>
+
+#include "common/errors.h"
+#include "common/pg.h"
+
+namespace strata::loader {
+
+std::string WarehouseDdl() {
+  return R"SQL(
+CREATE SCHEMA IF NOT EXISTS raw;
+CREATE SCHEMA IF NOT EXISTS staging;
+CREATE SCHEMA IF NOT EXISTS dwh;
+CREATE SCHEMA IF NOT EXISTS marts;
+CREATE SCHEMA IF NOT EXISTS ops;
+
+CREATE TABLE IF NOT EXISTS ops.loads (
+  dataset text NOT NULL,
+  ds date NOT NULL,
+  run_id text NOT NULL,
+  manifest_rows bigint NOT NULL,
+  loaded_rows bigint NOT NULL,
+  loaded_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (dataset, ds));
+
+CREATE TABLE IF NOT EXISTS dwh.dim_date (
+  date_key integer PRIMARY KEY,
+  date date NOT NULL UNIQUE,
+  year integer NOT NULL,
+  quarter integer NOT NULL,
+  month integer NOT NULL,
+  day integer NOT NULL,
+  day_of_week integer NOT NULL,
+  day_name text NOT NULL,
+  month_name text NOT NULL,
+  is_weekend boolean NOT NULL);
+
+CREATE TABLE IF NOT EXISTS dwh.dim_customer (
+  customer_key bigserial PRIMARY KEY,
+  customer_id bigint NOT NULL,
+  name text, email text, address text, city text, state text, segment text,
+  valid_from timestamptz NOT NULL,
+  valid_to timestamptz NOT NULL DEFAULT 'infinity',
+  is_current boolean NOT NULL,
+  UNIQUE (customer_id, valid_from),
+  CHECK (valid_from < valid_to));
+CREATE UNIQUE INDEX IF NOT EXISTS dim_customer_one_current
+  ON dwh.dim_customer (customer_id) WHERE is_current;
+
+CREATE TABLE IF NOT EXISTS dwh.dim_product (
+  product_key bigserial PRIMARY KEY,
+  product_id bigint NOT NULL UNIQUE,
+  name text, category text,
+  price numeric(12,2),
+  updated_at timestamptz);
+
+CREATE TABLE IF NOT EXISTS dwh.dim_state (
+  state_key bigserial PRIMARY KEY,
+  abbreviation text NOT NULL UNIQUE,
+  name text NOT NULL);
+
+CREATE TABLE IF NOT EXISTS dwh.fact_sales (
+  order_id bigint NOT NULL,
+  line_no integer NOT NULL,
+  date_key integer NOT NULL,
+  customer_key bigint NOT NULL,
+  product_key bigint NOT NULL,
+  quantity integer NOT NULL,
+  unit_price numeric(12,2) NOT NULL,
+  amount numeric(14,2) NOT NULL,
+  ordered_at timestamptz NOT NULL,
+  PRIMARY KEY (order_id, line_no));
+CREATE INDEX IF NOT EXISTS fact_sales_date ON dwh.fact_sales (date_key);
+
+CREATE TABLE IF NOT EXISTS marts.daily_sales (
+  ds date PRIMARY KEY,
+  orders bigint NOT NULL,
+  units bigint NOT NULL,
+  revenue numeric(16,2) NOT NULL);
+
+CREATE TABLE IF NOT EXISTS marts.orders_current (
+  order_id bigint PRIMARY KEY,
+  customer_id bigint NOT NULL,
+  status text NOT NULL,
+  ordered_at timestamptz NOT NULL,
+  updated_at timestamptz NOT NULL,
+  amount numeric(14,2));
+CREATE INDEX IF NOT EXISTS orders_current_status ON marts.orders_current (status);
+
+-- Unknown members: facts whose dimension row is missing point here instead of nowhere.
+INSERT INTO dwh.dim_customer (customer_key, customer_id, name, valid_from, valid_to, is_current)
+  VALUES (0, -1, 'unknown', '-infinity', 'infinity', true) ON CONFLICT DO NOTHING;
+INSERT INTO dwh.dim_product (product_key, product_id, name) VALUES (0, -1, 'unknown')
+  ON CONFLICT DO NOTHING;
+
+INSERT INTO dwh.dim_date
+SELECT to_char(d, 'YYYYMMDD')::int, d::date, extract(year FROM d)::int, extract(quarter FROM d)::int,
+       extract(month FROM d)::int, extract(day FROM d)::int, extract(isodow FROM d)::int,
+       trim(to_char(d, 'Day')), trim(to_char(d, 'Month')), extract(isodow FROM d) >= 6
+FROM generate_series('2015-01-01'::date, '2035-12-31'::date, interval '1 day') AS d
+ON CONFLICT DO NOTHING;
+)SQL";
+}
+
+std::string StagingDdl(const DatasetSpec& d) {
+  std::string cols;
+  for (const auto& c : d.columns) cols += ", " + QuoteIdent(c.name) + " " + PgTypeName(c.type);
+  const std::string table = "staging." + QuoteIdent(d.name);
+  return "CREATE TABLE IF NOT EXISTS " + table + " (ds date NOT NULL, run_id text NOT NULL" + cols +
+         ");\nCREATE INDEX IF NOT EXISTS " + QuoteIdent(d.name + "_ds") + " ON " + table + " (ds);\n";
+}
+
+const std::vector<Model>& AllModels() {
+  static const std::vector<Model> kModels = {
+      {"dim_state",
+       {R"SQL(
+INSERT INTO dwh.dim_state (abbreviation, name)
+SELECT abbreviation, name FROM staging.states WHERE ds = $1
+ON CONFLICT (abbreviation) DO UPDATE SET name = EXCLUDED.name
+  WHERE dim_state.name IS DISTINCT FROM EXCLUDED.name)SQL"}},
+
+      // SCD1: the latest staged version of each product touched on ds overwrites in place.
+      {"dim_product",
+       {R"SQL(
+INSERT INTO dwh.dim_product (product_id, name, category, price, updated_at)
+SELECT DISTINCT ON (p.product_id) p.product_id, p.name, p.category, p.price::numeric(12,2), p.updated_at
+FROM staging.products p
+WHERE p.product_id IN (SELECT product_id FROM staging.products WHERE ds = $1)
+ORDER BY p.product_id, p.updated_at DESC, p.ds DESC
+ON CONFLICT (product_id) DO UPDATE SET name = EXCLUDED.name, category = EXCLUDED.category,
+  price = EXCLUDED.price, updated_at = EXCLUDED.updated_at
+  WHERE (dim_product.name, dim_product.category, dim_product.price, dim_product.updated_at)
+        IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.category, EXCLUDED.price, EXCLUDED.updated_at))SQL"}},
+
+      // SCD2: the full history of each customer touched on ds is recomputed from staging
+      // (one version per distinct updated_at, valid until the next), then merged by
+      // (customer_id, valid_from). Rows that stop being current are closed before new current
+      // rows are inserted so the one-current-row index holds at every statement.
+      {"dim_customer",
+       {R"SQL(
+CREATE TEMP TABLE tmp_customer_versions ON COMMIT DROP AS
+WITH hist AS (
+  SELECT DISTINCT ON (c.customer_id, c.updated_at)
+         c.customer_id, c.name, c.email, c.address, c.city, c.state, c.segment, c.updated_at
+  FROM staging.customers c
+  WHERE c.customer_id IN (SELECT customer_id FROM staging.customers WHERE ds = $1)
+  ORDER BY c.customer_id, c.updated_at, c.ds DESC)
+SELECT customer_id, name, email, address, city, state, segment, updated_at AS valid_from,
+       coalesce(lead(updated_at) OVER w, 'infinity'::timestamptz) AS valid_to
+FROM hist WINDOW w AS (PARTITION BY customer_id ORDER BY updated_at))SQL",
+        R"SQL(
+DELETE FROM dwh.dim_customer d
+WHERE d.customer_id IN (SELECT customer_id FROM tmp_customer_versions)
+  AND NOT EXISTS (SELECT 1 FROM tmp_customer_versions v
+                  WHERE v.customer_id = d.customer_id AND v.valid_from = d.valid_from))SQL",
+        R"SQL(
+UPDATE dwh.dim_customer d SET valid_to = v.valid_to, is_current = false
+FROM tmp_customer_versions v
+WHERE v.customer_id = d.customer_id AND v.valid_from = d.valid_from
+  AND v.valid_to <> 'infinity' AND (d.is_current OR d.valid_to <> v.valid_to))SQL",
+        R"SQL(
+INSERT INTO dwh.dim_customer (customer_id, name, email, address, city, state, segment,
+                              valid_from, valid_to, is_current)
+SELECT customer_id, name, email, address, city, state, segment, valid_from, valid_to,
+       valid_to = 'infinity'
+FROM tmp_customer_versions
+ORDER BY customer_id, valid_from
+ON CONFLICT (customer_id, valid_from) DO UPDATE SET
+  name = EXCLUDED.name, email = EXCLUDED.email, address = EXCLUDED.address, city = EXCLUDED.city,
+  state = EXCLUDED.state, segment = EXCLUDED.segment, valid_to = EXCLUDED.valid_to,
+  is_current = EXCLUDED.is_current
+WHERE (dim_customer.name, dim_customer.email, dim_customer.address, dim_customer.city,
+       dim_customer.state, dim_customer.segment, dim_customer.valid_to, dim_customer.is_current)
+      IS DISTINCT FROM
+      (EXCLUDED.name, EXCLUDED.email, EXCLUDED.address, EXCLUDED.city, EXCLUDED.state,
+       EXCLUDED.segment, EXCLUDED.valid_to, EXCLUDED.is_current))SQL"}},
+
+      // Facts: every line of every order touched on ds (new orders, or later status changes
+      // of older ones) is merged by (order_id, line_no), keyed to the customer version valid
+      // at order time.
+      {"fact_sales",
+       {R"SQL(
+CREATE TEMP TABLE tmp_affected_orders ON COMMIT DROP AS
+SELECT order_id FROM staging.orders WHERE ds = $1
+UNION SELECT order_id FROM staging.order_items WHERE ds = $1)SQL",
+        R"SQL(
+INSERT INTO dwh.fact_sales (order_id, line_no, date_key, customer_key, product_key, quantity,
+                            unit_price, amount, ordered_at)
+WITH ord AS (
+  SELECT DISTINCT ON (o.order_id) o.order_id, o.customer_id, o.ordered_at
+  FROM staging.orders o WHERE o.order_id IN (SELECT order_id FROM tmp_affected_orders)
+  ORDER BY o.order_id, o.updated_at DESC, o.ds DESC),
+items AS (
+  SELECT DISTINCT ON (i.order_id, i.line_no) i.order_id, i.line_no, i.product_id, i.quantity,
+         i.unit_price::numeric(12,2) AS unit_price
+  FROM staging.order_items i WHERE i.order_id IN (SELECT order_id FROM tmp_affected_orders)
+  ORDER BY i.order_id, i.line_no, i.updated_at DESC, i.ds DESC)
+SELECT i.order_id, i.line_no, to_char(o.ordered_at AT TIME ZONE 'UTC', 'YYYYMMDD')::int,
+       coalesce(c.customer_key, 0), coalesce(p.product_key, 0), i.quantity, i.unit_price,
+       round(i.quantity * i.unit_price, 2), o.ordered_at
+FROM items i
+JOIN ord o USING (order_id)
+LEFT JOIN dwh.dim_customer c ON c.customer_id = o.customer_id
+     AND o.ordered_at >= c.valid_from AND o.ordered_at < c.valid_to
+LEFT JOIN dwh.dim_product p ON p.product_id = i.product_id
+ORDER BY i.order_id, i.line_no
+ON CONFLICT (order_id, line_no) DO UPDATE SET date_key = EXCLUDED.date_key,
+  customer_key = EXCLUDED.customer_key, product_key = EXCLUDED.product_key,
+  quantity = EXCLUDED.quantity, unit_price = EXCLUDED.unit_price, amount = EXCLUDED.amount,
+  ordered_at = EXCLUDED.ordered_at
+WHERE (fact_sales.date_key, fact_sales.customer_key, fact_sales.product_key, fact_sales.quantity,
+       fact_sales.unit_price, fact_sales.amount, fact_sales.ordered_at)
+      IS DISTINCT FROM
+      (EXCLUDED.date_key, EXCLUDED.customer_key, EXCLUDED.product_key, EXCLUDED.quantity,
+       EXCLUDED.unit_price, EXCLUDED.amount, EXCLUDED.ordered_at))SQL"}},
+
+      // Daily sales for every date an affected order falls on, recomputed from the facts.
+      {"daily_sales",
+       {R"SQL(
+CREATE TEMP TABLE tmp_affected_dates ON COMMIT DROP AS
+SELECT DISTINCT date_key FROM dwh.fact_sales
+WHERE order_id IN (SELECT order_id FROM tmp_affected_orders)
+UNION SELECT to_char($1::date, 'YYYYMMDD')::int)SQL",
+        R"SQL(
+DELETE FROM marts.daily_sales
+WHERE ds IN (SELECT d.date FROM dwh.dim_date d JOIN tmp_affected_dates USING (date_key)))SQL",
+        R"SQL(
+INSERT INTO marts.daily_sales (ds, orders, units, revenue)
+SELECT d.date, count(DISTINCT f.order_id), sum(f.quantity), sum(f.amount)
+FROM dwh.fact_sales f JOIN dwh.dim_date d USING (date_key)
+WHERE f.date_key IN (SELECT date_key FROM tmp_affected_dates)
+GROUP BY d.date)SQL"}},
+
+      {"orders_current",
+       {R"SQL(
+INSERT INTO marts.orders_current (order_id, customer_id, status, ordered_at, updated_at, amount)
+SELECT DISTINCT ON (o.order_id) o.order_id, o.customer_id, o.status, o.ordered_at, o.updated_at,
+       (SELECT sum(f.amount) FROM dwh.fact_sales f WHERE f.order_id = o.order_id)
+FROM staging.orders o WHERE o.order_id IN (SELECT order_id FROM tmp_affected_orders)
+ORDER BY o.order_id, o.updated_at DESC, o.ds DESC
+ON CONFLICT (order_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
+  ordered_at = EXCLUDED.ordered_at, updated_at = EXCLUDED.updated_at, amount = EXCLUDED.amount
+WHERE (orders_current.customer_id, orders_current.status, orders_current.ordered_at,
+       orders_current.updated_at, orders_current.amount)
+      IS DISTINCT FROM
+      (EXCLUDED.customer_id, EXCLUDED.status, EXCLUDED.ordered_at, EXCLUDED.updated_at,
+       EXCLUDED.amount))SQL"}},
+  };
+  return kModels;
+}
+
+std::vector<const Model*> ResolveModels(const std::vector<std::string>& names) {
+  std::vector<const Model*> out;
+  for (const auto& n : names) {
+    const Model* found = nullptr;
+    for (const auto& m : AllModels())
+      if (m.name == n) found = &m;
+    if (!found)
+      throw InputError("models: unknown model '" + n +
+                       "' (known: dim_state, dim_product, dim_customer, fact_sales, daily_sales, "
+                       "orders_current)");
+    out.push_back(found);
+  }
+  return out;
+}
+
+void RunModel(pqxx::transaction_base& tx, const Model& m, const std::string& ds) {
+  for (const auto& sql : m.statements) {
+    if (sql.find("$1") == std::string::npos) {
+      tx.exec(sql);
+    } else if (sql.find("CREATE TEMP TABLE") != std::string::npos) {
+      // Utility statements (CREATE TABLE AS) take no parameters: inline the validated date.
+      std::string inlined = sql;
+      const std::string lit = tx.quote(ds) + "::date";
+      for (size_t p = inlined.find("$1"); p != std::string::npos; p = inlined.find("$1", p)) inlined.replace(p, 2, lit);
+      tx.exec(inlined);
+    } else {
+      tx.exec_params(sql, ds);
+    }
+  }
+}
+
+}  // namespace strata::loader

@@ -1,0 +1,37 @@
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "services/ingest/coerce.h"
+
+namespace strata::ingest {
+namespace {
+
+using nlohmann::json;
+
+TEST(Coerce, AcceptsCanonicalValues) {
+  EXPECT_EQ(CoerceJson(json(42), ColumnType::kInt).text, "42");
+  EXPECT_EQ(CoerceJson(json("5024279"), ColumnType::kInt).text, "5024279");
+  EXPECT_EQ(CoerceJson(json(4.5), ColumnType::kFloat).text, "4.5");
+  EXPECT_EQ(CoerceJson(json(3.0), ColumnType::kInt).text, "3");
+  EXPECT_EQ(CoerceJson(json(true), ColumnType::kBool).text, "true");
+  EXPECT_EQ(CoerceJson(json("2024-02-29"), ColumnType::kDate).text, "2024-02-29");
+  EXPECT_EQ(CoerceJson(json("2024-01-02 03:04:05"), ColumnType::kTimestamp).text, "2024-01-02T03:04:05Z");
+  EXPECT_EQ(CoerceJson(json("2024-01-02T03:04:05.123+02:00"), ColumnType::kTimestamp).text,
+            "2024-01-02T03:04:05.123+02:00");
+  EXPECT_TRUE(CoerceJson(json(nullptr), ColumnType::kInt).is_null);
+  EXPECT_EQ(CoerceJson(json(7), ColumnType::kText).text, "7");
+}
+
+TEST(Coerce, RejectsWithReason) {
+  EXPECT_EQ(CoerceJson(json("n/a"), ColumnType::kFloat).why, "expected float, got \"n/a\"");
+  EXPECT_EQ(CoerceJson(json(4.5), ColumnType::kInt).why, "expected int, got 4.5");
+  EXPECT_EQ(CoerceJson(json("2023-02-29"), ColumnType::kDate).why, "expected date, got \"2023-02-29\"");
+  EXPECT_FALSE(CoerceJson(json("12,5"), ColumnType::kFloat).ok);
+  EXPECT_FALSE(CoerceJson(json::object(), ColumnType::kText).ok);
+  EXPECT_FALSE(CoerceJson(json("yes"), ColumnType::kBool).ok);
+  EXPECT_FALSE(CoerceJson(json("2024-01-02T25:00:00"), ColumnType::kTimestamp).ok);
+}
+
+}  // namespace
+}  // namespace strata::ingest

@@ -1,0 +1,156 @@
+// Warehouse models against a real PostgreSQL (database strata_pgtest, recreated per run):
+// exact SCD2 rows, fact keys of the version valid at order time, marts, and idempotency.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <pqxx/pqxx>
+
+#include "common/pg.h"
+#include "common/spec.h"
+#include "services/warehouse_loader/models.h"
+
+namespace strata::loader {
+namespace {
+
+std::string AdminDsn() {
+  const char* dsn = std::getenv("STRATA_PG_ADMIN_DSN");
+  return dsn ? dsn : "";
+}
+
+class ModelsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (AdminDsn().empty()) GTEST_SKIP() << "STRATA_PG_ADMIN_DSN not set";
+    {
+      pqxx::connection admin(AdminDsn() + " dbname=postgres");
+      pqxx::nontransaction tx(admin);
+      tx.exec("DROP DATABASE IF EXISTS strata_pgtest WITH (FORCE)");
+      tx.exec("CREATE DATABASE strata_pgtest");
+    }
+    conn_ = std::make_unique<pqxx::connection>(AdminDsn() + " dbname=strata_pgtest");
+    const PipelineSpec spec = LoadPipelineSpec(std::getenv("STRATA_PIPELINE_SPEC"));
+    std::string ddl = WarehouseDdl();
+    for (const auto& d : spec.datasets) ddl += StagingDdl(d);
+    RunDdl(*conn_, ddl);
+  }
+
+  void Exec(const std::string& sql) {
+    pqxx::work tx(*conn_);
+    tx.exec("SET LOCAL TIME ZONE 'UTC'");
+    tx.exec(sql);
+    tx.commit();
+  }
+
+  void Build(const std::string& ds) {
+    pqxx::work tx(*conn_);
+    tx.exec("SET LOCAL TIME ZONE 'UTC'");
+    for (const Model* m : ResolveModels({"dim_product", "dim_customer", "fact_sales", "daily_sales", "orders_current"}))
+      RunModel(tx, *m, ds);
+    tx.commit();
+  }
+
+  std::string Query(const std::string& sql) {
+    pqxx::work tx(*conn_);
+    tx.exec("SET LOCAL TIME ZONE 'UTC'");
+    const auto r = tx.exec(sql);
+    std::string out;
+    for (const auto& row : r) {
+      for (int i = 0; i < static_cast<int>(row.size()); ++i) out += (i ? "|" : "") + std::string(row[i].is_null() ? "NULL" : row[i].c_str());
+      out += "\n";
+    }
+    return out;
+  }
+
+  std::string Checksum() {
+    return Query(
+        "SELECT md5(string_agg(x, ',' ORDER BY x)) FROM ("
+        "SELECT 'c' || t::text x FROM dwh.dim_customer t UNION ALL SELECT 'p' || t::text FROM dwh.dim_product t "
+        "UNION ALL SELECT 'f' || t::text FROM dwh.fact_sales t UNION ALL SELECT 'd' || t::text FROM marts.daily_sales t "
+        "UNION ALL SELECT 'o' || t::text FROM marts.orders_current t) s");
+  }
+
+  void StageDay1And2() {
+    Exec(R"(
+INSERT INTO staging.products VALUES
+  ('2024-01-01', 'r1', 1, 'Pen', 'office', 2.5, '2024-01-01 00:01:00+00');
+INSERT INTO staging.customers VALUES
+  ('2024-01-01', 'r1', 1, 'Ann', 'a@x', 'A street', 'Springfield', 'CA', 'consumer', '2024-01-01 03:00+00', '2024-01-01 03:00+00'),
+  ('2024-01-01', 'r1', 2, 'Bob', 'b@x', 'X street', 'Riverton', 'TX', 'corporate', '2024-01-01 04:00+00', '2024-01-01 04:00+00');
+INSERT INTO staging.orders VALUES
+  ('2024-01-01', 'r1', 10, 1, 'open', '2024-01-01 13:00+00', '2024-01-01 13:00+00');
+INSERT INTO staging.order_items VALUES
+  ('2024-01-01', 'r1', 10, 1, 1, 2, 2.5, '2024-01-01 13:00+00'),
+  ('2024-01-01', 'r1', 10, 2, 1, 4, 2.5, '2024-01-01 13:00+00');
+INSERT INTO staging.customers VALUES
+  ('2024-01-02', 'r2', 1, 'Ann', 'a@x', 'B street', 'Springfield', 'CA', 'consumer', '2024-01-01 03:00+00', '2024-01-02 08:00+00');
+INSERT INTO staging.products VALUES
+  ('2024-01-02', 'r2', 1, 'Pen', 'office', 3.0, '2024-01-02 01:00:00+00');
+INSERT INTO staging.orders VALUES
+  ('2024-01-02', 'r2', 10, 1, 'shipped', '2024-01-01 13:00+00', '2024-01-02 09:00+00'),
+  ('2024-01-02', 'r2', 11, 1, 'open', '2024-01-02 14:00+00', '2024-01-02 14:00+00');
+INSERT INTO staging.order_items VALUES
+  ('2024-01-02', 'r2', 11, 1, 1, 1, 3.0, '2024-01-02 14:00+00');
+)");
+  }
+
+  std::unique_ptr<pqxx::connection> conn_;
+};
+
+TEST_F(ModelsTest, Scd2HistoryFactKeysAndMarts) {
+  StageDay1And2();
+  Build("2024-01-01");
+  Build("2024-01-02");
+  EXPECT_EQ(Query("SELECT customer_id, address, valid_from, valid_to, is_current FROM dwh.dim_customer "
+                  "WHERE customer_id > 0 ORDER BY customer_id, valid_from"),
+            "1|A street|2024-01-01 03:00:00+00|2024-01-02 08:00:00+00|f\n"
+            "1|B street|2024-01-02 08:00:00+00|infinity|t\n"
+            "2|X street|2024-01-01 04:00:00+00|infinity|t\n");
+  // Order 10 was placed under Ann's first address, order 11 under her second.
+  EXPECT_EQ(Query("SELECT f.order_id, f.line_no, c.address, f.amount, f.date_key FROM dwh.fact_sales f "
+                  "JOIN dwh.dim_customer c USING (customer_key) ORDER BY 1, 2"),
+            "10|1|A street|5.00|20240101\n10|2|A street|10.00|20240101\n11|1|B street|3.00|20240102\n");
+  EXPECT_EQ(Query("SELECT ds, orders, units, revenue FROM marts.daily_sales ORDER BY ds"),
+            "2024-01-01|1|6|15.00\n2024-01-02|1|1|3.00\n");
+  EXPECT_EQ(Query("SELECT order_id, status, amount FROM marts.orders_current ORDER BY 1"),
+            "10|shipped|15.00\n11|open|3.00\n");
+  EXPECT_EQ(Query("SELECT product_id, price FROM dwh.dim_product WHERE product_id > 0"), "1|3.00\n");  // SCD1
+}
+
+TEST_F(ModelsTest, RebuildingAnyDateKeepsTheWarehouseIdentical) {
+  StageDay1And2();
+  Build("2024-01-01");
+  Build("2024-01-02");
+  const std::string before = Checksum();
+  Build("2024-01-02");
+  EXPECT_EQ(Checksum(), before);
+  Build("2024-01-01");
+  EXPECT_EQ(Checksum(), before);
+  EXPECT_EQ(Query("SELECT count(*) FROM dwh.dim_customer WHERE customer_id > 0"), "3\n");
+}
+
+TEST_F(ModelsTest, SeveralChangesInOneDayApplyInOrderAndLateChangeSplitsInterval) {
+  StageDay1And2();
+  Build("2024-01-01");
+  Build("2024-01-02");
+  Exec(R"(
+INSERT INTO staging.customers VALUES
+  ('2024-01-03', 'r3', 2, 'Bob', 'b@x', 'Z street', 'Riverton', 'TX', 'corporate', '2024-01-01 04:00+00', '2024-01-03 07:00+00'),
+  ('2024-01-03', 'r3', 2, 'Bob', 'b@x', 'Y street', 'Riverton', 'TX', 'corporate', '2024-01-01 04:00+00', '2024-01-03 05:00+00'),
+  ('2024-01-03', 'r3', 1, 'Ann', 'a@x', 'Late street', 'Springfield', 'CA', 'consumer', '2024-01-01 03:00+00', '2024-01-01 20:00+00');
+)");
+  Build("2024-01-03");
+  EXPECT_EQ(Query("SELECT customer_id, address, valid_from, valid_to, is_current FROM dwh.dim_customer "
+                  "WHERE customer_id > 0 ORDER BY customer_id, valid_from"),
+            "1|A street|2024-01-01 03:00:00+00|2024-01-01 20:00:00+00|f\n"
+            "1|Late street|2024-01-01 20:00:00+00|2024-01-02 08:00:00+00|f\n"
+            "1|B street|2024-01-02 08:00:00+00|infinity|t\n"
+            "2|X street|2024-01-01 04:00:00+00|2024-01-03 05:00:00+00|f\n"
+            "2|Y street|2024-01-03 05:00:00+00|2024-01-03 07:00:00+00|f\n"
+            "2|Z street|2024-01-03 07:00:00+00|infinity|t\n");
+  EXPECT_EQ(Query("SELECT count(*) FROM (SELECT customer_id FROM dwh.dim_customer WHERE is_current "
+                  "GROUP BY 1 HAVING count(*) > 1) d"),
+            "0\n");
+}
+
+}  // namespace
+}  // namespace strata::loader
