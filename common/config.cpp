@@ -98,6 +98,7 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
         c.query_cache_ttl_seconds = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "task_timeout_seconds")
         c.task_timeout_seconds = PositiveInt(Scalar(kv.second, path), path);
+      else if (key == "reclaim_idle_ms") c.reclaim_idle_ms = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "services") {
         if (!kv.second.IsMap()) throw InputError("config " + path + ": expected a mapping");
         for (const auto& svc : kv.second) {
@@ -134,6 +135,9 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
   override_str("STRATA_WEBHOOK_URL", c.webhook_url);
   override_str("STRATA_SOURCE_HTTP", c.source_http);
   if (const char* v = env("STRATA_BATCH_ROWS")) c.batch_rows = PositiveInt(v, "STRATA_BATCH_ROWS");
+  if (const char* v = env("STRATA_RECLAIM_IDLE_MS")) c.reclaim_idle_ms = PositiveInt(v, "STRATA_RECLAIM_IDLE_MS");
+  if (const char* v = env("STRATA_TASK_TIMEOUT_SECONDS"))
+    c.task_timeout_seconds = PositiveInt(v, "STRATA_TASK_TIMEOUT_SECONDS");
   for (auto& [name, ep] : c.services) {
     const std::string prefix = "STRATA_" + Upper(name) + "_";
     override_str((prefix + "GRPC").c_str(), ep.grpc);

@@ -5,7 +5,8 @@
 //
 // Environment overrides (win over the file):
 //   STRATA_PG_DSN, STRATA_SOURCE_DSN, STRATA_REDIS_URL, STRATA_LAKE_ROOT, STRATA_PIPELINE_SPEC,
-//   STRATA_WEBHOOK_URL, STRATA_SOURCE_HTTP, STRATA_BATCH_ROWS,
+//   STRATA_WEBHOOK_URL, STRATA_SOURCE_HTTP, STRATA_BATCH_ROWS, STRATA_RECLAIM_IDLE_MS,
+//   STRATA_TASK_TIMEOUT_SECONDS,
 //   STRATA_<SERVICE>_GRPC and STRATA_<SERVICE>_METRICS (host:port) for
 //   INGEST, LAKE_EXPORT, WAREHOUSE_LOADER, QUALITY, QUERY, CONTROLLER.
 #pragma once
@@ -33,6 +34,8 @@ struct Config {
   int batch_rows = 5000;
   int query_cache_ttl_seconds = 300;
   int task_timeout_seconds = 900;
+  // Bus entries pending this long on a consumer are presumed orphaned and reclaimed.
+  int reclaim_idle_ms = 60000;
   std::map<std::string, Endpoint> services;
 
   // The endpoint of a known service; throws InputError for an unknown name.

@@ -90,6 +90,7 @@ up() {
     echo "export STRATA_WEBHOOK_URL=http://127.0.0.1:$webhook_port/hook"
     echo "export STRATA_WEBHOOK_PORT=$webhook_port"
     echo "export STRATA_STACK_DIR=$DIR"
+    echo "export STRATA_RECLAIM_IDLE_MS=${STRATA_RECLAIM_IDLE_MS:-3000}"
     echo "export STRATA_BIN=$(cd "$BIN" && pwd)"
     for s in $SERVICES; do
       S=$(echo "$s" | tr a-z A-Z)

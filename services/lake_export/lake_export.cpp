@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <filesystem>
@@ -108,8 +109,9 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
       try {
         bus.EnsureGroup(kBatchStream, kGroup);
         std::vector<StreamEntry> entries;
-        if (std::chrono::steady_clock::now() - last_claim > std::chrono::seconds(15)) {
-          entries = bus.AutoClaim(kBatchStream, kGroup, consumer_, 60000, 64);
+        const auto claim_every = std::chrono::milliseconds(std::min(15000, config_.reclaim_idle_ms / 2));
+        if (std::chrono::steady_clock::now() - last_claim > claim_every) {
+          entries = bus.AutoClaim(kBatchStream, kGroup, consumer_, config_.reclaim_idle_ms, 64);
           if (!entries.empty()) {
             metrics_.reclaimed.Add({}).Increment(static_cast<double>(entries.size()));
             spdlog::warn("reclaimed {} pending batch(es) from dead consumers", entries.size());

@@ -1,0 +1,34 @@
+# strata — the two commands a newcomer needs are `make demo` and `make test`.
+BUILD ?= build
+BUILD_TYPE ?= RelWithDebInfo
+JOBS ?= $(shell nproc)
+
+.PHONY: all deps build test demo up down bench clean
+
+all: build
+
+deps:
+	@bash infra/install-deps.sh
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	cd $(BUILD) && ctest --output-on-failure --timeout 900
+
+demo: build
+	@bash infra/demo.sh $(BUILD)/bin
+
+up: build
+	@infra/stack.sh up --dir .strata --bin $(BUILD)/bin
+	@echo "stack running; . .strata/env   (make down to stop)"
+
+down:
+	@infra/stack.sh down --dir .strata
+
+bench: build
+	@bash bench/run.sh $(BUILD)/bin
+
+clean:
+	rm -rf $(BUILD) .strata
