@@ -133,27 +133,32 @@ ON CONFLICT (product_id) DO UPDATE SET name = EXCLUDED.name, category = EXCLUDED
   WHERE (dim_product.name, dim_product.category, dim_product.price, dim_product.updated_at)
         IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.category, EXCLUDED.price, EXCLUDED.updated_at))SQL"}},
 
-      // SCD2: the full history of each customer touched on ds is recomputed from staging
-      // (one version per distinct updated_at, valid until the next), then merged by
-      // (customer_id, valid_from). Rows that stop being current are closed before new current
-      // rows are inserted so the one-current-row index holds at every statement.
+      // SCD2: the history of each customer touched on ds is the union of the versions the
+      // dimension already holds and the versions staged (a staged row wins on the same
+      // valid_from), each valid until the next. Versions are never dropped because a later
+      // re-extraction no longer sees them: incremental sources only show a row's latest state,
+      // so the dimension is the durable record of history. Rows that stop being current are
+      // closed before new current rows are inserted so the one-current-row index holds at
+      // every statement.
       {"dim_customer",
        {R"SQL(
 CREATE TEMP TABLE tmp_customer_versions ON COMMIT DROP AS
-WITH hist AS (
+WITH affected AS (SELECT DISTINCT customer_id FROM staging.customers WHERE ds = $1),
+staged AS (
   SELECT DISTINCT ON (c.customer_id, c.updated_at)
-         c.customer_id, c.name, c.email, c.address, c.city, c.state, c.segment, c.updated_at
-  FROM staging.customers c
-  WHERE c.customer_id IN (SELECT customer_id FROM staging.customers WHERE ds = $1)
-  ORDER BY c.customer_id, c.updated_at, c.ds DESC)
-SELECT customer_id, name, email, address, city, state, segment, updated_at AS valid_from,
-       coalesce(lead(updated_at) OVER w, 'infinity'::timestamptz) AS valid_to
-FROM hist WINDOW w AS (PARTITION BY customer_id ORDER BY updated_at))SQL",
-        R"SQL(
-DELETE FROM dwh.dim_customer d
-WHERE d.customer_id IN (SELECT customer_id FROM tmp_customer_versions)
-  AND NOT EXISTS (SELECT 1 FROM tmp_customer_versions v
-                  WHERE v.customer_id = d.customer_id AND v.valid_from = d.valid_from))SQL",
+         c.customer_id, c.name, c.email, c.address, c.city, c.state, c.segment,
+         c.updated_at AS valid_from, 0 AS precedence
+  FROM staging.customers c WHERE c.customer_id IN (SELECT customer_id FROM affected)
+  ORDER BY c.customer_id, c.updated_at, c.ds DESC),
+known AS (
+  SELECT d.customer_id, d.name, d.email, d.address, d.city, d.state, d.segment, d.valid_from, 1
+  FROM dwh.dim_customer d WHERE d.customer_id IN (SELECT customer_id FROM affected)),
+hist AS (
+  SELECT DISTINCT ON (customer_id, valid_from) * FROM (SELECT * FROM staged UNION ALL SELECT * FROM known) u
+  ORDER BY customer_id, valid_from, precedence)
+SELECT customer_id, name, email, address, city, state, segment, valid_from,
+       coalesce(lead(valid_from) OVER w, 'infinity'::timestamptz) AS valid_to
+FROM hist WINDOW w AS (PARTITION BY customer_id ORDER BY valid_from))SQL",
         R"SQL(
 UPDATE dwh.dim_customer d SET valid_to = v.valid_to, is_current = false
 FROM tmp_customer_versions v

@@ -1,0 +1,98 @@
+"""Helpers for strata's end-to-end tests: the running test stack (see infra/stack.sh) is
+described by STRATA_* environment variables; these helpers drive it through its real
+binaries and read results straight from PostgreSQL, Redis and the lake."""
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+
+import psycopg2
+
+ENV = os.environ
+BIN = ENV["STRATA_BIN"]
+FAILURES = []
+
+
+def check(cond, what):
+    """Records a failed assertion with its description; the test exits non-zero at the end."""
+    status = "ok  " if cond else "FAIL"
+    print(f"{status} {what}", flush=True)
+    if not cond:
+        FAILURES.append(what)
+
+
+def finish():
+    if FAILURES:
+        print(f"{len(FAILURES)} assertion(s) failed", flush=True)
+        sys.exit(1)
+    print("all assertions passed", flush=True)
+
+
+def run(*args, timeout=600):
+    p = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def stratactl(*args):
+    return run(f"{BIN}/stratactl", *args)
+
+
+def sim_advance(ds):
+    rc, out, err = run(f"{BIN}/strata-source-sim", "advance", "--through", ds)
+    assert rc == 0, err
+
+
+def sim_control(malformed_every):
+    req = urllib.request.Request(
+        f"{ENV['STRATA_SOURCE_HTTP']}/control?malformed_every={malformed_every}", data=b"", method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 200
+
+
+def query(dsn, sql, params=None):
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET TIME ZONE 'UTC'")
+            cur.execute(sql, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+def wh(sql, params=None):
+    return query(ENV["STRATA_PG_DSN"], sql, params)
+
+
+def src(sql, params=None):
+    return query(ENV["STRATA_SOURCE_DSN"], sql, params)
+
+
+def checksum(tables):
+    """md5 over every row of the tables. run_id is lineage (which run wrote a staging row), not
+    data, so it is left out: a re-run writes the same data under its own run id."""
+    parts = " UNION ALL ".join(f"SELECT '{t}' || (to_jsonb(t) - 'run_id')::text AS x FROM {t} t" for t in tables)
+    return wh(f"SELECT md5(string_agg(x, ',' ORDER BY x)) FROM ({parts}) s")[0][0]
+
+
+def metrics(service):
+    with urllib.request.urlopen(f"http://{ENV[f'STRATA_{service.upper()}_METRICS']}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def metric_value(text, name, labels):
+    """Sum of samples of `name` whose labels include all of `labels` (dict)."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, value = line.rsplit(" ", 1)
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def dead_letters(run_id):
+    rc, out, _ = run("redis-cli", "-p", ENV["STRATA_REDIS_PORT"], "--no-raw", "xrange", "strata:deadletter", "-", "+")
+    return out.count(f'"{run_id}"')
