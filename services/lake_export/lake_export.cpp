@@ -57,7 +57,9 @@ struct Metrics {
         commits(prometheus::BuildCounter().Name("strata_lake_export_partitions_committed_total")
                     .Help("Partitions committed by manifest").Register(r)),
         reclaimed(prometheus::BuildCounter().Name("strata_lake_export_reclaimed_total")
-                      .Help("Pending entries reclaimed from dead consumers").Register(r)) {}
+                      .Help("Pending entries reclaimed from dead consumers").Register(r)) {
+    reclaimed.Add({});  // exposed as 0 from the start: an absent series cannot be alerted on
+  }
   prometheus::Family<prometheus::Counter>& batches;
   prometheus::Family<prometheus::Counter>& rows;
   prometheus::Family<prometheus::Counter>& bytes;

@@ -36,7 +36,9 @@ struct Metrics {
         degraded(prometheus::BuildCounter().Name("strata_query_degraded_total")
                      .Help("Requests answered without the cache because Redis failed").Register(r)),
         latency(prometheus::BuildHistogram().Name("strata_query_request_duration_seconds")
-                    .Help("Request latency by method").Register(r)) {}
+                    .Help("Request latency by method").Register(r)) {
+    degraded.Add({});  // exposed as 0 from the start: an absent series cannot be alerted on
+  }
   prometheus::Family<prometheus::Counter>& requests;
   prometheus::Family<prometheus::Counter>& cache;
   prometheus::Family<prometheus::Counter>& degraded;

@@ -1,0 +1,104 @@
+"""strata seen by clients that are not strata: Python grpcio (health and a query RPC),
+promtool on every /metrics, redis-py playing a consumer that dies holding a batch."""
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+import redis
+
+from strata_e2e import ENV, check, finish, metric_value, metrics, sim_advance, stratactl, wh
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SERVICES = ["ingest", "lake_export", "warehouse_loader", "quality", "query", "controller"]
+
+# Messages generated from the project's proto by the real protoc, imported by grpcio's client.
+gen = tempfile.mkdtemp()
+subprocess.run(["protoc", f"--python_out={gen}", "-I", f"{ROOT}/proto", f"{ROOT}/proto/strata.proto"], check=True)
+sys.path.insert(0, gen)
+import strata_pb2  # noqa: E402
+
+# A pipeline day so every service has something to report (the pipeline test may not have run).
+if wh("SELECT count(*) FROM ops.runs WHERE state = 'succeeded'")[0][0] == 0:
+    sim_advance("2024-01-01")
+    check(stratactl("run", "--date", "2024-01-01")[0] == 0, "a pipeline day runs")
+
+# --- grpc.health.v1.Health/Check on every service -----------------------------------------------
+for svc in SERVICES:
+    channel = grpc.insecure_channel(ENV[f"STRATA_{svc.upper()}_GRPC"])
+    health = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                 request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    reply = health(b"", timeout=5)  # HealthCheckRequest{service: ""}
+    check(reply == b"\x08\x01", f"{svc}: Health/Check answers SERVING")
+    reflection = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                                      request_serializer=lambda b: b, response_deserializer=lambda b: b)
+    # ServerReflectionRequest{list_services: ""} is field 7, an empty string.
+    answers = list(reflection(iter([b"\x3a\x00"]), timeout=5))
+    check(len(answers) == 1 and b"strata.v1." in answers[0], f"{svc}: server reflection lists strata services")
+
+# --- a query RPC from grpcio, checked against the warehouse ----------------------------------------
+q = grpc.insecure_channel(ENV["STRATA_QUERY_GRPC"])
+daily = q.unary_unary("/strata.v1.Query/DailySales", request_serializer=strata_pb2.DailySalesRequest.SerializeToString,
+                      response_deserializer=strata_pb2.DailySalesReply.FromString)
+expected = wh("SELECT ds::text, orders, units, revenue::float8 FROM marts.daily_sales ORDER BY ds")
+reply = daily(strata_pb2.DailySalesRequest(**{"from": "2024-01-01", "to": "2024-12-31"}), timeout=5)
+got = [(d.ds, d.orders, d.units, round(d.revenue, 2)) for d in reply.days]
+check(len(got) > 0 and got == [(a, b, c, round(d, 2)) for a, b, c, d in expected],
+      f"DailySales over gRPC equals marts.daily_sales ({len(got)} days)")
+again = daily(strata_pb2.DailySalesRequest(**{"from": "2024-01-01", "to": "2024-12-31"}), timeout=5)
+check(again.cached and list(again.days) == list(reply.days), "the second identical call is served from the cache")
+top = q.unary_unary("/strata.v1.Query/TopCustomers", request_serializer=strata_pb2.TopCustomersRequest.SerializeToString,
+                    response_deserializer=strata_pb2.TopCustomersReply.FromString)
+try:
+    top(strata_pb2.TopCustomersRequest(limit=-1), timeout=5)
+    check(False, "a negative limit is refused")
+except grpc.RpcError as e:
+    check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit" in e.details(),
+          f"a negative limit is INVALID_ARGUMENT naming the parameter ({e.code()}, {e.details()})")
+try:
+    top(strata_pb2.TopCustomersRequest(limit=3, status="lost"), timeout=5)
+    check(False, "an unknown status is refused")
+except grpc.RpcError as e:
+    check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "status" in e.details(),
+          f"an unknown status is INVALID_ARGUMENT ({e.details()})")
+three = top(strata_pb2.TopCustomersRequest(limit=3), timeout=5)
+expected_top = wh("""SELECT customer_id, sum(amount) FROM marts.orders_current WHERE amount IS NOT NULL
+                     GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 3""")
+check([(c.customer_id, round(c.revenue, 2)) for c in three.customers] == [(a, float(b)) for a, b in expected_top],
+      "TopCustomers(limit=3) equals the warehouse's top three")
+
+# --- a consumer dies holding a batch: lake-export reclaims it ---------------------------------------
+r = redis.Redis.from_url(ENV["STRATA_REDIS_URL"])
+batch = strata_pb2.Batch(batch_id="probe/0", pipeline="demo", dataset="reclaim_probe", ds="2024-02-01",
+                         run_id="r9999999999999-0001", seq=0, last=True, total_batches=1, columns=["a"])
+for v in ["x", "y"]:
+    batch.rows.add().values.add().text = v
+pipe = r.pipeline(transaction=True)  # add and take in one step so the live consumer cannot see it first
+pipe.xadd("strata:batches", {"batch": batch.SerializeToString(), "dataset": "reclaim_probe"})
+pipe.xreadgroup("lake-export", "consumer-that-dies", {"strata:batches": ">"}, count=1)
+pipe.execute()
+manifest = os.path.join(ENV["STRATA_LAKE_ROOT"], "bronze/reclaim_probe/dt=2024-02-01/_manifest.json")
+deadline = time.time() + 30
+while time.time() < deadline and not os.path.exists(manifest):
+    time.sleep(0.2)
+check(os.path.exists(manifest), "the orphaned batch was reclaimed and its partition committed")
+pending = r.xpending("strata:batches", "lake-export")["pending"]
+check(pending == 0, f"nothing is left pending on the bus ({pending})")
+check(metric_value(metrics("lake_export"), "strata_lake_export_reclaimed_total", {}) >= 1,
+      "strata_lake_export_reclaimed_total counted it")
+
+# --- promtool and the golden list of metric names -------------------------------------------------
+golden = {}
+for line in open(os.path.join(ROOT, "tests/metrics_golden.txt")):
+    if line.strip() and not line.startswith("#"):
+        svc, name = line.split()
+        golden.setdefault(svc, set()).add(name)
+for svc in SERVICES:
+    text = metrics(svc)
+    p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    check(p.returncode == 0, f"{svc}: promtool check metrics passes {p.stdout.strip()} {p.stderr.strip()}")
+    exposed = {l.split()[2] for l in text.splitlines() if l.startswith("# TYPE strata_")}
+    check(exposed and exposed <= golden[svc], f"{svc}: every metric is in the golden list (extra: {exposed - golden[svc]})")
+finish()
