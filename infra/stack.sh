@@ -52,24 +52,36 @@ down() {
     . "$DIR/env"
     redis-cli -p "$STRATA_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
   fi
-  if [ -f "$DIR/pg/data/postmaster.pid" ]; then as_pg "$PGBIN/pg_ctl" -D "$DIR/pg/data" -m fast -w stop >/dev/null || true; fi
+  local pgdir
+  pgdir=$(cat "$DIR/pgdir" 2>/dev/null || true)
+  if [ -n "$pgdir" ] && [ -f "$pgdir/data/postmaster.pid" ]; then
+    as_pg "$PGBIN/pg_ctl" -D "$pgdir/data" -m fast -w stop >/dev/null || true
+  fi
+  if [ -n "$pgdir" ]; then rm -rf "$pgdir"; fi
   echo "stack: stopped ($DIR)"
 }
 
 up() {
   [ -n "$BIN" ] || { echo "stack.sh up: --bin is required" >&2; exit 2; }
   down >/dev/null 2>&1 || true
-  rm -rf "$DIR"
-  mkdir -p "$DIR"/{run,logs,lake,redis,pg}
+  # Only this stack's own entries are replaced: DIR may hold other stacks (e.g. .strata/demo).
+  mkdir -p "$DIR"
   DIR=$(cd "$DIR" && pwd)
+  rm -rf "$DIR"/{run,logs,lake,redis,env,pgdir}
+  mkdir -p "$DIR"/{run,logs,lake,redis}
+  # PostgreSQL's files live where the postgres user can reach them even when DIR's parents are
+  # private (a CI checkout under /root, say).
+  local pgdir
+  pgdir=$(mktemp -d /tmp/strata-pg.XXXXXX)
+  echo "$pgdir" >"$DIR/pgdir"
   local pg_port redis_port sim_port webhook_port
   pg_port=$(free_port); redis_port=$(free_port); sim_port=$(free_port); webhook_port=$(free_port)
 
   # PostgreSQL: trust auth on loopback only; wal_level=logical so CDC can use this server too.
-  if [ "$(id -u)" -eq 0 ]; then chown -R postgres:postgres "$DIR/pg"; fi
-  as_pg "$PGBIN/initdb" -D "$DIR/pg/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$DIR/logs/initdb.log"
-  as_pg "$PGBIN/pg_ctl" -D "$DIR/pg/data" -l "$DIR/pg/postgres.log" -w -t 60 start \
-    -o "-p $pg_port -k $DIR/pg -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null
+  if [ "$(id -u)" -eq 0 ]; then chown postgres:postgres "$pgdir"; fi
+  as_pg "$PGBIN/initdb" -D "$pgdir/data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$DIR/logs/initdb.log"
+  as_pg "$PGBIN/pg_ctl" -D "$pgdir/data" -l "$pgdir/postgres.log" -w -t 60 start \
+    -o "-p $pg_port -k $pgdir -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null
   local pg="host=127.0.0.1 port=$pg_port user=postgres"
   psql "$pg dbname=postgres" -qAtc "CREATE DATABASE warehouse" -c "CREATE DATABASE source" >/dev/null
 

@@ -23,6 +23,7 @@
 #include "common/time_util.h"
 #include "services/ingest/batch_builder.h"
 #include "services/ingest/coerce.h"
+#include "services/ingest/extract_query.h"
 #include "services/ingest/html_table.h"
 #include "strata.grpc.pb.h"
 
@@ -204,21 +205,7 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
     // either in this day's snapshot or the next day's, never both halves.
     pqxx::transaction<pqxx::isolation_level::repeatable_read, pqxx::readwrite_policy::read_only> tx(*conn);
     tx.exec("SET LOCAL TIME ZONE 'UTC'");
-    std::string cols;
-    for (const auto& c : d.columns) {
-      if (!cols.empty()) cols += ", ";
-      cols += c.type == ColumnType::kTimestamp
-                  ? "to_char(" + QuoteIdent(c.name) + ", 'YYYY-MM-DD\"T\"HH24:MI:SS.USZ')"
-                  : QuoteIdent(c.name) + "::text";
-    }
-    std::string order = QuoteIdent(d.source.cursor);
-    for (const auto& k : d.key) order += ", " + QuoteIdent(k);
-    const auto dot = d.source.table.find('.');
-    const std::string table = QuoteIdent(d.source.table.substr(0, dot)) + "." + QuoteIdent(d.source.table.substr(dot + 1));
-    const std::string day = tx.quote(req.ds());
-    tx.exec("DECLARE strata_extract NO SCROLL CURSOR FOR SELECT " + cols + " FROM " + table +
-            " WHERE " + QuoteIdent(d.source.cursor) + " >= " + day + "::date::timestamptz AND " +
-            QuoteIdent(d.source.cursor) + " < (" + day + "::date + 1)::timestamptz ORDER BY " + order);
+    tx.exec("DECLARE strata_extract NO SCROLL CURSOR FOR " + IncrementalSelect(d, req.ds()));
     const std::string fetch = "FETCH " + std::to_string(config_.batch_rows) + " FROM strata_extract";
     std::vector<std::string> values(d.columns.size());
     std::vector<bool> nulls(d.columns.size());

@@ -35,3 +35,35 @@ TEST(Coerce, RejectsWithReason) {
 
 }  // namespace
 }  // namespace strata::ingest
+
+#include "common/errors.h"
+#include "services/ingest/extract_query.h"
+
+namespace strata::ingest {
+namespace {
+
+TEST(ExtractQuery, DayWindowIsHalfOpenUtc) {
+  const Window w = DayWindow("2024-02-28");
+  EXPECT_EQ(w.start, "2024-02-28T00:00:00Z");
+  EXPECT_EQ(w.end, "2024-02-29T00:00:00Z");
+  EXPECT_EQ(DayWindow("2024-12-31").end, "2025-01-01T00:00:00Z");
+  EXPECT_THROW(DayWindow("2024-02-30"), InputError);
+}
+
+TEST(ExtractQuery, SelectsTheWindowOrderedByCursorThenKey) {
+  DatasetSpec d;
+  d.name = "order_items";
+  d.source.type = "postgres";
+  d.source.table = "shop.order_items";
+  d.source.cursor = "updated_at";
+  d.key = {"order_id", "line_no"};
+  d.columns = {{"order_id", ColumnType::kInt, ""}, {"updated_at", ColumnType::kTimestamp, ""}};
+  EXPECT_EQ(IncrementalSelect(d, "2024-01-03"),
+            "SELECT \"order_id\"::text, to_char(\"updated_at\" AT TIME ZONE 'UTC', "
+            "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM \"shop\".\"order_items\" WHERE \"updated_at\" >= "
+            "'2024-01-03T00:00:00Z' AND \"updated_at\" < '2024-01-04T00:00:00Z' ORDER BY \"updated_at\", "
+            "\"order_id\", \"line_no\"");
+}
+
+}  // namespace
+}  // namespace strata::ingest

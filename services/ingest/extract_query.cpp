@@ -1,0 +1,34 @@
+#include "services/ingest/extract_query.h"
+
+#include "common/pg.h"
+#include "common/time_util.h"
+
+namespace strata::ingest {
+
+Window DayWindow(const std::string& ds) {
+  ParseDate(ds, "ds");
+  return {ds + "T00:00:00Z", AddDays(ds, 1) + "T00:00:00Z"};
+}
+
+std::string IncrementalSelect(const DatasetSpec& d, const std::string& ds) {
+  const Window w = DayWindow(ds);
+  std::string cols;
+  for (const auto& c : d.columns) {
+    if (!cols.empty()) cols += ", ";
+    cols += c.type == ColumnType::kTimestamp
+                ? "to_char(" + QuoteIdent(c.name) + " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+                : QuoteIdent(c.name) + "::text";
+  }
+  const std::string cursor = QuoteIdent(d.source.cursor);
+  std::string order = cursor;
+  for (const auto& k : d.key)
+    if (k != d.source.cursor) order += ", " + QuoteIdent(k);
+  const auto dot = d.source.table.find('.');
+  const std::string table =
+      QuoteIdent(d.source.table.substr(0, dot)) + "." + QuoteIdent(d.source.table.substr(dot + 1));
+  // The window bounds are built from a validated date, so inlining them is safe.
+  return "SELECT " + cols + " FROM " + table + " WHERE " + cursor + " >= '" + w.start + "' AND " + cursor +
+         " < '" + w.end + "' ORDER BY " + order;
+}
+
+}  // namespace strata::ingest

@@ -1,0 +1,23 @@
+// The incremental extraction query for a PostgreSQL source: rows whose cursor column falls in
+// the logical day's half-open window [ds 00:00 UTC, ds+1 00:00 UTC), ordered by (cursor, key)
+// so the order is total and a resumed or repeated extraction sees rows in the same sequence.
+// Timestamps are rendered as ISO-8601 UTC text so they survive the bus unchanged. Pure.
+#pragma once
+#include <string>
+
+#include "common/spec.h"
+
+namespace strata::ingest {
+
+struct Window {
+  std::string start;  // inclusive, ISO-8601 UTC
+  std::string end;    // exclusive
+};
+
+// Throws InputError for a malformed ds.
+Window DayWindow(const std::string& ds);
+
+// SELECT ... FROM <table> WHERE <cursor> >= '<start>' AND <cursor> < '<end>' ORDER BY ...
+std::string IncrementalSelect(const DatasetSpec& dataset, const std::string& ds);
+
+}  // namespace strata::ingest
