@@ -33,6 +33,12 @@ std::string QuoteIdent(const std::string& ident) {
   return out + "\"";
 }
 
+std::string QuoteQualified(const std::string& qualified) {
+  const auto dot = qualified.find('.');
+  if (dot == std::string::npos) return QuoteIdent(qualified);
+  return QuoteIdent(qualified.substr(0, dot)) + "." + QuoteIdent(qualified.substr(dot + 1));
+}
+
 CopyConn::CopyConn(const std::string& dsn) {
   conn_ = PQconnectdb(dsn.c_str());
   if (PQstatus(conn_) != CONNECTION_OK) {

@@ -40,5 +40,7 @@ class CopyConn {
 
 // Quotes an identifier for SQL text (schema/table/column names from the pipeline spec).
 std::string QuoteIdent(const std::string& ident);
+// "schema.table" -> "schema"."table" (names validated by the spec parser).
+std::string QuoteQualified(const std::string& qualified);
 
 }  // namespace strata

@@ -46,7 +46,13 @@ stop_pid() {  # stop_pid FILE: SIGTERM, wait up to 10 s, then SIGKILL
 
 down() {
   [ -d "$DIR" ] || return 0
-  for s in controller query quality warehouse_loader lake_export ingest source_sim; do stop_pid "$DIR/run/$s.pid"; done
+  local unclean=""
+  for s in controller query quality warehouse_loader lake_export ingest source_sim; do
+    [ -f "$DIR/run/$s.pid" ] || continue
+    stop_pid "$DIR/run/$s.pid"
+    # A service that shut down cleanly on SIGTERM says so last.
+    if [ "$s" != source_sim ] && ! tail -n 3 "$DIR/logs/$s.log" | grep -q '"msg":"stopped"'; then unclean="$unclean $s"; fi
+  done
   if [ -f "$DIR/env" ]; then
     # shellcheck disable=SC1091
     . "$DIR/env"
@@ -59,6 +65,7 @@ down() {
   fi
   if [ -n "$pgdir" ]; then rm -rf "$pgdir"; fi
   echo "stack: stopped ($DIR)"
+  if [ -n "$unclean" ]; then echo "stack: did not shut down cleanly:$unclean" >&2; return 1; fi
 }
 
 up() {

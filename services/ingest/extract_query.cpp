@@ -23,9 +23,7 @@ std::string IncrementalSelect(const DatasetSpec& d, const std::string& ds) {
   std::string order = cursor;
   for (const auto& k : d.key)
     if (k != d.source.cursor) order += ", " + QuoteIdent(k);
-  const auto dot = d.source.table.find('.');
-  const std::string table =
-      QuoteIdent(d.source.table.substr(0, dot)) + "." + QuoteIdent(d.source.table.substr(dot + 1));
+  const std::string table = QuoteQualified(d.source.table);
   // The window bounds are built from a validated date, so inlining them is safe.
   return "SELECT " + cols + " FROM " + table + " WHERE " + cursor + " >= '" + w.start + "' AND " + cursor +
          " < '" + w.end + "' ORDER BY " + order;

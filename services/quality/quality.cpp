@@ -43,11 +43,6 @@ CREATE TABLE IF NOT EXISTS quality.check_results (
 CREATE INDEX IF NOT EXISTS check_results_ds ON quality.check_results (ds, check_name, checked_at DESC);
 )SQL";
 
-std::string Table(const std::string& qualified) {
-  const auto dot = qualified.find('.');
-  return QuoteIdent(qualified.substr(0, dot)) + "." + QuoteIdent(qualified.substr(dot + 1));
-}
-
 struct Metrics {
   explicit Metrics(prometheus::Registry& r)
       : checks(prometheus::BuildCounter().Name("strata_quality_checks_total")
@@ -163,25 +158,25 @@ class QualityImpl final : public Component, public strata::v1::Quality::Service 
       const std::string col = c.columns.empty() ? "" : QuoteIdent(c.columns.front());
       if (c.kind == "not_null") {
         finish(base(c.table + "." + c.columns.front()),
-               count("SELECT count(*) FROM " + Table(c.table) + " WHERE " + col + " IS NULL"), "rows with NULL");
+               count("SELECT count(*) FROM " + QuoteQualified(c.table) + " WHERE " + col + " IS NULL"), "rows with NULL");
       } else if (c.kind == "unique") {
         std::string cols;
         for (const auto& k : c.columns) cols += (cols.empty() ? "" : ", ") + QuoteIdent(k);
         finish(base(c.table + "(" + cols + ")"),
-               count("SELECT count(*) FROM (SELECT 1 FROM " + Table(c.table) + " GROUP BY " + cols +
+               count("SELECT count(*) FROM (SELECT 1 FROM " + QuoteQualified(c.table) + " GROUP BY " + cols +
                      " HAVING count(*) > 1) dup"),
                "duplicated key values");
       } else if (c.kind == "relationships") {
         finish(base(c.table + "." + c.columns.front() + " -> " + c.to_table + "." + c.to_column),
-               count("SELECT count(*) FROM " + Table(c.table) + " t WHERE t." + col +
-                     " IS NOT NULL AND NOT EXISTS (SELECT 1 FROM " + Table(c.to_table) + " p WHERE p." +
+               count("SELECT count(*) FROM " + QuoteQualified(c.table) + " t WHERE t." + col +
+                     " IS NOT NULL AND NOT EXISTS (SELECT 1 FROM " + QuoteQualified(c.to_table) + " p WHERE p." +
                      QuoteIdent(c.to_column) + " = t." + col + ")"),
                "rows without a parent");
       } else if (c.kind == "accepted_values") {
         std::string list;
         for (const auto& v : c.values) list += (list.empty() ? "" : ", ") + tx.quote(v);
         finish(base(c.table + "." + c.columns.front()),
-               count("SELECT count(*) FROM " + Table(c.table) + " WHERE " + col + " IS NOT NULL AND " + col +
+               count("SELECT count(*) FROM " + QuoteQualified(c.table) + " WHERE " + col + " IS NOT NULL AND " + col +
                      "::text NOT IN (" + list + ")"),
                "rows outside the accepted values");
       } else if (c.kind == "reconciliation") {

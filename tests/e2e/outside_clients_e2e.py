@@ -101,4 +101,18 @@ for svc in SERVICES:
     check(p.returncode == 0, f"{svc}: promtool check metrics passes {p.stdout.strip()} {p.stderr.strip()}")
     exposed = {l.split()[2] for l in text.splitlines() if l.startswith("# TYPE strata_")}
     check(exposed and exposed <= golden[svc], f"{svc}: every metric is in the golden list (extra: {exposed - golden[svc]})")
+# --- Redis down: the query service answers from PostgreSQL, counts it, and recovers ---------------
+degraded_before = metric_value(metrics("query"), "strata_query_degraded_total", {})
+subprocess.run(["redis-cli", "-p", ENV["STRATA_REDIS_PORT"], "shutdown", "nosave"], capture_output=True)
+req = strata_pb2.DailySalesRequest(**{"from": "2024-01-01", "to": "2024-12-31"})
+during = daily(req, timeout=10)
+check(not during.cached and list(during.days) == list(reply.days), "with Redis down the answer still arrives, uncached")
+check(metric_value(metrics("query"), "strata_query_degraded_total", {}) > degraded_before,
+      "strata_query_degraded_total counted the degraded answer")
+subprocess.run(["redis-server", "--port", ENV["STRATA_REDIS_PORT"], "--bind", "127.0.0.1", "--daemonize", "yes",
+                "--dir", os.path.join(ENV["STRATA_STACK_DIR"], "redis"), "--save", "", "--appendonly", "no",
+                "--pidfile", os.path.join(ENV["STRATA_STACK_DIR"], "run/redis.pid")], check=True)
+time.sleep(0.5)
+daily(req, timeout=10)
+check(daily(req, timeout=10).cached, "after Redis returns, answers are cached again")
 finish()
