@@ -47,11 +47,16 @@ stop_pid() {  # stop_pid FILE: SIGTERM, wait up to 10 s, then SIGKILL
 down() {
   [ -d "$DIR" ] || return 0
   local unclean=""
+  local s
   for s in controller query quality warehouse_loader lake_export ingest source_sim; do
-    [ -f "$DIR/run/$s.pid" ] || continue
-    stop_pid "$DIR/run/$s.pid"
+    stop_pid "$DIR/run/$s.pid" &
+  done
+  wait
+  for s in controller query quality warehouse_loader lake_export ingest; do
     # A service that shut down cleanly on SIGTERM says so last.
-    if [ "$s" != source_sim ] && ! tail -n 3 "$DIR/logs/$s.log" | grep -q '"msg":"stopped"'; then unclean="$unclean $s"; fi
+    if [ -f "$DIR/logs/$s.log" ] && ! tail -n 3 "$DIR/logs/$s.log" | grep -q '"msg":"stopped"'; then
+      unclean="$unclean $s"
+    fi
   done
   if [ -f "$DIR/env" ]; then
     # shellcheck disable=SC1091
