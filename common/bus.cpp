@@ -77,6 +77,14 @@ RedisReply RedisClient::Command(const std::vector<std::string>& argv) {
   auto* r = static_cast<redisReply*>(
       redisCommandArgv(ctx_, static_cast<int>(argv.size()), args.data(), lens.data()));
   if (!r) {
+    // The connection broke (e.g. Redis restarted since the last call): reconnect and try once
+    // more, so one restart costs callers nothing. A second failure is reported.
+    redisFree(ctx_);
+    ctx_ = nullptr;
+    ConnectLocked();
+    r = static_cast<redisReply*>(redisCommandArgv(ctx_, static_cast<int>(argv.size()), args.data(), lens.data()));
+  }
+  if (!r) {
     const std::string why = ctx_->errstr;
     redisFree(ctx_);
     ctx_ = nullptr;

@@ -9,8 +9,10 @@
 // reclaims (XAUTOCLAIM) entries a dead consumer left pending.
 //
 // A RedisClient is one connection guarded by a mutex: cheap calls may share it, but a
-// consumer that blocks in XREADGROUP should own its client. Connection failures throw EnvError
-// and the next call reconnects.
+// consumer that blocks in XREADGROUP should own its client. A broken connection is re-opened
+// and the command retried once; failures after that throw EnvError. Commands sent through here
+// must therefore be safe to repeat (every strata command is: reads, SET, XADD of idempotent
+// batches, XACK).
 #pragma once
 #include <map>
 #include <memory>

@@ -93,11 +93,15 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
       else if (key == "pipeline_spec") c.pipeline_spec = Scalar(kv.second, path);
       else if (key == "webhook_url") c.webhook_url = Scalar(kv.second, path);
       else if (key == "source_http") c.source_http = Scalar(kv.second, path);
+      else if (key == "webhook_format") c.webhook_format = Scalar(kv.second, path);
       else if (key == "batch_rows") c.batch_rows = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "query_cache_ttl_seconds")
         c.query_cache_ttl_seconds = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "task_timeout_seconds")
         c.task_timeout_seconds = PositiveInt(Scalar(kv.second, path), path);
+      else if (key == "query_rate_limit_rps")
+        c.query_rate_limit_rps = PositiveInt(Scalar(kv.second, path), path);
+      else if (key == "query_timeout_ms") c.query_timeout_ms = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "reclaim_idle_ms") c.reclaim_idle_ms = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "services") {
         if (!kv.second.IsMap()) throw InputError("config " + path + ": expected a mapping");
@@ -134,8 +138,25 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
   override_str("STRATA_PIPELINE_SPEC", c.pipeline_spec);
   override_str("STRATA_WEBHOOK_URL", c.webhook_url);
   override_str("STRATA_SOURCE_HTTP", c.source_http);
+  override_str("STRATA_WEBHOOK_FORMAT", c.webhook_format);
   if (const char* v = env("STRATA_BATCH_ROWS")) c.batch_rows = PositiveInt(v, "STRATA_BATCH_ROWS");
   if (const char* v = env("STRATA_RECLAIM_IDLE_MS")) c.reclaim_idle_ms = PositiveInt(v, "STRATA_RECLAIM_IDLE_MS");
+  if (const char* v = env("STRATA_QUERY_RATE_LIMIT_RPS"))
+    c.query_rate_limit_rps = PositiveInt(v, "STRATA_QUERY_RATE_LIMIT_RPS");
+  if (const char* v = env("STRATA_QUERY_TIMEOUT_MS")) c.query_timeout_ms = PositiveInt(v, "STRATA_QUERY_TIMEOUT_MS");
+  if (const char* v = env("STRATA_QUERY_TOKENS")) {
+    std::stringstream list(v);
+    std::string item;
+    while (std::getline(list, item, ',')) {
+      if (item.empty()) continue;
+      const auto colon = item.rfind(':');
+      const std::string role = colon == std::string::npos ? "" : item.substr(colon + 1);
+      if (colon == std::string::npos || colon == 0 || (role != "analyst" && role != "viewer"))
+        throw InputError("STRATA_QUERY_TOKENS: expected token:role pairs with role analyst or viewer, got an entry "
+                         "ending in \"" + (role.empty() ? std::string("(no role)") : role) + "\"");
+      c.query_tokens[item.substr(0, colon)] = role;
+    }
+  }
   if (const char* v = env("STRATA_TASK_TIMEOUT_SECONDS"))
     c.task_timeout_seconds = PositiveInt(v, "STRATA_TASK_TIMEOUT_SECONDS");
   for (auto& [name, ep] : c.services) {
@@ -151,6 +172,9 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
                      c.redis_url + "\"");
   ValidateHostPort(c.redis_url.substr(8, c.redis_url.find('/', 8) - 8),
                    "config redis_url (or STRATA_REDIS_URL)");
+  if (c.webhook_format != "slack" && c.webhook_format != "generic")
+    throw InputError("config webhook_format (or STRATA_WEBHOOK_FORMAT): expected slack or generic, got \"" +
+                     c.webhook_format + "\"");
   if (c.lake_root.empty()) throw InputError("config lake_root (or STRATA_LAKE_ROOT): must not be empty");
   for (const auto& [name, ep] : c.services) {
     ValidateHostPort(ep.grpc, "config services." + name + ".grpc");

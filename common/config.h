@@ -5,8 +5,8 @@
 //
 // Environment overrides (win over the file):
 //   STRATA_PG_DSN, STRATA_SOURCE_DSN, STRATA_REDIS_URL, STRATA_LAKE_ROOT, STRATA_PIPELINE_SPEC,
-//   STRATA_WEBHOOK_URL, STRATA_SOURCE_HTTP, STRATA_BATCH_ROWS, STRATA_RECLAIM_IDLE_MS,
-//   STRATA_TASK_TIMEOUT_SECONDS,
+//   STRATA_WEBHOOK_URL, STRATA_WEBHOOK_FORMAT, STRATA_SOURCE_HTTP, STRATA_BATCH_ROWS, STRATA_RECLAIM_IDLE_MS,
+//   STRATA_TASK_TIMEOUT_SECONDS, STRATA_QUERY_TOKENS, STRATA_QUERY_RATE_LIMIT_RPS, STRATA_QUERY_TIMEOUT_MS,
 //   STRATA_<SERVICE>_GRPC and STRATA_<SERVICE>_METRICS (host:port) for
 //   INGEST, LAKE_EXPORT, WAREHOUSE_LOADER, QUALITY, QUERY, CONTROLLER.
 #pragma once
@@ -30,9 +30,16 @@ struct Config {
   std::string lake_root = ".strata/lake";
   std::string pipeline_spec = "pipelines/demo.yaml";
   std::string webhook_url;  // empty: alerts are logged only
+  std::string webhook_format = "slack";  // slack ({"text": ...} plus fields) | generic (fields only)
   std::string source_http = "http://127.0.0.1:8089";
   int batch_rows = 5000;
   int query_cache_ttl_seconds = 300;
+  // API tokens of the query service, token -> role (analyst | viewer). Environment only
+  // (STRATA_QUERY_TOKENS="tokA:analyst,tokB:viewer"): secrets never live in the file.
+  // Empty: authentication is off (a warning is logged at start-up).
+  std::map<std::string, std::string> query_tokens;
+  int query_rate_limit_rps = 1000;  // per token, token bucket with a burst of 2x
+  int query_timeout_ms = 5000;      // per call, also capped by the client's deadline
   int task_timeout_seconds = 900;
   // Bus entries pending this long on a consumer are presumed orphaned and reclaimed.
   int reclaim_idle_ms = 60000;

@@ -183,39 +183,85 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
     std::set<std::string> check_names;
     for (size_t i = 0; i < cs.size(); ++i) {
       const std::string path = origin + ":checks[" + std::to_string(i) + "]";
-      OnlyKeys(cs[i], path, {"name", "kind", "severity", "table", "column", "columns", "to", "values"});
+      OnlyKeys(cs[i], path, {"name", "kind", "severity", "table", "column", "columns", "to", "values", "min",
+                             "max", "max_age_hours", "lookback_days", "max_sigma", "date_column", "sql",
+                             "datasets"});
       CheckSpec c;
-      c.kind = Str(cs[i]["kind"], path + ".kind");
-      c.severity = cs[i]["severity"] ? Str(cs[i]["severity"], path + ".severity") : "error";
+      const YAML::Node n = cs[i];
+      c.kind = Str(n["kind"], path + ".kind");
+      c.severity = n["severity"] ? Str(n["severity"], path + ".severity") : "error";
       if (c.severity != "error" && c.severity != "warn")
         Fail(path + ".severity", "expected error or warn, got '" + c.severity + "'");
-      if (cs[i]["table"]) {
-        c.table = Str(cs[i]["table"], path + ".table");
+      if (n["table"]) {
+        c.table = Str(n["table"], path + ".table");
         CheckQualified(c.table, path + ".table");
       }
-      if (cs[i]["column"]) c.columns = {Str(cs[i]["column"], path + ".column")};
-      if (cs[i]["columns"]) c.columns = StrList(cs[i]["columns"], path + ".columns");
+      if (n["column"]) c.columns = {Str(n["column"], path + ".column")};
+      if (n["columns"]) c.columns = StrList(n["columns"], path + ".columns");
       for (const auto& col : c.columns) CheckIdent(col, path + ".columns");
-      if (cs[i]["values"]) c.values = StrList(cs[i]["values"], path + ".values");
-      const bool needs_table = c.kind == "not_null" || c.kind == "unique" ||
-                               c.kind == "relationships" || c.kind == "accepted_values";
-      if (needs_table && (c.table.empty() || c.columns.empty()))
-        Fail(path, "check kind '" + c.kind + "' needs table and column(s)");
-      if (c.kind == "relationships") {
-        const std::string to = Str(cs[i]["to"], path + ".to");
+      if (n["values"]) c.values = StrList(n["values"], path + ".values");
+      if (n["datasets"]) c.datasets = StrList(n["datasets"], path + ".datasets");
+      for (const auto& d : c.datasets)
+        if (!spec.Find(d)) Fail(path + ".datasets", "unknown dataset '" + d + "'");
+      auto number = [&](const char* key, double* out) {
+        if (!n[key]) return;
+        const std::string v = Str(n[key], path + "." + key);
+        try {
+          size_t used = 0;
+          *out = std::stod(v, &used);
+          if (used != v.size()) throw std::invalid_argument(v);
+        } catch (const std::exception&) {
+          Fail(path + "." + key, "expected a number, got '" + v + "'");
+        }
+      };
+      auto text_number = [&](const char* key, std::string* out) {
+        double ignored = 0;
+        number(key, &ignored);
+        if (n[key]) *out = Str(n[key], path + "." + key);
+      };
+      text_number("min", &c.min);
+      text_number("max", &c.max);
+      number("max_age_hours", &c.max_age_hours);
+      number("max_sigma", &c.max_sigma);
+      double lookback = c.lookback_days;
+      number("lookback_days", &lookback);
+      c.lookback_days = static_cast<int>(lookback);
+      if (c.lookback_days < 1) Fail(path + ".lookback_days", "must be at least 1");
+      if (n["date_column"]) {
+        c.date_column = Str(n["date_column"], path + ".date_column");
+        CheckIdent(c.date_column, path + ".date_column");
+      }
+      if (n["sql"]) c.sql = Str(n["sql"], path + ".sql");
+      const bool needs_column = c.kind == "not_null" || c.kind == "unique" || c.kind == "relationships" ||
+                                c.kind == "accepted_values" || c.kind == "range" || c.kind == "freshness";
+      if ((needs_column || c.kind == "volume_anomaly") && c.table.empty())
+        Fail(path, "check kind '" + c.kind + "' needs a table");
+      if (needs_column && c.columns.empty()) Fail(path, "check kind '" + c.kind + "' needs column(s)");
+      auto parse_to = [&]() {
+        const std::string to = Str(n["to"], path + ".to");
         const auto dot = to.rfind('.');
         if (dot == std::string::npos) Fail(path + ".to", "expected schema.table.column");
         c.to_table = to.substr(0, dot);
         c.to_column = to.substr(dot + 1);
         CheckQualified(c.to_table, path + ".to");
         CheckIdent(c.to_column, path + ".to");
+      };
+      if (c.kind == "relationships") {
+        parse_to();
+      } else if (c.kind == "reconciliation") {
+        if (n["to"]) parse_to();
       } else if (c.kind == "accepted_values") {
         if (c.values.empty()) Fail(path + ".values", "accepted_values needs a non-empty list");
-      } else if (c.kind != "not_null" && c.kind != "unique" && c.kind != "reconciliation" &&
-                 c.kind != "dead_letters") {
+      } else if (c.kind == "range") {
+        if (c.min.empty() && c.max.empty()) Fail(path, "range needs min, max or both");
+      } else if (c.kind == "custom_sql") {
+        if (c.sql.empty()) Fail(path + ".sql", "custom_sql needs the SQL that returns failing rows");
+        if (!n["name"]) Fail(path + ".name", "custom_sql checks need a name");
+      } else if (c.kind != "not_null" && c.kind != "unique" && c.kind != "freshness" &&
+                 c.kind != "volume_anomaly" && c.kind != "dead_letters") {
         Fail(path + ".kind", "unknown check kind '" + c.kind +
-                                 "' (known: not_null, unique, relationships, accepted_values, "
-                                 "reconciliation, dead_letters)");
+                                 "' (known: not_null, unique, relationships, accepted_values, range, freshness, "
+                                 "volume_anomaly, custom_sql, reconciliation, dead_letters)");
       }
       c.name = cs[i]["name"] ? Str(cs[i]["name"], path + ".name") : "";
       if (c.name.empty()) {

@@ -44,13 +44,22 @@ struct DatasetSpec {
 
 struct CheckSpec {
   std::string name;
-  std::string kind;      // not_null | unique | relationships | accepted_values | reconciliation | dead_letters
+  // not_null | unique | relationships | accepted_values | range | freshness | volume_anomaly |
+  // custom_sql | reconciliation | dead_letters
+  std::string kind;
   std::string severity;  // error | warn
   std::string table;
   std::vector<std::string> columns;
-  std::string to_table;   // relationships
-  std::string to_column;  // relationships
+  std::string to_table;   // relationships; reconciliation: the fact table counted per ds
+  std::string to_column;  // relationships; reconciliation: the fact's date (or date_key) column
   std::vector<std::string> values;  // accepted_values
+  std::string min, max;             // range (either may be empty)
+  double max_age_hours = 24;        // freshness
+  int lookback_days = 7;            // volume_anomaly
+  double max_sigma = 3;             // volume_anomaly
+  std::string date_column = "ds";   // volume_anomaly: the column that holds the logical date
+  std::string sql;                  // custom_sql: returns the failing rows; {ds} is the date literal
+  std::vector<std::string> datasets;  // reconciliation / dead_letters: empty means all
 };
 
 struct PipelineSpec {

@@ -122,6 +122,14 @@ up() {
       echo "export STRATA_${S}_METRICS=127.0.0.1:$(free_port)"
     done
     echo "export STRATA_QUERY_HTTP=127.0.0.1:$(free_port)"
+    # API tokens of this private stack: one per role (random per stack, never reused).
+    local analyst viewer
+    analyst=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    viewer=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    echo "export STRATA_QUERY_TOKENS=$analyst:analyst,$viewer:viewer"
+    echo "export STRATA_QUERY_TOKEN=$analyst"
+    echo "export STRATA_QUERY_VIEWER_TOKEN=$viewer"
+    echo "export STRATA_QUERY_RATE_LIMIT_RPS=${STRATA_QUERY_RATE_LIMIT_RPS:-200}"
   } >"$DIR/env"
   # shellcheck disable=SC1091
   . "$DIR/env"

@@ -80,6 +80,7 @@ const char* KindName(TaskKind k) {
     case TaskKind::kLoad: return "load";
     case TaskKind::kModel: return "model";
     case TaskKind::kCheck: return "check";
+    case TaskKind::kPublish: return "publish";
   }
   return "?";
 }
@@ -282,6 +283,7 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
         case TaskKind::kLoad: st = loader_->Load(&ctx, req, &acc); break;
         case TaskKind::kModel: st = loader_->BuildModels(&ctx, req, &acc); break;
         case TaskKind::kCheck: st = quality_->RunChecks(&ctx, req, &acc); break;
+        case TaskKind::kPublish: st = loader_->Publish(&ctx, req, &acc); break;
         case TaskKind::kExport: return grpc::Status::OK;  // driven by the bus; we only await its commit
       }
       if (st.ok() || (st.error_code() != grpc::StatusCode::UNAVAILABLE &&
@@ -376,7 +378,7 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
     }
     try {
       if (failure.empty()) {
-        // Publish: a new version makes every cached query answer unreachable at once.
+        // The marts were published: a new version makes every cached answer unreachable at once.
         RedisClient redis(config_.redis_url);
         redis.Command({"INCR", kPublishVersionKey});
       }

@@ -17,6 +17,7 @@ std::vector<TaskNode> BuildDag(const PipelineSpec& spec) {
   }
   dag.push_back({"model", TaskKind::kModel, "", loads});
   dag.push_back({"check", TaskKind::kCheck, "", {"model"}});
+  dag.push_back({"publish", TaskKind::kPublish, "", {"check"}});
   return dag;
 }
 

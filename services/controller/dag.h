@@ -1,6 +1,7 @@
 // The per-date DAG derived from a pipeline spec. For every dataset:
 //   extract.<d> -> export.<d> -> load.<d>
-// then `model` after every load, then `check` after model. Pure; the controller executes it.
+// then `model` after every load, `check` after model, and `publish` after check
+// (write-audit-publish: marts reach the query service only if the audit passed). Pure.
 #pragma once
 #include <string>
 #include <vector>
@@ -9,7 +10,7 @@
 
 namespace strata::controller {
 
-enum class TaskKind { kExtract, kExport, kLoad, kModel, kCheck };
+enum class TaskKind { kExtract, kExport, kLoad, kModel, kCheck, kPublish };
 
 struct TaskNode {
   std::string name;  // "extract.customers", "model", ...

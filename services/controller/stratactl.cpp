@@ -101,11 +101,15 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::string controller = EnvOr("STRATA_CONTROLLER_GRPC", "127.0.0.1:50056");
   std::string query_addr = EnvOr("STRATA_QUERY_GRPC", "127.0.0.1:50055");
+  std::string quality_addr = EnvOr("STRATA_QUALITY_GRPC", "127.0.0.1:50054");
+  std::string token = EnvOr("STRATA_QUERY_TOKEN", "");
   bool json = false;
   std::string pipeline = "demo";
   int timeout_s = 1800;
   app.add_option("--controller", controller, "controller gRPC address (env STRATA_CONTROLLER_GRPC)");
   app.add_option("--query", query_addr, "query gRPC address (env STRATA_QUERY_GRPC)");
+  app.add_option("--quality", quality_addr, "quality gRPC address (env STRATA_QUALITY_GRPC)");
+  app.add_option("--token", token, "query API token (env STRATA_QUERY_TOKEN)");
   app.add_flag("--json", json, "machine-readable output");
 
   std::string date, from, to;
@@ -138,6 +142,27 @@ int main(int argc, char** argv) {
   auto* q_daily = query->add_subcommand("daily-sales", "daily sales over a date range");
   q_daily->add_option("--from", from)->required();
   q_daily->add_option("--to", to)->required();
+  auto* q_top_orders = query->add_subcommand("top-orders", "largest orders by value");
+  q_top_orders->add_option("--status", order_status);
+  q_top_orders->add_option("--limit", qlimit);
+  auto* q_products = query->add_subcommand("products", "sales by product over a date range");
+  q_products->add_option("--from", from)->required();
+  q_products->add_option("--to", to)->required();
+  q_products->add_option("--limit", qlimit);
+  auto* q_reviews = query->add_subcommand("review-changes", "businesses whose review count grew most");
+  q_reviews->add_option("--from", from)->required();
+  q_reviews->add_option("--to", to)->required();
+  q_reviews->add_option("--limit", qlimit);
+  std::string rating_ds;
+  auto* q_rating = query->add_subcommand("rating-by-price", "average rating per price level");
+  q_rating->add_option("--date", rating_ds, "day (default: latest published)");
+
+  auto* checks = app.add_subcommand("checks", "latest check results for a logical date");
+  checks->add_option("--date,-d", date, "logical date YYYY-MM-DD")->required();
+  std::string dataset;
+  auto* profile = app.add_subcommand("profile", "column profile of a staged dataset for a date");
+  profile->add_option("--dataset", dataset)->required();
+  profile->add_option("--date,-d", date)->required();
 
   try {
     app.parse(argc, argv);
@@ -190,10 +215,51 @@ int main(int argc, char** argv) {
     }
     return 0;
   }
+  if (*checks || *profile) {
+    auto qs = strata::v1::Quality::NewStub(grpc::CreateChannel(quality_addr, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    if (*checks) {
+      strata::v1::CheckResultsRequest req;
+      req.set_ds(date);
+      strata::v1::CheckResultsReply reply;
+      const auto st = qs->LatestResults(&ctx, req, &reply);
+      if (!st.ok()) return Fail(st, "checks");
+      int failed = 0;
+      nlohmann::json out = nlohmann::json::array();
+      for (const auto& c : reply.results()) {
+        failed += c.status() == "fail" ? 1 : 0;
+        out.push_back({{"check", c.check()}, {"status", c.status()}, {"severity", c.severity()},
+                       {"observed", c.observed()}, {"threshold", c.threshold()}, {"message", c.message()},
+                       {"run_id", c.run_id()}});
+      }
+      if (json) {
+        std::cout << out.dump() << "\n";
+      } else {
+        std::printf("%-48s %-6s %-8s %-40s %s\n", "CHECK", "STATUS", "SEVERITY", "OBSERVED", "MESSAGE");
+        for (const auto& c : reply.results())
+          std::printf("%-48s %-6s %-8s %-40s %s\n", c.check().c_str(), c.status().c_str(), c.severity().c_str(),
+                      c.observed().c_str(), c.message().c_str());
+      }
+      return failed ? 1 : 0;
+    }
+    strata::v1::ProfileRequest req;
+    req.set_dataset(dataset);
+    req.set_ds(date);
+    strata::v1::ProfileReply reply;
+    const auto st = qs->Profile(&ctx, req, &reply);
+    if (!st.ok()) return Fail(st, "profile");
+    std::printf("%-20s %10s %10s %10s %10s\n", "COLUMN", "ROWS", "NULLS", "NULL_RATIO", "DISTINCT");
+    for (const auto& c : reply.columns())
+      std::printf("%-20s %10lld %10lld %10.4f %10lld\n", c.column().c_str(), static_cast<long long>(c.rows()),
+                  static_cast<long long>(c.nulls()), c.null_ratio(), static_cast<long long>(c.distinct()));
+    return 0;
+  }
   if (*query) {
     auto q = strata::v1::Query::NewStub(grpc::CreateChannel(query_addr, grpc::InsecureChannelCredentials()));
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
     nlohmann::json out;
     grpc::Status st;
     if (*q_orders) {
@@ -216,6 +282,47 @@ int main(int argc, char** argv) {
       for (const auto& c : reply.customers())
         out.push_back({{"customer_id", c.customer_id()}, {"name", c.name()}, {"revenue", c.revenue()},
                        {"orders", c.orders()}});
+    } else if (*q_top_orders) {
+      strata::v1::TopOrdersRequest req;
+      req.set_status(order_status);
+      req.set_limit(qlimit);
+      strata::v1::OrdersReply reply;
+      st = q->TopOrders(&ctx, req, &reply);
+      out = nlohmann::json::array();
+      for (const auto& o : reply.orders())
+        out.push_back({{"order_id", o.order_id()}, {"customer_id", o.customer_id()}, {"status", o.status()},
+                       {"ordered_at", o.ordered_at()}, {"amount", o.amount()}});
+    } else if (*q_products) {
+      strata::v1::SalesByProductRequest req;
+      req.set_from(from);
+      req.set_to(to);
+      req.set_limit(qlimit);
+      strata::v1::SalesByProductReply reply;
+      st = q->SalesByProduct(&ctx, req, &reply);
+      out = nlohmann::json::array();
+      for (const auto& p : reply.products())
+        out.push_back({{"product_id", p.product_id()}, {"name", p.name()}, {"orders", p.orders()},
+                       {"units", p.units()}, {"revenue", p.revenue()}});
+    } else if (*q_reviews) {
+      strata::v1::ReviewChangesRequest req;
+      req.set_from(from);
+      req.set_to(to);
+      req.set_limit(qlimit);
+      strata::v1::ReviewChangesReply reply;
+      st = q->ReviewChanges(&ctx, req, &reply);
+      out = nlohmann::json::array();
+      for (const auto& b : reply.businesses())
+        out.push_back({{"business_id", b.business_id()}, {"name", b.name()}, {"review_count", b.review_count()},
+                       {"change", b.change()}});
+    } else if (*q_rating) {
+      strata::v1::RatingByPriceLevelRequest req;
+      req.set_ds(rating_ds);
+      strata::v1::RatingByPriceLevelReply reply;
+      st = q->RatingByPriceLevel(&ctx, req, &reply);
+      out = nlohmann::json::array();
+      for (const auto& l : reply.levels())
+        out.push_back({{"ds", reply.ds()}, {"price_level", l.price_level()}, {"businesses", l.businesses()},
+                       {"avg_rating", l.avg_rating()}});
     } else {
       strata::v1::DailySalesRequest req;
       req.set_from(from);

@@ -1,20 +1,27 @@
 #include "services/query/query.h"
 
+#include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
+#include <httplib.h>
 #include <prometheus/counter.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <spdlog/spdlog.h>
 
+#include <atomic>
 #include <chrono>
+#include <future>
+#include <map>
 #include <mutex>
 #include <set>
+#include <thread>
 
 #include "common/bus.h"
 #include "common/config.h"
 #include "common/errors.h"
 #include "common/pg.h"
 #include "common/time_util.h"
+#include "services/query/access.h"
 #include "strata.grpc.pb.h"
 
 namespace strata::query {
@@ -25,14 +32,24 @@ std::string CacheKey(long long version, const std::string& method, const std::st
 
 namespace {
 
+namespace pb = strata::v1;
+using Clock = std::chrono::system_clock;
+
 const std::set<std::string> kStatuses = {"open", "shipped", "delivered", "cancelled"};
+
+// One round trip: read the published version and the entry cached under it.
+const char* kLookupScript =
+    "local v = redis.call('GET', KEYS[1]) or '0' "
+    "return {v, redis.call('GET', 'strata:q:v' .. v .. ':' .. ARGV[1])}";
 
 struct Metrics {
   explicit Metrics(prometheus::Registry& r)
       : requests(prometheus::BuildCounter().Name("strata_query_requests_total")
-                     .Help("Analytics requests, by method and code").Register(r)),
+                     .Help("Analytics requests, by method, transport and code").Register(r)),
         cache(prometheus::BuildCounter().Name("strata_query_cache_total")
-                  .Help("Cache lookups, by result (hit|miss)").Register(r)),
+                  .Help("Cache lookups, by result (hit|miss|shared)").Register(r)),
+        backend(prometheus::BuildCounter().Name("strata_query_backend_queries_total")
+                    .Help("Queries sent to PostgreSQL, by method").Register(r)),
         degraded(prometheus::BuildCounter().Name("strata_query_degraded_total")
                      .Help("Requests answered without the cache because Redis failed").Register(r)),
         latency(prometheus::BuildHistogram().Name("strata_query_request_duration_seconds")
@@ -41,6 +58,7 @@ struct Metrics {
   }
   prometheus::Family<prometheus::Counter>& requests;
   prometheus::Family<prometheus::Counter>& cache;
+  prometheus::Family<prometheus::Counter>& backend;
   prometheus::Family<prometheus::Counter>& degraded;
   prometheus::Family<prometheus::Histogram>& latency;
 };
@@ -50,7 +68,7 @@ class PgPool {
  public:
   explicit PgPool(std::string dsn) : dsn_(std::move(dsn)) {}
   template <typename Fn>
-  auto With(Fn fn) {
+  void With(Fn fn) {
     std::unique_ptr<pqxx::connection> c;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -60,10 +78,9 @@ class PgPool {
       }
     }
     if (!c || !c->is_open()) c = PgConnect(dsn_);
-    auto result = fn(*c);
+    fn(*c);  // a throwing query drops the connection instead of returning a broken one
     std::lock_guard<std::mutex> lock(mu_);
-    if (idle_.size() < 8) idle_.push_back(std::move(c));
-    return result;
+    if (idle_.size() < 16) idle_.push_back(std::move(c));
   }
 
  private:
@@ -72,81 +89,264 @@ class PgPool {
   std::vector<std::unique_ptr<pqxx::connection>> idle_;
 };
 
-class QueryImpl final : public Component, public strata::v1::Query::Service {
+struct Call {
+  std::string method;
+  std::string transport;  // grpc | http
+  std::string token;
+  Clock::time_point deadline;
+};
+
+grpc::Status Invalid(const std::string& msg) { return {grpc::StatusCode::INVALID_ARGUMENT, msg}; }
+
+grpc::Status CheckLimit(int requested, int fallback, int* out) {
+  if (requested < 0) return Invalid("limit: must not be negative, got " + std::to_string(requested));
+  if (requested > 1000) return Invalid("limit: at most 1000, got " + std::to_string(requested));
+  *out = requested == 0 ? fallback : requested;
+  return grpc::Status::OK;
+}
+
+grpc::Status CheckStatus(const std::string& status) {
+  if (status.empty() || kStatuses.count(status)) return grpc::Status::OK;
+  return Invalid("status: unknown status '" + status + "' (known: open, shipped, delivered, cancelled)");
+}
+
+grpc::Status CheckRange(const std::string& from, const std::string& to) {
+  if (!IsValidDate(from)) return Invalid("from: expected YYYY-MM-DD, got \"" + from + "\"");
+  if (!IsValidDate(to)) return Invalid("to: expected YYYY-MM-DD, got \"" + to + "\"");
+  if (from > to) return Invalid("from: must not be after to (" + from + " > " + to + ")");
+  return grpc::Status::OK;
+}
+
+grpc::Status CheckPage(const std::string& token, long long* offset) {
+  if (!DecodePageToken(token, offset)) return Invalid("page_token: not a token this service issued");
+  return grpc::Status::OK;
+}
+
+// The analytics, shared verbatim by the gRPC service and the HTTP/JSON gateway so both give
+// the same answers.
+class QueryCore {
  public:
-  QueryImpl(const Config& config, prometheus::Registry& registry)
-      : config_(config), metrics_(registry), pool_(config.warehouse_dsn),
-        redis_(std::make_unique<RedisClient>(config.redis_url, 500)) {
-    if (config_.warehouse_dsn.empty()) throw InputError("warehouse_dsn (STRATA_PG_DSN) is not configured");
+  QueryCore(const Config& config, prometheus::Registry& registry)
+      : config_(config), metrics_(registry), pool_(config.warehouse_dsn) {
+    for (int i = 0; i < 8; ++i) redis_.push_back(std::make_unique<RedisClient>(config.redis_url, 500));
+    if (config_.query_tokens.empty())
+      spdlog::warn("query authentication is off: STRATA_QUERY_TOKENS is not set");
   }
 
-  std::vector<grpc::Service*> GrpcServices() override { return {this}; }
+  template <typename Req, typename Reply>
+  grpc::Status Handle(const Call& call, const Req& req, Reply* reply) {
+    const auto start = std::chrono::steady_clock::now();
+    grpc::Status st = Authorize(call);
+    if (st.ok()) st = Dispatch(call, req, reply);
+    metrics_.requests
+        .Add({{"method", call.method}, {"transport", call.transport}, {"code", CodeName(st.error_code())}})
+        .Increment();
+    metrics_.latency
+        .Add({{"method", call.method}},
+             prometheus::Histogram::BucketBoundaries{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1})
+        .Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    return st;
+  }
 
-  grpc::Status OrdersByStatus(grpc::ServerContext*, const strata::v1::OrdersByStatusRequest* req,
-                              strata::v1::OrdersReply* resp) override {
-    if (!req->status().empty() && !kStatuses.count(req->status()))
-      return Invalid("OrdersByStatus", "status: unknown status '" + req->status() +
-                                           "' (known: open, shipped, delivered, cancelled)");
-    int limit;
-    if (auto st = Limit("OrdersByStatus", req->limit(), 100, &limit); !st.ok()) return st;
-    return Cached("OrdersByStatus", req->status() + "|" + std::to_string(limit), resp, [&](pqxx::connection& c) {
-      pqxx::read_transaction tx(c);
-      tx.exec("SET LOCAL TIME ZONE 'UTC'");
-      const auto r = tx.exec_params(
-          "SELECT order_id, customer_id, status, to_char(ordered_at, 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
-          "coalesce(amount, 0)::float8 FROM marts.orders_current WHERE ($1 = '' OR status = $1) "
-          "ORDER BY ordered_at DESC, order_id DESC LIMIT $2",
-          req->status(), limit);
-      for (const auto& row : r) {
-        auto* o = resp->add_orders();
-        o->set_order_id(row[0].as<long long>());
-        o->set_customer_id(row[1].as<long long>());
-        o->set_status(row[2].c_str());
-        o->set_ordered_at(row[3].c_str());
-        o->set_amount(row[4].as<double>());
+ private:
+  static std::string CodeName(grpc::StatusCode c) {
+    switch (c) {
+      case grpc::StatusCode::OK: return "OK";
+      case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+      case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
+      case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+      case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+      case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+      case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
+      default: return "UNAVAILABLE";
+    }
+  }
+
+  grpc::Status Authorize(const Call& call) {
+    std::string bucket_key = "anonymous";
+    if (!config_.query_tokens.empty()) {
+      if (call.token.empty())
+        return {grpc::StatusCode::UNAUTHENTICATED, "missing API token: send 'authorization: Bearer <token>'"};
+      auto it = config_.query_tokens.find(call.token);
+      if (it == config_.query_tokens.end()) return {grpc::StatusCode::UNAUTHENTICATED, "unknown API token"};
+      if (!RoleAllows(it->second, call.method))
+        return {grpc::StatusCode::PERMISSION_DENIED, "role '" + it->second + "' may not call " + call.method};
+      bucket_key = call.token;
+    }
+    const double now = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    std::lock_guard<std::mutex> lock(buckets_mu_);
+    auto it = buckets_.find(bucket_key);
+    if (it == buckets_.end())
+      it = buckets_.emplace(bucket_key, TokenBucket(config_.query_rate_limit_rps, 2.0 * config_.query_rate_limit_rps))
+               .first;
+    if (!it->second.Take(now))
+      return {grpc::StatusCode::RESOURCE_EXHAUSTED,
+              "rate limit of " + std::to_string(config_.query_rate_limit_rps) + " requests/s exceeded for this token"};
+    return grpc::Status::OK;
+  }
+
+  RedisClient& Redis() { return *redis_[next_redis_++ % redis_.size()]; }
+
+  // Cache-aside with single-flight. `fill(tx)` writes the answer into `reply` from PostgreSQL.
+  template <typename Reply, typename Fill>
+  grpc::Status Cached(const Call& call, const std::string& params, Reply* reply, Fill fill) {
+    const std::string suffix = call.method + ":" + params;
+    std::string version = "0";
+    bool redis_ok = true;
+    try {
+      const RedisReply r = Redis().Command({"EVAL", kLookupScript, "1", kPublishVersionKey, suffix});
+      if (r.type == RedisReply::kArray && r.elements.size() >= 1) version = r.elements[0].str;
+      if (r.elements.size() == 2 && r.elements[1].type == RedisReply::kString && reply->ParseFromString(r.elements[1].str)) {
+        reply->set_cached(true);
+        metrics_.cache.Add({{"result", "hit"}}).Increment();
+        return grpc::Status::OK;
       }
+      metrics_.cache.Add({{"result", "miss"}}).Increment();
+    } catch (const EnvError& e) {
+      redis_ok = false;
+      metrics_.degraded.Add({}).Increment();
+      spdlog::warn("degraded: answering without cache method={} error={}", call.method, e.what());
+    }
+    const std::string key = "strata:q:v" + version + ":" + suffix;
+
+    // Single-flight: identical misses wait for the first one's answer instead of all querying.
+    std::promise<std::pair<grpc::Status, std::string>> promise;
+    std::shared_future<std::pair<grpc::Status, std::string>> shared;
+    bool leader = false;
+    {
+      std::lock_guard<std::mutex> lock(flight_mu_);
+      auto it = inflight_.find(key);
+      if (it != inflight_.end()) {
+        shared = it->second;
+      } else {
+        shared = promise.get_future().share();
+        inflight_.emplace(key, shared);
+        leader = true;
+      }
+    }
+    if (!leader) {
+      metrics_.cache.Add({{"result", "shared"}}).Increment();
+      if (shared.wait_until(call.deadline) == std::future_status::timeout)
+        return {grpc::StatusCode::DEADLINE_EXCEEDED, "deadline passed while waiting for an identical query"};
+      const auto& [st, bytes] = shared.get();
+      if (st.ok()) reply->ParseFromString(bytes);
+      return st;
+    }
+
+    grpc::Status st = grpc::Status::OK;
+    const auto remaining =
+        std::chrono::duration_cast<std::chrono::milliseconds>(call.deadline - Clock::now()).count();
+    if (remaining <= 0) {
+      st = {grpc::StatusCode::DEADLINE_EXCEEDED, "deadline already passed"};
+    } else {
+      try {
+        metrics_.backend.Add({{"method", call.method}}).Increment();
+        pool_.With([&](pqxx::connection& c) {
+          pqxx::read_transaction tx(c);
+          tx.exec("SET LOCAL TIME ZONE 'UTC'");
+          tx.exec("SET LOCAL statement_timeout = " + std::to_string(remaining));
+          fill(tx);
+        });
+      } catch (const pqxx::sql_error& e) {
+        reply->Clear();
+        st = e.sqlstate() == "57014" ? grpc::Status{grpc::StatusCode::DEADLINE_EXCEEDED, "query exceeded its deadline"}
+                                     : grpc::Status{grpc::StatusCode::UNAVAILABLE, std::string("warehouse: ") + e.what()};
+      } catch (const std::exception& e) {
+        reply->Clear();
+        st = {grpc::StatusCode::UNAVAILABLE, std::string("warehouse: ") + e.what()};
+      }
+    }
+    const std::string bytes = st.ok() ? reply->SerializeAsString() : "";
+    if (st.ok() && redis_ok) {
+      try {
+        Redis().Command({"SET", key, bytes, "EX", std::to_string(config_.query_cache_ttl_seconds)});
+      } catch (const EnvError&) {
+        metrics_.degraded.Add({}).Increment();
+      }
+    }
+    promise.set_value({st, bytes});
+    std::lock_guard<std::mutex> lock(flight_mu_);
+    inflight_.erase(key);
+    return st;
+  }
+
+  // ---- the analytics --------------------------------------------------------------------
+
+  grpc::Status Dispatch(const Call& call, const pb::OrdersByStatusRequest& req, pb::OrdersReply* reply) {
+    int limit;
+    long long offset;
+    if (auto st = CheckStatus(req.status()); !st.ok()) return st;
+    if (auto st = CheckLimit(req.limit(), 100, &limit); !st.ok()) return st;
+    if (auto st = CheckPage(req.page_token(), &offset); !st.ok()) return st;
+    return Cached(call, req.status() + "|" + std::to_string(limit) + "|" + std::to_string(offset), reply,
+                  [&](pqxx::transaction_base& tx) {
+                    FillOrders(tx.exec_params(
+                                   "SELECT order_id, customer_id, status, to_char(ordered_at, "
+                                   "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), coalesce(amount, 0)::float8 "
+                                   "FROM serving.orders_current WHERE ($1 = '' OR status = $1) "
+                                   "ORDER BY ordered_at DESC, order_id DESC LIMIT $2 OFFSET $3",
+                                   req.status(), limit + 1, offset),
+                               limit, offset, reply);
+                  });
+  }
+
+  grpc::Status Dispatch(const Call& call, const pb::TopOrdersRequest& req, pb::OrdersReply* reply) {
+    int limit;
+    if (auto st = CheckStatus(req.status()); !st.ok()) return st;
+    if (auto st = CheckLimit(req.limit(), 10, &limit); !st.ok()) return st;
+    return Cached(call, req.status() + "|" + std::to_string(limit), reply, [&](pqxx::transaction_base& tx) {
+      FillOrders(tx.exec_params("SELECT order_id, customer_id, status, to_char(ordered_at, "
+                                "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), coalesce(amount, 0)::float8 "
+                                "FROM serving.orders_current WHERE ($1 = '' OR status = $1) AND amount IS NOT NULL "
+                                "ORDER BY amount DESC, order_id LIMIT $2",
+                                req.status(), limit),
+                 limit, -1, reply);
     });
   }
 
-  grpc::Status TopCustomers(grpc::ServerContext*, const strata::v1::TopCustomersRequest* req,
-                            strata::v1::TopCustomersReply* resp) override {
-    if (!req->status().empty() && !kStatuses.count(req->status()))
-      return Invalid("TopCustomers", "status: unknown status '" + req->status() +
-                                         "' (known: open, shipped, delivered, cancelled)");
+  static void FillOrders(const pqxx::result& r, int limit, long long offset, pb::OrdersReply* reply) {
+    for (int i = 0; i < static_cast<int>(r.size()) && i < limit; ++i) {
+      auto* o = reply->add_orders();
+      o->set_order_id(r[i][0].as<long long>());
+      o->set_customer_id(r[i][1].as<long long>());
+      o->set_status(r[i][2].c_str());
+      o->set_ordered_at(r[i][3].c_str());
+      o->set_amount(r[i][4].as<double>());
+    }
+    if (offset >= 0 && static_cast<int>(r.size()) > limit) reply->set_next_page_token(EncodePageToken(offset + limit));
+  }
+
+  grpc::Status Dispatch(const Call& call, const pb::TopCustomersRequest& req, pb::TopCustomersReply* reply) {
     int limit;
-    if (auto st = Limit("TopCustomers", req->limit(), 10, &limit); !st.ok()) return st;
-    return Cached("TopCustomers", req->status() + "|" + std::to_string(limit), resp, [&](pqxx::connection& c) {
-      pqxx::read_transaction tx(c);
+    if (auto st = CheckStatus(req.status()); !st.ok()) return st;
+    if (auto st = CheckLimit(req.limit(), 10, &limit); !st.ok()) return st;
+    return Cached(call, req.status() + "|" + std::to_string(limit), reply, [&](pqxx::transaction_base& tx) {
       const auto r = tx.exec_params(
           "SELECT o.customer_id, coalesce(dc.name, ''), sum(o.amount)::float8, count(*) "
-          "FROM marts.orders_current o "
+          "FROM serving.orders_current o "
           "LEFT JOIN dwh.dim_customer dc ON dc.customer_id = o.customer_id AND dc.is_current "
           "WHERE ($1 = '' OR o.status = $1) AND o.amount IS NOT NULL "
           "GROUP BY o.customer_id, dc.name ORDER BY sum(o.amount) DESC, o.customer_id LIMIT $2",
-          req->status(), limit);
+          req.status(), limit);
       for (const auto& row : r) {
-        auto* cr = resp->add_customers();
-        cr->set_customer_id(row[0].as<long long>());
-        cr->set_name(row[1].c_str());
-        cr->set_revenue(row[2].as<double>());
-        cr->set_orders(row[3].as<long long>());
+        auto* c = reply->add_customers();
+        c->set_customer_id(row[0].as<long long>());
+        c->set_name(row[1].c_str());
+        c->set_revenue(row[2].as<double>());
+        c->set_orders(row[3].as<long long>());
       }
     });
   }
 
-  grpc::Status DailySales(grpc::ServerContext*, const strata::v1::DailySalesRequest* req,
-                          strata::v1::DailySalesReply* resp) override {
-    if (!IsValidDate(req->from())) return Invalid("DailySales", "from: expected YYYY-MM-DD, got \"" + req->from() + "\"");
-    if (!IsValidDate(req->to())) return Invalid("DailySales", "to: expected YYYY-MM-DD, got \"" + req->to() + "\"");
-    if (req->from() > req->to()) return Invalid("DailySales", "from: must not be after to");
-    return Cached("DailySales", req->from() + "|" + req->to(), resp, [&](pqxx::connection& c) {
-      pqxx::read_transaction tx(c);
+  grpc::Status Dispatch(const Call& call, const pb::DailySalesRequest& req, pb::DailySalesReply* reply) {
+    if (auto st = CheckRange(req.from(), req.to()); !st.ok()) return st;
+    return Cached(call, req.from() + "|" + req.to(), reply, [&](pqxx::transaction_base& tx) {
       const auto r = tx.exec_params(
-          "SELECT ds::text, orders, units, revenue::float8 FROM marts.daily_sales "
+          "SELECT ds::text, orders, units, revenue::float8 FROM serving.daily_sales "
           "WHERE ds BETWEEN $1::date AND $2::date ORDER BY ds",
-          req->from(), req->to());
+          req.from(), req.to());
       for (const auto& row : r) {
-        auto* d = resp->add_days();
+        auto* d = reply->add_days();
         d->set_ds(row[0].c_str());
         d->set_orders(row[1].as<long long>());
         d->set_units(row[2].as<long long>());
@@ -155,69 +355,256 @@ class QueryImpl final : public Component, public strata::v1::Query::Service {
     });
   }
 
- private:
-  grpc::Status Invalid(const std::string& method, const std::string& msg) {
-    metrics_.requests.Add({{"method", method}, {"code", "INVALID_ARGUMENT"}}).Increment();
-    return {grpc::StatusCode::INVALID_ARGUMENT, msg};
+  grpc::Status Dispatch(const Call& call, const pb::SalesByProductRequest& req, pb::SalesByProductReply* reply) {
+    int limit;
+    long long offset;
+    if (auto st = CheckRange(req.from(), req.to()); !st.ok()) return st;
+    if (auto st = CheckLimit(req.limit(), 20, &limit); !st.ok()) return st;
+    if (auto st = CheckPage(req.page_token(), &offset); !st.ok()) return st;
+    return Cached(call, req.from() + "|" + req.to() + "|" + std::to_string(limit) + "|" + std::to_string(offset),
+                  reply, [&](pqxx::transaction_base& tx) {
+                    const auto r = tx.exec_params(
+                        "SELECT product_id, coalesce(max(product_name), ''), sum(orders), sum(units), "
+                        "sum(revenue)::float8 FROM serving.product_daily_sales WHERE ds BETWEEN $1::date AND $2::date "
+                        "GROUP BY product_id ORDER BY sum(revenue) DESC, product_id LIMIT $3 OFFSET $4",
+                        req.from(), req.to(), limit + 1, offset);
+                    for (int i = 0; i < static_cast<int>(r.size()) && i < limit; ++i) {
+                      auto* p = reply->add_products();
+                      p->set_product_id(r[i][0].as<long long>());
+                      p->set_name(r[i][1].c_str());
+                      p->set_orders(r[i][2].as<long long>());
+                      p->set_units(r[i][3].as<long long>());
+                      p->set_revenue(r[i][4].as<double>());
+                    }
+                    if (static_cast<int>(r.size()) > limit) reply->set_next_page_token(EncodePageToken(offset + limit));
+                  });
   }
 
-  grpc::Status Limit(const std::string& method, int requested, int fallback, int* out) {
-    if (requested < 0) return Invalid(method, "limit: must not be negative, got " + std::to_string(requested));
-    if (requested > 1000) return Invalid(method, "limit: at most 1000, got " + std::to_string(requested));
-    *out = requested == 0 ? fallback : requested;
-    return grpc::Status::OK;
+  grpc::Status Dispatch(const Call& call, const pb::ReviewChangesRequest& req, pb::ReviewChangesReply* reply) {
+    int limit;
+    if (auto st = CheckRange(req.from(), req.to()); !st.ok()) return st;
+    if (auto st = CheckLimit(req.limit(), 10, &limit); !st.ok()) return st;
+    return Cached(call, req.from() + "|" + req.to() + "|" + std::to_string(limit), reply,
+                  [&](pqxx::transaction_base& tx) {
+                    // The change over (from, to] is the count on `to` minus the count on `from`.
+                    const auto r = tx.exec_params(
+                        "SELECT t.business_id, coalesce(t.name, ''), t.review_count, "
+                        "t.review_count - f.review_count FROM serving.business_review_changes t "
+                        "JOIN serving.business_review_changes f ON f.business_id = t.business_id AND f.ds = $1::date "
+                        "WHERE t.ds = $2::date ORDER BY 4 DESC, 1 LIMIT $3",
+                        req.from(), req.to(), limit);
+                    for (const auto& row : r) {
+                      auto* b = reply->add_businesses();
+                      b->set_business_id(row[0].c_str());
+                      b->set_name(row[1].c_str());
+                      b->set_review_count(row[2].as<long long>());
+                      b->set_change(row[3].as<long long>());
+                    }
+                  });
   }
 
-  // Cache-aside around `fill`, which writes the answer into `resp` from PostgreSQL.
-  template <typename Reply, typename Fill>
-  grpc::Status Cached(const std::string& method, const std::string& params, Reply* resp, Fill fill) {
-    const auto start = std::chrono::steady_clock::now();
-    std::string key;
-    bool redis_ok = true;
-    try {
-      const RedisReply v = redis_->Command({"GET", kPublishVersionKey});
-      key = CacheKey(v.type == RedisReply::kString ? std::stoll(v.str) : 0, method, params);
-      const RedisReply hit = redis_->Command({"GET", key});
-      if (hit.type == RedisReply::kString && resp->ParseFromString(hit.str)) {
-        resp->set_cached(true);
-        metrics_.cache.Add({{"result", "hit"}}).Increment();
-        return Done(method, start, grpc::Status::OK);
+  grpc::Status Dispatch(const Call& call, const pb::RatingByPriceLevelRequest& req,
+                        pb::RatingByPriceLevelReply* reply) {
+    if (!req.ds().empty() && !IsValidDate(req.ds())) return Invalid("ds: expected YYYY-MM-DD, got \"" + req.ds() + "\"");
+    return Cached(call, req.ds(), reply, [&](pqxx::transaction_base& tx) {
+      const auto r = tx.exec_params(
+          "SELECT ds::text, price_level, businesses, avg_rating::float8 FROM serving.rating_by_price_level "
+          "WHERE ds = CASE WHEN $1 = '' THEN (SELECT max(ds) FROM serving.rating_by_price_level) ELSE $1::date END "
+          "ORDER BY price_level",
+          req.ds());
+      for (const auto& row : r) {
+        reply->set_ds(row[0].c_str());
+        auto* l = reply->add_levels();
+        l->set_price_level(row[1].as<int>());
+        l->set_businesses(row[2].as<long long>());
+        l->set_avg_rating(row[3].as<double>());
       }
-      metrics_.cache.Add({{"result", "miss"}}).Increment();
-    } catch (const EnvError& e) {
-      redis_ok = false;
-      metrics_.degraded.Add({}).Increment();
-      spdlog::warn("degraded: answering without cache method={} error={}", method, e.what());
-    }
-    try {
-      pool_.With([&](pqxx::connection& c) {
-        fill(c);
-        return 0;
-      });
-    } catch (const std::exception& e) {
-      return Done(method, start, {grpc::StatusCode::UNAVAILABLE, std::string("warehouse: ") + e.what()});
-    }
-    if (redis_ok) {
-      try {
-        redis_->Command({"SET", key, resp->SerializeAsString(), "EX", std::to_string(config_.query_cache_ttl_seconds)});
-      } catch (const EnvError& e) {
-        metrics_.degraded.Add({}).Increment();
-      }
-    }
-    return Done(method, start, grpc::Status::OK);
-  }
-
-  grpc::Status Done(const std::string& method, std::chrono::steady_clock::time_point start, grpc::Status st) {
-    metrics_.requests.Add({{"method", method}, {"code", st.ok() ? "OK" : "UNAVAILABLE"}}).Increment();
-    metrics_.latency.Add({{"method", method}}, prometheus::Histogram::BucketBoundaries{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1})
-        .Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    return st;
+    });
   }
 
   Config config_;
   Metrics metrics_;
   PgPool pool_;
-  std::unique_ptr<RedisClient> redis_;
+  std::vector<std::unique_ptr<RedisClient>> redis_;
+  std::atomic<unsigned> next_redis_{0};
+  std::mutex buckets_mu_;
+  std::map<std::string, TokenBucket> buckets_;
+  std::mutex flight_mu_;
+  std::map<std::string, std::shared_future<std::pair<grpc::Status, std::string>>> inflight_;
+};
+
+std::string BearerToken(const std::string& header) {
+  const std::string prefix = "Bearer ";
+  return header.rfind(prefix, 0) == 0 ? header.substr(prefix.size()) : "";
+}
+
+class QueryImpl final : public Component, public pb::Query::Service {
+ public:
+  QueryImpl(const Config& config, prometheus::Registry& registry) : config_(config), core_(config, registry) {
+    if (config_.warehouse_dsn.empty()) throw InputError("warehouse_dsn (STRATA_PG_DSN) is not configured");
+  }
+
+  std::vector<grpc::Service*> GrpcServices() override { return {this}; }
+
+  void Start() override {
+    const std::string& listen = config_.endpoint("query").http;
+    if (listen.empty()) return;
+    RegisterRoutes();
+    const auto colon = listen.rfind(':');
+    if (!http_.bind_to_port(listen.substr(0, colon).c_str(), std::stoi(listen.substr(colon + 1))))
+      throw EnvError("query: cannot listen for HTTP on " + listen);
+    http_thread_ = std::thread([this] { http_.listen_after_bind(); });
+    spdlog::info("http gateway listening on {}", listen);
+  }
+
+  void Stop() override {
+    http_.stop();
+    if (http_thread_.joinable()) http_thread_.join();
+  }
+
+#define STRATA_GRPC_METHOD(Name, Req, Reply)                                                      \
+  grpc::Status Name(grpc::ServerContext* ctx, const pb::Req* req, pb::Reply* reply) override {    \
+    return core_.Handle(GrpcCall(#Name, ctx), *req, reply);                                        \
+  }
+  STRATA_GRPC_METHOD(OrdersByStatus, OrdersByStatusRequest, OrdersReply)
+  STRATA_GRPC_METHOD(TopOrders, TopOrdersRequest, OrdersReply)
+  STRATA_GRPC_METHOD(TopCustomers, TopCustomersRequest, TopCustomersReply)
+  STRATA_GRPC_METHOD(DailySales, DailySalesRequest, DailySalesReply)
+  STRATA_GRPC_METHOD(SalesByProduct, SalesByProductRequest, SalesByProductReply)
+  STRATA_GRPC_METHOD(ReviewChanges, ReviewChangesRequest, ReviewChangesReply)
+  STRATA_GRPC_METHOD(RatingByPriceLevel, RatingByPriceLevelRequest, RatingByPriceLevelReply)
+#undef STRATA_GRPC_METHOD
+
+ private:
+  Call GrpcCall(const char* method, grpc::ServerContext* ctx) {
+    Call call{method, "grpc", "", Clock::now() + std::chrono::milliseconds(config_.query_timeout_ms)};
+    auto it = ctx->client_metadata().find("authorization");
+    if (it != ctx->client_metadata().end()) call.token = BearerToken(std::string(it->second.data(), it->second.size()));
+    // The client's deadline wins when it is sooner than ours.
+    if (ctx->deadline() < call.deadline) call.deadline = ctx->deadline();
+    return call;
+  }
+
+  // ---- HTTP/JSON gateway ------------------------------------------------------------------
+
+  static void SendJson(httplib::Response& res, int status, const std::string& body) {
+    res.status = status;
+    res.set_content(body + "\n", "application/json");
+  }
+
+  static void SendError(httplib::Response& res, const grpc::Status& st) {
+    static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+                                   "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+                                   "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
+                                   "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+    const int code = static_cast<int>(st.error_code());
+    std::string msg;
+    for (char c : st.error_message()) {
+      if (c == '"' || c == '\\') msg.push_back('\\');
+      msg.push_back(c);
+    }
+    SendJson(res, HttpStatusFor(code),
+             std::string("{\"error\":{\"code\":\"") + (code >= 0 && code <= 16 ? kNames[code] : "UNKNOWN") +
+                 "\",\"message\":\"" + msg + "\"}}");
+  }
+
+  // Parses an integer query parameter; absent means 0 (the method's default).
+  static grpc::Status IntParam(const httplib::Request& req, const char* name, int* out) {
+    *out = 0;
+    if (!req.has_param(name)) return grpc::Status::OK;
+    const std::string v = req.get_param_value(name);
+    try {
+      size_t used = 0;
+      *out = std::stoi(v, &used);
+      if (used == v.size()) return grpc::Status::OK;
+    } catch (const std::exception&) {
+    }
+    return Invalid(std::string(name) + ": expected an integer, got \"" + v + "\"");
+  }
+
+  template <typename Req, typename Reply>
+  void Serve(const char* method, const httplib::Request& http_req, httplib::Response& res, Req& req) {
+    Call call{method, "http", BearerToken(http_req.get_header_value("Authorization")),
+              Clock::now() + std::chrono::milliseconds(config_.query_timeout_ms)};
+    Reply reply;
+    const grpc::Status st = core_.Handle(call, req, &reply);
+    if (!st.ok()) return SendError(res, st);
+    std::string json;
+    google::protobuf::util::JsonPrintOptions opts;
+    opts.preserve_proto_field_names = true;
+    opts.always_print_primitive_fields = true;
+    google::protobuf::util::MessageToJsonString(reply, &json, opts);
+    SendJson(res, 200, json);
+  }
+
+  void RegisterRoutes() {
+    auto param = [](const httplib::Request& r, const char* name) {
+      return r.has_param(name) ? r.get_param_value(name) : std::string();
+    };
+    http_.Get("/health", [](const httplib::Request&, httplib::Response& res) {
+      SendJson(res, 200, "{\"status\":\"SERVING\"}");
+    });
+    http_.Get("/analytics/orders", [this, param](const httplib::Request& r, httplib::Response& res) {
+      pb::OrdersByStatusRequest req;
+      int limit;
+      if (auto st = IntParam(r, "limit", &limit); !st.ok()) return SendError(res, st);
+      req.set_status(param(r, "status"));
+      req.set_limit(limit);
+      req.set_page_token(param(r, "page_token"));
+      Serve<pb::OrdersByStatusRequest, pb::OrdersReply>("OrdersByStatus", r, res, req);
+    });
+    http_.Get("/analytics/orders/top", [this, param](const httplib::Request& r, httplib::Response& res) {
+      pb::TopOrdersRequest req;
+      int limit;
+      if (auto st = IntParam(r, "limit", &limit); !st.ok()) return SendError(res, st);
+      req.set_limit(limit);
+      req.set_status(param(r, "status"));
+      Serve<pb::TopOrdersRequest, pb::OrdersReply>("TopOrders", r, res, req);
+    });
+    http_.Get("/analytics/orders/customers", [this, param](const httplib::Request& r, httplib::Response& res) {
+      pb::TopCustomersRequest req;
+      int limit;
+      if (auto st = IntParam(r, "limit", &limit); !st.ok()) return SendError(res, st);
+      req.set_limit(limit);
+      req.set_status(param(r, "status"));
+      Serve<pb::TopCustomersRequest, pb::TopCustomersReply>("TopCustomers", r, res, req);
+    });
+    http_.Get("/analytics/orders/product", [this, param](const httplib::Request& r, httplib::Response& res) {
+      pb::SalesByProductRequest req;
+      int limit;
+      if (auto st = IntParam(r, "limit", &limit); !st.ok()) return SendError(res, st);
+      req.set_from(param(r, "from"));
+      req.set_to(param(r, "to"));
+      req.set_limit(limit);
+      req.set_page_token(param(r, "page_token"));
+      Serve<pb::SalesByProductRequest, pb::SalesByProductReply>("SalesByProduct", r, res, req);
+    });
+    http_.Get("/analytics/sales/daily", [this, param](const httplib::Request& r, httplib::Response& res) {
+      pb::DailySalesRequest req;
+      req.set_from(param(r, "from"));
+      req.set_to(param(r, "to"));
+      Serve<pb::DailySalesRequest, pb::DailySalesReply>("DailySales", r, res, req);
+    });
+    http_.Get("/analytics/businesses/review-changes", [this, param](const httplib::Request& r, httplib::Response& res) {
+      pb::ReviewChangesRequest req;
+      int limit;
+      if (auto st = IntParam(r, "limit", &limit); !st.ok()) return SendError(res, st);
+      req.set_from(param(r, "from"));
+      req.set_to(param(r, "to"));
+      req.set_limit(limit);
+      Serve<pb::ReviewChangesRequest, pb::ReviewChangesReply>("ReviewChanges", r, res, req);
+    });
+    http_.Get("/analytics/businesses/rating-by-price", [this, param](const httplib::Request& r, httplib::Response& res) {
+      pb::RatingByPriceLevelRequest req;
+      req.set_ds(param(r, "ds"));
+      Serve<pb::RatingByPriceLevelRequest, pb::RatingByPriceLevelReply>("RatingByPriceLevel", r, res, req);
+    });
+  }
+
+  Config config_;
+  QueryCore core_;
+  httplib::Server http_;
+  std::thread http_thread_;
 };
 
 }  // namespace

@@ -66,6 +66,10 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
     return Submit(*req, resp, [this](const TaskRequest& r) { return RunModels(r); }, "model");
   }
 
+  grpc::Status Publish(grpc::ServerContext*, const TaskRequest* req, strata::v1::TaskAccepted* resp) override {
+    return Submit(*req, resp, [this](const TaskRequest& r) { return PublishMarts(r); }, "publish");
+  }
+
  private:
   using Work = std::function<long long(const TaskRequest&)>;
 
@@ -190,6 +194,30 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
         "SELECT count(*) FROM dwh.fact_sales WHERE date_key = to_char($1::date, 'YYYYMMDD')::int", req.ds());
     tx.commit();
     return r[0][0].as<long long>();
+  }
+
+  // Every marts table is replaced in serving in one transaction: readers see the previous
+  // publication until commit, then the new one, never a mix.
+  long long PublishMarts(const TaskRequest& req) {
+    auto conn = PgConnect(config_.warehouse_dsn);
+    pqxx::work tx(*conn);
+    tx.exec("SELECT pg_advisory_xact_lock(7400002)");  // not while a model build is writing marts
+    const auto tables = tx.exec(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'marts' AND table_type = 'BASE TABLE' "
+        "ORDER BY table_name");
+    long long rows = 0;
+    for (const auto& t : tables) {
+      const std::string name = QuoteIdent(t[0].c_str());
+      tx.exec("CREATE TABLE IF NOT EXISTS serving." + name + " (LIKE marts." + name + " INCLUDING ALL)");
+      tx.exec("DELETE FROM serving." + name);
+      rows += tx.exec("INSERT INTO serving." + name + " SELECT * FROM marts." + name).affected_rows();
+    }
+    const auto v = tx.exec_params("INSERT INTO serving.publications (ds, run_id) VALUES ($1, $2) RETURNING version",
+                                  req.ds(), req.run_id());
+    tx.commit();
+    spdlog::info("published version={} ds={} run_id={} tables={} rows={}", v[0][0].c_str(), req.ds(), req.run_id(),
+                 tables.size(), rows);
+    return rows;
   }
 
   Config config_;

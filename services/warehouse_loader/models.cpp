@@ -14,6 +14,7 @@ CREATE SCHEMA IF NOT EXISTS staging;
 CREATE SCHEMA IF NOT EXISTS dwh;
 CREATE SCHEMA IF NOT EXISTS marts;
 CREATE SCHEMA IF NOT EXISTS ops;
+CREATE SCHEMA IF NOT EXISTS serving;
 
 CREATE TABLE IF NOT EXISTS ops.loads (
   dataset text NOT NULL,
@@ -87,6 +88,53 @@ CREATE TABLE IF NOT EXISTS marts.orders_current (
   updated_at timestamptz NOT NULL,
   amount numeric(14,2));
 CREATE INDEX IF NOT EXISTS orders_current_status ON marts.orders_current (status);
+
+CREATE TABLE IF NOT EXISTS marts.product_daily_sales (
+  ds date NOT NULL,
+  product_id bigint NOT NULL,
+  product_name text,
+  orders bigint NOT NULL,
+  units bigint NOT NULL,
+  revenue numeric(16,2) NOT NULL,
+  PRIMARY KEY (ds, product_id));
+
+-- Periodic snapshot of the review-site API: one row per business per day.
+CREATE TABLE IF NOT EXISTS dwh.fact_business_daily (
+  business_id text NOT NULL,
+  date_key integer NOT NULL,
+  name text, category text, state text,
+  price_level integer,
+  rating numeric(3,1),
+  review_count integer NOT NULL,
+  review_change integer,  -- vs the previous day's snapshot; NULL when there is none
+  PRIMARY KEY (business_id, date_key));
+
+CREATE TABLE IF NOT EXISTS marts.business_review_changes (
+  ds date NOT NULL,
+  business_id text NOT NULL,
+  name text,
+  review_count integer NOT NULL,
+  review_change integer,
+  PRIMARY KEY (ds, business_id));
+
+CREATE TABLE IF NOT EXISTS marts.rating_by_price_level (
+  ds date NOT NULL,
+  price_level integer NOT NULL,
+  businesses bigint NOT NULL,
+  avg_rating numeric(4,2) NOT NULL,
+  PRIMARY KEY (ds, price_level));
+
+-- serving: the published copy of marts, the only thing the query service reads.
+CREATE TABLE IF NOT EXISTS serving.publications (
+  version bigserial PRIMARY KEY,
+  ds date NOT NULL,
+  run_id text NOT NULL,
+  published_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS serving.daily_sales (LIKE marts.daily_sales INCLUDING ALL);
+CREATE TABLE IF NOT EXISTS serving.orders_current (LIKE marts.orders_current INCLUDING ALL);
+CREATE TABLE IF NOT EXISTS serving.product_daily_sales (LIKE marts.product_daily_sales INCLUDING ALL);
+CREATE TABLE IF NOT EXISTS serving.business_review_changes (LIKE marts.business_review_changes INCLUDING ALL);
+CREATE TABLE IF NOT EXISTS serving.rating_by_price_level (LIKE marts.rating_by_price_level INCLUDING ALL);
 
 -- Unknown members: facts whose dimension row is missing point here instead of nowhere.
 INSERT INTO dwh.dim_customer (customer_key, customer_id, name, valid_from, valid_to, is_current)
@@ -235,7 +283,16 @@ INSERT INTO marts.daily_sales (ds, orders, units, revenue)
 SELECT d.date, count(DISTINCT f.order_id), sum(f.quantity), sum(f.amount)
 FROM dwh.fact_sales f JOIN dwh.dim_date d USING (date_key)
 WHERE f.date_key IN (SELECT date_key FROM tmp_affected_dates)
-GROUP BY d.date)SQL"}},
+GROUP BY d.date)SQL",
+        R"SQL(
+DELETE FROM marts.product_daily_sales
+WHERE ds IN (SELECT d.date FROM dwh.dim_date d JOIN tmp_affected_dates USING (date_key)))SQL",
+        R"SQL(
+INSERT INTO marts.product_daily_sales (ds, product_id, product_name, orders, units, revenue)
+SELECT d.date, p.product_id, p.name, count(DISTINCT f.order_id), sum(f.quantity), sum(f.amount)
+FROM dwh.fact_sales f JOIN dwh.dim_date d USING (date_key) JOIN dwh.dim_product p USING (product_key)
+WHERE f.date_key IN (SELECT date_key FROM tmp_affected_dates)
+GROUP BY d.date, p.product_id, p.name)SQL"}},
 
       {"orders_current",
        {R"SQL(
@@ -251,6 +308,41 @@ WHERE (orders_current.customer_id, orders_current.status, orders_current.ordered
       IS DISTINCT FROM
       (EXCLUDED.customer_id, EXCLUDED.status, EXCLUDED.ordered_at, EXCLUDED.updated_at,
        EXCLUDED.amount))SQL"}},
+
+      // Snapshot fact: the day's API listing, with the change against the previous day's
+      // snapshot; the next day's change is recomputed too, so loading days out of order converges.
+      {"business_daily",
+       {R"SQL(
+DELETE FROM dwh.fact_business_daily WHERE date_key = to_char($1::date, 'YYYYMMDD')::int)SQL",
+        R"SQL(
+INSERT INTO dwh.fact_business_daily (business_id, date_key, name, category, state, price_level, rating,
+                                     review_count, review_change)
+SELECT DISTINCT ON (b.id) b.id, to_char($1::date, 'YYYYMMDD')::int, b.name, b.category, b.state, b.price_level,
+       b.rating::numeric(3,1), b.review_count, b.review_count - prev.review_count
+FROM staging.businesses b
+LEFT JOIN dwh.fact_business_daily prev
+  ON prev.business_id = b.id AND prev.date_key = to_char($1::date - 1, 'YYYYMMDD')::int
+WHERE b.ds = $1 AND b.review_count IS NOT NULL
+ORDER BY b.id)SQL",
+        R"SQL(
+UPDATE dwh.fact_business_daily n SET review_change = n.review_count - c.review_count
+FROM dwh.fact_business_daily c
+WHERE n.date_key = to_char($1::date + 1, 'YYYYMMDD')::int AND c.date_key = to_char($1::date, 'YYYYMMDD')::int
+  AND c.business_id = n.business_id AND n.review_change IS DISTINCT FROM n.review_count - c.review_count)SQL",
+        R"SQL(
+DELETE FROM marts.business_review_changes WHERE ds IN ($1::date, $1::date + 1))SQL",
+        R"SQL(
+INSERT INTO marts.business_review_changes (ds, business_id, name, review_count, review_change)
+SELECT d.date, f.business_id, f.name, f.review_count, f.review_change
+FROM dwh.fact_business_daily f JOIN dwh.dim_date d USING (date_key)
+WHERE d.date IN ($1::date, $1::date + 1))SQL",
+        R"SQL(
+DELETE FROM marts.rating_by_price_level WHERE ds = $1)SQL",
+        R"SQL(
+INSERT INTO marts.rating_by_price_level (ds, price_level, businesses, avg_rating)
+SELECT $1::date, price_level, count(*), round(avg(rating), 2)
+FROM dwh.fact_business_daily WHERE date_key = to_char($1::date, 'YYYYMMDD')::int AND price_level IS NOT NULL
+GROUP BY price_level)SQL"}},
   };
   return kModels;
 }
@@ -264,7 +356,7 @@ std::vector<const Model*> ResolveModels(const std::vector<std::string>& names) {
     if (!found)
       throw InputError("models: unknown model '" + n +
                        "' (known: dim_state, dim_product, dim_customer, fact_sales, daily_sales, "
-                       "orders_current)");
+                       "orders_current, business_daily)");
     out.push_back(found);
   }
   return out;

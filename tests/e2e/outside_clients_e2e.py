@@ -39,32 +39,33 @@ for svc in SERVICES:
     check(len(answers) == 1 and b"strata.v1." in answers[0], f"{svc}: server reflection lists strata services")
 
 # --- a query RPC from grpcio, checked against the warehouse ----------------------------------------
+AUTH = [("authorization", "Bearer " + ENV["STRATA_QUERY_TOKEN"])]
 q = grpc.insecure_channel(ENV["STRATA_QUERY_GRPC"])
 daily = q.unary_unary("/strata.v1.Query/DailySales", request_serializer=strata_pb2.DailySalesRequest.SerializeToString,
                       response_deserializer=strata_pb2.DailySalesReply.FromString)
-expected = wh("SELECT ds::text, orders, units, revenue::float8 FROM marts.daily_sales ORDER BY ds")
-reply = daily(strata_pb2.DailySalesRequest(**{"from": "2024-01-01", "to": "2024-12-31"}), timeout=5)
+expected = wh("SELECT ds::text, orders, units, revenue::float8 FROM serving.daily_sales ORDER BY ds")
+reply = daily(strata_pb2.DailySalesRequest(**{"from": "2024-01-01", "to": "2024-12-31"}), timeout=5, metadata=AUTH)
 got = [(d.ds, d.orders, d.units, round(d.revenue, 2)) for d in reply.days]
 check(len(got) > 0 and got == [(a, b, c, round(d, 2)) for a, b, c, d in expected],
-      f"DailySales over gRPC equals marts.daily_sales ({len(got)} days)")
-again = daily(strata_pb2.DailySalesRequest(**{"from": "2024-01-01", "to": "2024-12-31"}), timeout=5)
+      f"DailySales over gRPC equals serving.daily_sales ({len(got)} days)")
+again = daily(strata_pb2.DailySalesRequest(**{"from": "2024-01-01", "to": "2024-12-31"}), timeout=5, metadata=AUTH)
 check(again.cached and list(again.days) == list(reply.days), "the second identical call is served from the cache")
 top = q.unary_unary("/strata.v1.Query/TopCustomers", request_serializer=strata_pb2.TopCustomersRequest.SerializeToString,
                     response_deserializer=strata_pb2.TopCustomersReply.FromString)
 try:
-    top(strata_pb2.TopCustomersRequest(limit=-1), timeout=5)
+    top(strata_pb2.TopCustomersRequest(limit=-1), timeout=5, metadata=AUTH)
     check(False, "a negative limit is refused")
 except grpc.RpcError as e:
     check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "limit" in e.details(),
           f"a negative limit is INVALID_ARGUMENT naming the parameter ({e.code()}, {e.details()})")
 try:
-    top(strata_pb2.TopCustomersRequest(limit=3, status="lost"), timeout=5)
+    top(strata_pb2.TopCustomersRequest(limit=3, status="lost"), timeout=5, metadata=AUTH)
     check(False, "an unknown status is refused")
 except grpc.RpcError as e:
     check(e.code() == grpc.StatusCode.INVALID_ARGUMENT and "status" in e.details(),
           f"an unknown status is INVALID_ARGUMENT ({e.details()})")
-three = top(strata_pb2.TopCustomersRequest(limit=3), timeout=5)
-expected_top = wh("""SELECT customer_id, sum(amount) FROM marts.orders_current WHERE amount IS NOT NULL
+three = top(strata_pb2.TopCustomersRequest(limit=3), timeout=5, metadata=AUTH)
+expected_top = wh("""SELECT customer_id, sum(amount) FROM serving.orders_current WHERE amount IS NOT NULL
                      GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 3""")
 check([(c.customer_id, round(c.revenue, 2)) for c in three.customers] == [(a, float(b)) for a, b in expected_top],
       "TopCustomers(limit=3) equals the warehouse's top three")
@@ -105,7 +106,7 @@ for svc in SERVICES:
 degraded_before = metric_value(metrics("query"), "strata_query_degraded_total", {})
 subprocess.run(["redis-cli", "-p", ENV["STRATA_REDIS_PORT"], "shutdown", "nosave"], capture_output=True)
 req = strata_pb2.DailySalesRequest(**{"from": "2024-01-01", "to": "2024-12-31"})
-during = daily(req, timeout=10)
+during = daily(req, timeout=10, metadata=AUTH)
 check(not during.cached and list(during.days) == list(reply.days), "with Redis down the answer still arrives, uncached")
 check(metric_value(metrics("query"), "strata_query_degraded_total", {}) > degraded_before,
       "strata_query_degraded_total counted the degraded answer")
@@ -113,6 +114,6 @@ subprocess.run(["redis-server", "--port", ENV["STRATA_REDIS_PORT"], "--bind", "1
                 "--dir", os.path.join(ENV["STRATA_STACK_DIR"], "redis"), "--save", "", "--appendonly", "no",
                 "--pidfile", os.path.join(ENV["STRATA_STACK_DIR"], "run/redis.pid")], check=True)
 time.sleep(0.5)
-daily(req, timeout=10)
-check(daily(req, timeout=10).cached, "after Redis returns, answers are cached again")
+daily(req, timeout=10, metadata=AUTH)
+check(daily(req, timeout=10, metadata=AUTH).cached, "after Redis returns, answers are cached again")
 finish()

@@ -117,8 +117,9 @@ check(dl_after - dl_before == 5, f"strata_ingest_dead_letters_total grew by 5 ({
 failed = wh("""SELECT check_name, observed FROM quality.check_results WHERE run_id = %s AND status = 'fail'""",
             (run["run_id"],))
 check(failed == [("dead_letters:businesses", "5")], f"quality.check_results has the failed check: {failed}")
-check(len(received) == 1 and received[0]["checks"][0]["check"] == "dead_letters:businesses",
-      f"the webhook received one alert naming the check ({len(received)} received)")
+failing_alerts = [a["check"] for a in received if a["event"] == "check_failing" and a["severity"] == "error"]
+check(failing_alerts == ["dead_letters:businesses"], f"the webhook received one alert naming the check ({received})")
+check(received and received[0]["sample"] == [] and "text" in received[0], "the alert is Slack-compatible")
 reasons = __import__("strata_e2e").run("redis-cli", "-p", ENV["STRATA_REDIS_PORT"], "xrange", "strata:deadletter", "-", "+")[1]
 for reason in ["column 'rating' expected float, got \"n/a\"", "missing key 'id'", "bad JSON"]:
     check(reason in reasons, f"a dead letter says: {reason}")
@@ -127,4 +128,34 @@ hook.shutdown()
 rc, _, _ = stratactl("run", "--date", DAYS[-1])
 check(rc == 0, "after the source is fixed the re-run succeeds")
 check(checksum(ALL) == before_all, "and the warehouse is back to exactly the clean state")
+
+# --- write-audit-publish: a failed audit keeps yesterday's marts serving ---------------------------
+D8 = "2024-01-08"
+
+
+def served_days():
+    rc, out, err = stratactl("--json", "query", "daily-sales", "--from", "2024-01-01", "--to", "2024-01-31")
+    assert rc == 0, err
+    return json.loads(out)
+
+
+sim_advance(D8)
+before_days = served_days()
+check([d["ds"] for d in before_days] == DAYS, "the query service serves the 7 published days")
+sim_control(7)
+rc, out, _ = stratactl("--json", "run", "--date", D8)
+sim_control(0)
+run = json.loads(out)
+tasks = {t["task"]: t for t in run["tasks"]}
+check(rc == 1 and tasks["publish"]["state"] == "skipped", f"a failed audit skips publish ({tasks['publish']['state']})")
+check(wh("SELECT count(*) FROM marts.daily_sales WHERE ds = %s", (D8,))[0][0] == 1, "the new day was built in marts")
+check(wh("SELECT count(*) FROM serving.daily_sales WHERE ds = %s", (D8,))[0][0] == 0, "but not published to serving")
+check(served_days() == before_days, "the query service still answers with the previous publication")
+rc, _, _ = stratactl("run", "--date", D8)
+check(rc == 0, "the clean re-run of the new day succeeds")
+after_days = served_days()
+check([d["ds"] for d in after_days] == DAYS + [D8], "publishing made the new day visible at once (cache invalidated)")
+revenue = float(wh("SELECT revenue FROM marts.daily_sales WHERE ds = %s", (D8,))[0][0])
+check(abs(after_days[-1]["revenue"] - revenue) < 0.005, "and its revenue equals the mart's")
+check(wh("SELECT count(*) FROM serving.publications")[0][0] >= 8, "every successful run recorded a publication")
 finish()

@@ -16,12 +16,14 @@ PipelineSpec TwoDatasets() {
 
 TEST(Dag, ShapeIsExtractExportLoadThenModelThenCheck) {
   const auto dag = BuildDag(TwoDatasets());
-  ASSERT_EQ(dag.size(), 8u);
+  ASSERT_EQ(dag.size(), 9u);
   EXPECT_EQ(dag[1].name, "export.customers");
   EXPECT_EQ(dag[1].deps, std::vector<std::string>{"extract.customers"});
   EXPECT_EQ(dag[6].name, "model");
   EXPECT_EQ(dag[6].deps, (std::vector<std::string>{"load.customers", "load.orders"}));
   EXPECT_EQ(dag[7].deps, std::vector<std::string>{"model"});
+  EXPECT_EQ(dag[8].name, "publish");
+  EXPECT_EQ(dag[8].deps, std::vector<std::string>{"check"});
 }
 
 TEST(Dag, ReadyTasksWaitForAllDeps) {
@@ -36,7 +38,7 @@ TEST(Dag, ReadyTasksWaitForAllDeps) {
 
 TEST(Dag, DownstreamIsTransitive) {
   const auto dag = BuildDag(TwoDatasets());
-  EXPECT_EQ(Downstream(dag, "export.orders"), (std::vector<std::string>{"load.orders", "model", "check"}));
+  EXPECT_EQ(Downstream(dag, "export.orders"), (std::vector<std::string>{"load.orders", "model", "check", "publish"}));
 }
 
 TEST(Dag, RunIdsSortByTime) {

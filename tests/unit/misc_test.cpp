@@ -5,7 +5,7 @@
 #include "common/errors.h"
 #include "common/http_client.h"
 #include "common/time_util.h"
-#include "services/quality/quality.h"
+#include "services/quality/checks.h"
 #include "services/query/query.h"
 #include "services/source_sim/source_sim.h"
 #include "services/warehouse_loader/models.h"
@@ -32,16 +32,71 @@ TEST(QueryCache, KeyEmbedsPublishedVersion) {
   EXPECT_NE(query::CacheKey(7, "M", "p"), query::CacheKey(8, "M", "p"));
 }
 
-TEST(Quality, AlertPayloadIsSlackCompatible) {
+TEST(Quality, AlertPayloadsSlackAndGeneric) {
   quality::CheckResult r;
   r.name = "unique:dwh.fact_sales.order_id";
   r.kind = "unique";
   r.severity = "error";
-  r.message = "3 duplicated key values";
-  const auto j = nlohmann::json::parse(quality::AlertPayload("demo", "2024-01-02", "r1", {r}));
-  EXPECT_EQ(j["text"], "strata: 1 check(s) failed for pipeline demo ds=2024-01-02 run=r1:\n"
-                       "- unique:dwh.fact_sales.order_id (error): 3 duplicated key values");
-  EXPECT_EQ(j["checks"][0]["check"], "unique:dwh.fact_sales.order_id");
+  r.status = "fail";
+  r.message = "3 failing row(s)";
+  r.sample = "[{\"order_id\": 7}]";
+  const auto slack = nlohmann::json::parse(
+      quality::AlertPayload("slack", quality::Transition::kStartsFailing, "demo", "2024-01-02", "r1", r));
+  EXPECT_EQ(slack["text"], ":red_circle: strata check failing: unique:dwh.fact_sales.order_id (error) "
+                           "pipeline=demo ds=2024-01-02 \u2014 3 failing row(s)");
+  EXPECT_EQ(slack["event"], "check_failing");
+  EXPECT_EQ(slack["sample"][0]["order_id"], 7);
+  const auto generic = nlohmann::json::parse(
+      quality::AlertPayload("generic", quality::Transition::kRecovers, "demo", "2024-01-02", "r2", r));
+  EXPECT_FALSE(generic.contains("text"));
+  EXPECT_EQ(generic["event"], "check_recovered");
+  EXPECT_EQ(generic["run_id"], "r2");
+}
+
+TEST(Quality, AlertOncePerTransition) {
+  using quality::Transition;
+  EXPECT_EQ(quality::AlertTransition("", "fail"), Transition::kStartsFailing);
+  EXPECT_EQ(quality::AlertTransition("failing", "fail"), Transition::kNone);  // a re-run does not re-alert
+  EXPECT_EQ(quality::AlertTransition("failing", "warn"), Transition::kNone);
+  EXPECT_EQ(quality::AlertTransition("failing", "pass"), Transition::kRecovers);
+  EXPECT_EQ(quality::AlertTransition("ok", "pass"), Transition::kNone);
+  EXPECT_EQ(quality::AlertTransition("", "pass"), Transition::kNone);
+  EXPECT_EQ(quality::AlertTransition("ok", "warn"), Transition::kStartsFailing);
+}
+
+TEST(Quality, VolumeAnomalyNeedsHistoryAndFlagsOutliers) {
+  EXPECT_TRUE(quality::JudgeVolume(1000, {10, 12}, 3).ok);  // too little history to judge
+  const auto normal = quality::JudgeVolume(22, {18, 18, 29, 19, 27, 30}, 3);
+  EXPECT_TRUE(normal.ok) << normal.message;
+  const auto spike = quality::JudgeVolume(200, {18, 18, 29, 19, 27, 30}, 3);
+  EXPECT_FALSE(spike.ok);
+  EXPECT_NEAR(spike.mean, 23.5, 1e-9);
+  const auto drop = quality::JudgeVolume(0, {100, 101, 99, 100}, 3);
+  EXPECT_FALSE(drop.ok);
+  EXPECT_TRUE(quality::JudgeVolume(101, {100, 100, 100}, 3).ok);  // flat history: one row is noise
+}
+
+TEST(Quality, FailingRowsSqlPerKind) {
+  auto quote = [](const std::string& v) { return "'" + v + "'"; };
+  CheckSpec c;
+  c.kind = "range";
+  c.table = "dwh.fact_sales";
+  c.columns = {"quantity"};
+  c.min = "1";
+  c.max = "100";
+  EXPECT_EQ(*quality::FailingRowsSql(c, "'2024-01-02'", quote),
+            "SELECT * FROM \"dwh\".\"fact_sales\" WHERE \"quantity\" < 1 OR \"quantity\" > 100");
+  c.kind = "accepted_values";
+  c.values = {"open", "shipped"};
+  EXPECT_EQ(*quality::FailingRowsSql(c, "'2024-01-02'", quote),
+            "SELECT * FROM \"dwh\".\"fact_sales\" WHERE \"quantity\" IS NOT NULL AND \"quantity\"::text NOT IN "
+            "('open', 'shipped')");
+  c.kind = "custom_sql";
+  c.sql = "SELECT * FROM marts.daily_sales WHERE ds = {ds} AND revenue < 0;\n";
+  EXPECT_EQ(*quality::FailingRowsSql(c, "'2024-01-02'", quote),
+            "SELECT * FROM marts.daily_sales WHERE ds = '2024-01-02' AND revenue < 0");
+  c.kind = "freshness";
+  EXPECT_FALSE(quality::FailingRowsSql(c, "'2024-01-02'", quote).has_value());
 }
 
 TEST(Models, ResolveInOrderAndRejectUnknown) {
