@@ -136,7 +136,9 @@ class QueryCore {
   template <typename Req, typename Reply>
   grpc::Status Handle(const Call& call, const Req& req, Reply* reply) {
     const auto start = std::chrono::steady_clock::now();
-    grpc::Status st = Authorize(call);
+    grpc::Status st = Clock::now() >= call.deadline
+                          ? grpc::Status{grpc::StatusCode::DEADLINE_EXCEEDED, "the call's deadline had passed on arrival"}
+                          : Authorize(call);
     if (st.ok()) st = Dispatch(call, req, reply);
     metrics_.requests
         .Add({{"method", call.method}, {"transport", call.transport}, {"code", CodeName(st.error_code())}})
@@ -231,6 +233,23 @@ class QueryCore {
       const auto& [st, bytes] = shared.get();
       if (st.ok()) reply->ParseFromString(bytes);
       return st;
+    }
+
+    // Double-check: a leader that finished between our lookup and our flight registration has
+    // already cached the answer.
+    if (redis_ok) {
+      try {
+        const RedisReply again = Redis().Command({"GET", key});
+        if (again.type == RedisReply::kString && reply->ParseFromString(again.str)) {
+          reply->set_cached(true);
+          promise.set_value({grpc::Status::OK, again.str});
+          std::lock_guard<std::mutex> lock(flight_mu_);
+          inflight_.erase(key);
+          return grpc::Status::OK;
+        }
+      } catch (const EnvError&) {
+        redis_ok = false;
+      }
     }
 
     grpc::Status st = grpc::Status::OK;
