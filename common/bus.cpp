@@ -2,6 +2,8 @@
 
 #include <hiredis/hiredis.h>
 
+#include <chrono>
+
 #include "common/errors.h"
 
 namespace strata {
@@ -119,6 +121,63 @@ std::vector<StreamEntry> ParseEntries(const RedisReply& entries) {
     out.push_back(std::move(se));
   }
   return out;
+}
+
+VersionWatcher::VersionWatcher(std::string redis_url, std::string key)
+    : url_(std::move(redis_url)), key_(std::move(key)) {}
+
+VersionWatcher::~VersionWatcher() { Stop(); }
+
+void VersionWatcher::Start() { thread_ = std::thread([this] { Loop(); }); }
+
+void VersionWatcher::Stop() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+}
+
+void VersionWatcher::Observe(long long v) {
+  long long cur = version_.load();
+  while (v > cur && !version_.compare_exchange_weak(cur, v)) {
+  }
+}
+
+void VersionWatcher::Loop() {
+  RedisClient probe(url_, 500);
+  std::string rest = url_.rfind("redis://", 0) == 0 ? url_.substr(8) : url_;
+  rest = rest.substr(0, rest.find('/'));
+  const std::string host = rest.substr(0, rest.rfind(':'));
+  const int port = std::stoi(rest.substr(rest.rfind(':') + 1));
+  while (!stop_) {
+    // Subscribe first, then read the key: a bump between the two is seen either way.
+    timeval connect_tv{0, 500000};
+    redisContext* c = redisConnectWithTimeout(host.c_str(), port, connect_tv);
+    if (!c || c->err) {
+      if (c) redisFree(c);
+      known_ = false;
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      continue;
+    }
+    timeval read_tv{1, 0};  // wake up every second to re-read the key and notice Stop()
+    redisSetTimeout(c, read_tv);
+    auto* sub = static_cast<redisReply*>(redisCommand(c, "SUBSCRIBE %s", key_.c_str()));
+    if (sub) freeReplyObject(sub);
+    try {
+      const RedisReply v = probe.Command({"GET", key_});
+      Observe(v.type == RedisReply::kString ? std::stoll(v.str) : 0);
+      known_ = true;
+    } catch (const std::exception&) {
+      known_ = false;
+    }
+    while (!stop_ && sub) {
+      void* raw = nullptr;
+      if (redisGetReply(c, &raw) != REDIS_OK) break;  // timeout or broken: reconnect and re-read
+      auto* msg = static_cast<redisReply*>(raw);
+      if (msg && msg->type == REDIS_REPLY_ARRAY && msg->elements == 3 && msg->element[2]->type == REDIS_REPLY_STRING)
+        Observe(std::stoll(std::string(msg->element[2]->str, msg->element[2]->len)));
+      if (msg) freeReplyObject(msg);
+    }
+    redisFree(c);
+  }
 }
 
 Bus::Bus(const std::string& redis_url, int timeout_ms) : client_(redis_url, timeout_ms) {}

@@ -14,10 +14,12 @@
 // must therefore be safe to repeat (every strata command is: reads, SET, XADD of idempotent
 // batches, XACK).
 #pragma once
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 struct redisContext;
@@ -82,6 +84,30 @@ class Bus {
 
  private:
   RedisClient client_;
+};
+
+// Follows an integer kept in a Redis key whose writers also PUBLISH the new value on a channel
+// of the same name (strata:publish_version). Pushes arrive within a round trip; the key is
+// also re-read every second so a missed message costs at most a second. known() is false
+// until the first read succeeds and again while Redis is unreachable.
+class VersionWatcher {
+ public:
+  VersionWatcher(std::string redis_url, std::string key);
+  ~VersionWatcher();
+  void Start();
+  void Stop();
+  bool known() const { return known_.load(); }
+  long long version() const { return version_.load(); }
+  // Lets a caller that learnt a newer value elsewhere (e.g. from a cache lookup) record it.
+  void Observe(long long v);
+
+ private:
+  void Loop();
+  std::string url_, key_;
+  std::atomic<long long> version_{0};
+  std::atomic<bool> known_{false};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
 };
 
 // Parses the entries of an XREADGROUP/XRANGE-style array reply.

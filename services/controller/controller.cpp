@@ -66,11 +66,14 @@ struct Metrics {
         active(prometheus::BuildGauge().Name("strata_controller_active_runs")
                    .Help("Runs currently executing").Register(r)),
         run_duration(prometheus::BuildHistogram().Name("strata_controller_run_duration_seconds")
-                         .Help("Wall time of a pipeline run").Register(r)) {}
+                         .Help("Wall time of a pipeline run").Register(r)),
+        last_success(prometheus::BuildGauge().Name("strata_controller_last_success_timestamp_seconds")
+                         .Help("Unix time the last run succeeded (its marts were published)").Register(r)) {}
   prometheus::Family<prometheus::Counter>& runs;
   prometheus::Family<prometheus::Counter>& tasks;
   prometheus::Family<prometheus::Gauge>& active;
   prometheus::Family<prometheus::Histogram>& run_duration;
+  prometheus::Family<prometheus::Gauge>& last_success;
 };
 
 const char* KindName(TaskKind k) {
@@ -380,7 +383,8 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
       if (failure.empty()) {
         // The marts were published: a new version makes every cached answer unreachable at once.
         RedisClient redis(config_.redis_url);
-        redis.Command({"INCR", kPublishVersionKey});
+        const RedisReply v = redis.Command({"INCR", kPublishVersionKey});
+        redis.Command({"PUBLISH", kPublishVersionKey, std::to_string(v.integer)});
       }
       SetRun(run_id, failure.empty() ? "succeeded" : "failed", failure);
     } catch (const std::exception& e) {
@@ -388,6 +392,7 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
     }
     metrics_.active.Add({}).Decrement();
     metrics_.runs.Add({{"state", failure.empty() ? "succeeded" : "failed"}}).Increment();
+    if (failure.empty()) metrics_.last_success.Add({}).SetToCurrentTime();
     metrics_.run_duration.Add({}, prometheus::Histogram::BucketBoundaries{1, 5, 15, 60, 300, 900, 3600})
         .Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count());
     spdlog::info("run finished run_id={} ds={} state={} message={}", run_id, ds, failure.empty() ? "succeeded" : "failed",

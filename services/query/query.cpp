@@ -15,6 +15,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <unordered_map>
 
 #include "common/bus.h"
 #include "common/config.h"
@@ -47,7 +48,7 @@ struct Metrics {
       : requests(prometheus::BuildCounter().Name("strata_query_requests_total")
                      .Help("Analytics requests, by method, transport and code").Register(r)),
         cache(prometheus::BuildCounter().Name("strata_query_cache_total")
-                  .Help("Cache lookups, by result (hit|miss|shared)").Register(r)),
+                  .Help("Cache lookups, by result (hit_local|hit|miss|shared)").Register(r)),
         backend(prometheus::BuildCounter().Name("strata_query_backend_queries_total")
                     .Help("Queries sent to PostgreSQL, by method").Register(r)),
         degraded(prometheus::BuildCounter().Name("strata_query_degraded_total")
@@ -89,6 +90,42 @@ class PgPool {
   std::vector<std::unique_ptr<pqxx::connection>> idle_;
 };
 
+// Process-local copy of recent answers, keyed like Redis (version included) so a publish
+// makes them unreachable the moment the version watcher sees it. Sharded to keep lock hold
+// times short; a full shard is simply cleared (answers are cheap to fetch again).
+class LocalCache {
+ public:
+  explicit LocalCache(int ttl_seconds) : ttl_(std::chrono::seconds(ttl_seconds)) {}
+  bool Get(const std::string& key, std::string* out) {
+    Shard& s = ShardFor(key);
+    std::lock_guard<std::mutex> lock(s.mu);
+    auto it = s.entries.find(key);
+    if (it == s.entries.end() || std::chrono::steady_clock::now() > it->second.expires) return false;
+    *out = it->second.bytes;
+    return true;
+  }
+  void Put(const std::string& key, const std::string& bytes) {
+    Shard& s = ShardFor(key);
+    std::lock_guard<std::mutex> lock(s.mu);
+    if (s.entries.size() >= kMaxPerShard) s.entries.clear();
+    s.entries[key] = {bytes, std::chrono::steady_clock::now() + ttl_};
+  }
+
+ private:
+  static constexpr size_t kShards = 16, kMaxPerShard = 1024;
+  struct Entry {
+    std::string bytes;
+    std::chrono::steady_clock::time_point expires;
+  };
+  struct Shard {
+    std::mutex mu;
+    std::unordered_map<std::string, Entry> entries;
+  };
+  Shard& ShardFor(const std::string& key) { return shards_[std::hash<std::string>{}(key) % kShards]; }
+  std::chrono::steady_clock::duration ttl_;
+  Shard shards_[kShards];
+};
+
 struct Call {
   std::string method;
   std::string transport;  // grpc | http
@@ -127,11 +164,16 @@ grpc::Status CheckPage(const std::string& token, long long* offset) {
 class QueryCore {
  public:
   QueryCore(const Config& config, prometheus::Registry& registry)
-      : config_(config), metrics_(registry), pool_(config.warehouse_dsn) {
+      : config_(config), metrics_(registry), pool_(config.warehouse_dsn),
+        local_(config.query_cache_ttl_seconds), version_(config.redis_url, kPublishVersionKey) {
     for (int i = 0; i < 8; ++i) redis_.push_back(std::make_unique<RedisClient>(config.redis_url, 500));
     if (config_.query_tokens.empty())
       spdlog::warn("query authentication is off: STRATA_QUERY_TOKENS is not set");
+    BuildSeries();
   }
+
+  void Start() { version_.Start(); }
+  void Stop() { version_.Stop(); }
 
   template <typename Req, typename Reply>
   grpc::Status Handle(const Call& call, const Req& req, Reply* reply) {
@@ -140,17 +182,48 @@ class QueryCore {
                           ? grpc::Status{grpc::StatusCode::DEADLINE_EXCEEDED, "the call's deadline had passed on arrival"}
                           : Authorize(call);
     if (st.ok()) st = Dispatch(call, req, reply);
-    metrics_.requests
-        .Add({{"method", call.method}, {"transport", call.transport}, {"code", CodeName(st.error_code())}})
-        .Increment();
-    metrics_.latency
-        .Add({{"method", call.method}},
-             prometheus::Histogram::BucketBoundaries{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1})
-        .Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    const Series& series = SeriesFor(call.method);
+    series.requests[call.transport == "http" ? 1 : 0][CodeIndex(st.error_code())]->Increment();
+    series.latency->Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     return st;
   }
 
  private:
+  // Label lookups take a lock and hash the labels; resolving every series once keeps the hot
+  // path (a cached answer is a few microseconds) free of them.
+  static constexpr grpc::StatusCode kCodes[] = {
+      grpc::StatusCode::OK, grpc::StatusCode::INVALID_ARGUMENT, grpc::StatusCode::UNAUTHENTICATED,
+      grpc::StatusCode::PERMISSION_DENIED, grpc::StatusCode::RESOURCE_EXHAUSTED, grpc::StatusCode::DEADLINE_EXCEEDED,
+      grpc::StatusCode::NOT_FOUND, grpc::StatusCode::UNAVAILABLE};
+  static constexpr size_t kNumCodes = sizeof(kCodes) / sizeof(kCodes[0]);
+  struct Series {
+    prometheus::Counter* requests[2][kNumCodes];
+    prometheus::Histogram* latency;
+  };
+
+  static size_t CodeIndex(grpc::StatusCode c) {
+    for (size_t i = 0; i < kNumCodes; ++i)
+      if (kCodes[i] == c) return i;
+    return kNumCodes - 1;  // everything else is reported as UNAVAILABLE
+  }
+
+  void BuildSeries() {
+    for (const char* method : {"OrdersByStatus", "TopOrders", "TopCustomers", "DailySales", "SalesByProduct",
+                               "ReviewChanges", "RatingByPriceLevel"}) {
+      Series& s = series_[method];
+      for (int t = 0; t < 2; ++t)
+        for (size_t c = 0; c < kNumCodes; ++c)
+          s.requests[t][c] = &metrics_.requests.Add(
+              {{"method", method}, {"transport", t ? "http" : "grpc"}, {"code", CodeName(kCodes[c])}});
+      s.latency = &metrics_.latency.Add(
+          {{"method", method}}, prometheus::Histogram::BucketBoundaries{0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                                                        0.005, 0.01, 0.05, 0.25, 1});
+    }
+    hit_local_ = &metrics_.cache.Add({{"result", "hit_local"}});
+  }
+
+  const Series& SeriesFor(const std::string& method) const { return series_.at(method); }
+
   static std::string CodeName(grpc::StatusCode c) {
     switch (c) {
       case grpc::StatusCode::OK: return "OK";
@@ -193,14 +266,25 @@ class QueryCore {
   template <typename Reply, typename Fill>
   grpc::Status Cached(const Call& call, const std::string& params, Reply* reply, Fill fill) {
     const std::string suffix = call.method + ":" + params;
+    if (version_.known()) {
+      std::string bytes;
+      if (local_.Get("strata:q:v" + std::to_string(version_.version()) + ":" + suffix, &bytes) &&
+          reply->ParseFromString(bytes)) {
+        reply->set_cached(true);
+        hit_local_->Increment();
+        return grpc::Status::OK;
+      }
+    }
     std::string version = "0";
     bool redis_ok = true;
     try {
       const RedisReply r = Redis().Command({"EVAL", kLookupScript, "1", kPublishVersionKey, suffix});
       if (r.type == RedisReply::kArray && r.elements.size() >= 1) version = r.elements[0].str;
+      version_.Observe(std::stoll(version));
       if (r.elements.size() == 2 && r.elements[1].type == RedisReply::kString && reply->ParseFromString(r.elements[1].str)) {
         reply->set_cached(true);
         metrics_.cache.Add({{"result", "hit"}}).Increment();
+        local_.Put("strata:q:v" + version + ":" + suffix, r.elements[1].str);
         return grpc::Status::OK;
       }
       metrics_.cache.Add({{"result", "miss"}}).Increment();
@@ -262,8 +346,8 @@ class QueryCore {
         metrics_.backend.Add({{"method", call.method}}).Increment();
         pool_.With([&](pqxx::connection& c) {
           pqxx::read_transaction tx(c);
-          tx.exec("SET LOCAL TIME ZONE 'UTC'");
-          tx.exec("SET LOCAL statement_timeout = " + std::to_string(remaining));
+          // One round trip for both settings; the deadline becomes the statement timeout.
+          tx.exec("SET LOCAL TIME ZONE 'UTC'; SET LOCAL statement_timeout = " + std::to_string(remaining));
           fill(tx);
         });
       } catch (const pqxx::sql_error& e) {
@@ -277,6 +361,7 @@ class QueryCore {
     }
     const std::string bytes = st.ok() ? reply->SerializeAsString() : "";
     if (st.ok() && redis_ok) {
+      local_.Put(key, bytes);
       try {
         Redis().Command({"SET", key, bytes, "EX", std::to_string(config_.query_cache_ttl_seconds)});
       } catch (const EnvError&) {
@@ -444,6 +529,10 @@ class QueryCore {
   Config config_;
   Metrics metrics_;
   PgPool pool_;
+  LocalCache local_;
+  VersionWatcher version_;
+  std::map<std::string, Series> series_;
+  prometheus::Counter* hit_local_ = nullptr;
   std::vector<std::unique_ptr<RedisClient>> redis_;
   std::atomic<unsigned> next_redis_{0};
   std::mutex buckets_mu_;
@@ -466,6 +555,7 @@ class QueryImpl final : public Component, public pb::Query::Service {
   std::vector<grpc::Service*> GrpcServices() override { return {this}; }
 
   void Start() override {
+    core_.Start();
     const std::string& listen = config_.endpoint("query").http;
     if (listen.empty()) return;
     RegisterRoutes();
@@ -479,6 +569,7 @@ class QueryImpl final : public Component, public pb::Query::Service {
   void Stop() override {
     http_.stop();
     if (http_thread_.joinable()) http_thread_.join();
+    core_.Stop();
   }
 
 #define STRATA_GRPC_METHOD(Name, Req, Reply)                                                      \

@@ -1,4 +1,5 @@
-// query: analytics over gRPC from the marts and dwh tables, cached in Redis.
+// query: analytics over gRPC and HTTP/JSON from the published marts (schema `serving`), cached
+// in Redis and, for the hottest answers, in process memory.
 // Cache keys embed the published warehouse version (strata:publish_version, bumped by the
 // controller after each successful run), so a publish makes every older entry unreachable at
 // once without scanning. If Redis is down the service answers straight from PostgreSQL and
