@@ -18,6 +18,7 @@
 #include "common/config.h"
 #include "common/errors.h"
 #include "common/events.h"
+#include "common/governance.h"
 #include "common/pg.h"
 #include "common/spec.h"
 #include "common/task_runner.h"
@@ -94,7 +95,7 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
       : config_(config), spec_(LoadPipelineSpec(config.pipeline_spec)), metrics_(registry), runner_(1) {
     if (config_.warehouse_dsn.empty()) throw InputError("warehouse_dsn (STRATA_PG_DSN) is not configured");
     auto conn = PgConnect(config_.warehouse_dsn);
-    RunDdl(*conn, kDdl);
+    RunDdl(*conn, std::string(kDdl) + GovernanceDdl());
     {
       // Runs a previous controller left unfinished cannot be resumed yet: close them honestly.
       pqxx::work tx(*conn);

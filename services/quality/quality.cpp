@@ -11,6 +11,7 @@
 #include "common/config.h"
 #include "common/errors.h"
 #include "common/events.h"
+#include "common/governance.h"
 #include "common/http_client.h"
 #include "common/lake.h"
 #include "common/pg.h"
@@ -95,7 +96,7 @@ class QualityImpl final : public Component, public strata::v1::Quality::Service 
       : config_(config), spec_(LoadPipelineSpec(config.pipeline_spec)), metrics_(registry), runner_(1) {
     if (config_.warehouse_dsn.empty()) throw InputError("warehouse_dsn (STRATA_PG_DSN) is not configured");
     auto conn = PgConnect(config_.warehouse_dsn);
-    RunDdl(*conn, kDdl);
+    RunDdl(*conn, std::string(kDdl) + GovernanceDdl());
   }
 
   std::vector<grpc::Service*> GrpcServices() override { return {this}; }

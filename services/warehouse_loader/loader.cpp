@@ -14,6 +14,7 @@
 #include "common/config.h"
 #include "common/errors.h"
 #include "common/events.h"
+#include "common/governance.h"
 #include "common/lake.h"
 #include "common/pg.h"
 #include "common/spec.h"
@@ -50,7 +51,7 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
     auto conn = PgConnect(config_.warehouse_dsn);
     std::string ddl = WarehouseDdl();
     for (const auto& d : spec_.datasets) ddl += StagingDdl(d);
-    RunDdl(*conn, ddl);
+    RunDdl(*conn, ddl + GovernanceDdl());
   }
 
   std::vector<grpc::Service*> GrpcServices() override { return {this}; }

@@ -48,6 +48,15 @@ CREATE TABLE IF NOT EXISTS dwh.dim_customer (
   CHECK (valid_from < valid_to));
 CREATE UNIQUE INDEX IF NOT EXISTS dim_customer_one_current
   ON dwh.dim_customer (customer_id) WHERE is_current;
+ALTER TABLE dwh.dim_customer ADD COLUMN IF NOT EXISTS version integer NOT NULL DEFAULT 1;
+-- A broken history is impossible, not just unlikely: no two versions of a customer may overlap.
+CREATE EXTENSION IF NOT EXISTS btree_gist;
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'dim_customer_no_overlap') THEN
+    ALTER TABLE dwh.dim_customer ADD CONSTRAINT dim_customer_no_overlap
+      EXCLUDE USING gist (customer_id WITH =, tstzrange(valid_from, valid_to) WITH &&);
+  END IF;
+END $$;
 
 CREATE TABLE IF NOT EXISTS dwh.dim_product (
   product_key bigserial PRIMARY KEY,
@@ -205,29 +214,31 @@ hist AS (
   SELECT DISTINCT ON (customer_id, valid_from) * FROM (SELECT * FROM staged UNION ALL SELECT * FROM known) u
   ORDER BY customer_id, valid_from, precedence)
 SELECT customer_id, name, email, address, city, state, segment, valid_from,
-       coalesce(lead(valid_from) OVER w, 'infinity'::timestamptz) AS valid_to
+       coalesce(lead(valid_from) OVER w, 'infinity'::timestamptz) AS valid_to,
+       (row_number() OVER w)::int AS version
 FROM hist WINDOW w AS (PARTITION BY customer_id ORDER BY valid_from))SQL",
         R"SQL(
-UPDATE dwh.dim_customer d SET valid_to = v.valid_to, is_current = false
+UPDATE dwh.dim_customer d SET valid_to = v.valid_to, is_current = false, version = v.version
 FROM tmp_customer_versions v
 WHERE v.customer_id = d.customer_id AND v.valid_from = d.valid_from
-  AND v.valid_to <> 'infinity' AND (d.is_current OR d.valid_to <> v.valid_to))SQL",
+  AND v.valid_to <> 'infinity' AND (d.is_current OR d.valid_to <> v.valid_to OR d.version <> v.version))SQL",
         R"SQL(
 INSERT INTO dwh.dim_customer (customer_id, name, email, address, city, state, segment,
-                              valid_from, valid_to, is_current)
+                              valid_from, valid_to, is_current, version)
 SELECT customer_id, name, email, address, city, state, segment, valid_from, valid_to,
-       valid_to = 'infinity'
+       valid_to = 'infinity', version
 FROM tmp_customer_versions
 ORDER BY customer_id, valid_from
 ON CONFLICT (customer_id, valid_from) DO UPDATE SET
   name = EXCLUDED.name, email = EXCLUDED.email, address = EXCLUDED.address, city = EXCLUDED.city,
   state = EXCLUDED.state, segment = EXCLUDED.segment, valid_to = EXCLUDED.valid_to,
-  is_current = EXCLUDED.is_current
+  is_current = EXCLUDED.is_current, version = EXCLUDED.version
 WHERE (dim_customer.name, dim_customer.email, dim_customer.address, dim_customer.city,
-       dim_customer.state, dim_customer.segment, dim_customer.valid_to, dim_customer.is_current)
+       dim_customer.state, dim_customer.segment, dim_customer.valid_to, dim_customer.is_current,
+       dim_customer.version)
       IS DISTINCT FROM
       (EXCLUDED.name, EXCLUDED.email, EXCLUDED.address, EXCLUDED.city, EXCLUDED.state,
-       EXCLUDED.segment, EXCLUDED.valid_to, EXCLUDED.is_current))SQL"}},
+       EXCLUDED.segment, EXCLUDED.valid_to, EXCLUDED.is_current, EXCLUDED.version))SQL"}},
 
       // Facts: every line of every order touched on ds (new orders, or later status changes
       // of older ones) is merged by (order_id, line_no), keyed to the customer version valid
