@@ -37,14 +37,15 @@ std::string Scalar(const YAML::Node& n, const std::string& path) {
   return n.as<std::string>();
 }
 
-int PositiveInt(const std::string& text, const std::string& path) {
+int PositiveInt(const std::string& text, const std::string& path, bool allow_zero = false) {
   try {
     size_t used = 0;
     const int v = std::stoi(text, &used);
-    if (used == text.size() && v > 0) return v;
+    if (used == text.size() && (v > 0 || (allow_zero && v == 0))) return v;
   } catch (const std::exception&) {
   }
-  throw InputError("config " + path + ": expected a positive integer, got \"" + text + "\"");
+  throw InputError("config " + path + ": expected a " + (allow_zero ? "non-negative" : "positive") +
+                   " integer, got \"" + text + "\"");
 }
 
 }  // namespace
@@ -102,6 +103,8 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
       else if (key == "query_rate_limit_rps")
         c.query_rate_limit_rps = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "query_timeout_ms") c.query_timeout_ms = PositiveInt(Scalar(kv.second, path), path);
+      else if (key == "task_retries") c.task_retries = PositiveInt(Scalar(kv.second, path), path, /*allow_zero=*/true);
+      else if (key == "max_active_runs") c.max_active_runs = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "reclaim_idle_ms") c.reclaim_idle_ms = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "services") {
         if (!kv.second.IsMap()) throw InputError("config " + path + ": expected a mapping");
@@ -157,6 +160,8 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
       c.query_tokens[item.substr(0, colon)] = role;
     }
   }
+  if (const char* v = env("STRATA_TASK_RETRIES")) c.task_retries = PositiveInt(v, "STRATA_TASK_RETRIES", true);
+  if (const char* v = env("STRATA_MAX_ACTIVE_RUNS")) c.max_active_runs = PositiveInt(v, "STRATA_MAX_ACTIVE_RUNS");
   if (const char* v = env("STRATA_TASK_TIMEOUT_SECONDS"))
     c.task_timeout_seconds = PositiveInt(v, "STRATA_TASK_TIMEOUT_SECONDS");
   for (auto& [name, ep] : c.services) {

@@ -6,7 +6,7 @@
 // Environment overrides (win over the file):
 //   STRATA_PG_DSN, STRATA_SOURCE_DSN, STRATA_REDIS_URL, STRATA_LAKE_ROOT, STRATA_PIPELINE_SPEC,
 //   STRATA_WEBHOOK_URL, STRATA_WEBHOOK_FORMAT, STRATA_SOURCE_HTTP, STRATA_BATCH_ROWS, STRATA_RECLAIM_IDLE_MS,
-//   STRATA_TASK_TIMEOUT_SECONDS, STRATA_QUERY_TOKENS, STRATA_QUERY_RATE_LIMIT_RPS, STRATA_QUERY_TIMEOUT_MS,
+//   STRATA_TASK_TIMEOUT_SECONDS, STRATA_TASK_RETRIES, STRATA_MAX_ACTIVE_RUNS, STRATA_QUERY_TOKENS, STRATA_QUERY_RATE_LIMIT_RPS, STRATA_QUERY_TIMEOUT_MS,
 //   STRATA_<SERVICE>_GRPC and STRATA_<SERVICE>_METRICS (host:port) for
 //   INGEST, LAKE_EXPORT, WAREHOUSE_LOADER, QUALITY, QUERY, CONTROLLER.
 #pragma once
@@ -41,6 +41,8 @@ struct Config {
   int query_rate_limit_rps = 1000;  // per token, token bucket with a burst of 2x
   int query_timeout_ms = 5000;      // per call, also capped by the client's deadline
   int task_timeout_seconds = 900;
+  int task_retries = 2;      // extra attempts for a failed task (checks are never retried)
+  int max_active_runs = 1;   // runs the leader controller executes at once
   // Bus entries pending this long on a consumer are presumed orphaned and reclaimed.
   int reclaim_idle_ms = 60000;
   std::map<std::string, Endpoint> services;

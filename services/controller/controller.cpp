@@ -10,6 +10,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <map>
+#include <set>
 #include <random>
 #include <thread>
 #include <unistd.h>
@@ -69,12 +70,17 @@ struct Metrics {
         run_duration(prometheus::BuildHistogram().Name("strata_controller_run_duration_seconds")
                          .Help("Wall time of a pipeline run").Register(r)),
         last_success(prometheus::BuildGauge().Name("strata_controller_last_success_timestamp_seconds")
-                         .Help("Unix time the last run succeeded (its marts were published)").Register(r)) {}
+                         .Help("Unix time the last run succeeded (its marts were published)").Register(r)),
+        leader(prometheus::BuildGauge().Name("strata_controller_leader")
+                   .Help("1 while this controller holds the leader lock").Register(r)) {
+    leader.Add({}).Set(0);
+  }
   prometheus::Family<prometheus::Counter>& runs;
   prometheus::Family<prometheus::Counter>& tasks;
   prometheus::Family<prometheus::Gauge>& active;
   prometheus::Family<prometheus::Histogram>& run_duration;
   prometheus::Family<prometheus::Gauge>& last_success;
+  prometheus::Family<prometheus::Gauge>& leader;
 };
 
 const char* KindName(TaskKind k) {
@@ -92,33 +98,29 @@ const char* KindName(TaskKind k) {
 class ControllerImpl final : public Component, public strata::v1::Controller::Service {
  public:
   ControllerImpl(const Config& config, prometheus::Registry& registry)
-      : config_(config), spec_(LoadPipelineSpec(config.pipeline_spec)), metrics_(registry), runner_(1) {
+      : config_(config), spec_(LoadPipelineSpec(config.pipeline_spec)), metrics_(registry),
+        runner_(config.max_active_runs) {
     if (config_.warehouse_dsn.empty()) throw InputError("warehouse_dsn (STRATA_PG_DSN) is not configured");
     auto conn = PgConnect(config_.warehouse_dsn);
     RunDdl(*conn, std::string(kDdl) + GovernanceDdl());
-    {
-      // Runs a previous controller left unfinished cannot be resumed yet: close them honestly.
-      pqxx::work tx(*conn);
-      tx.exec("UPDATE ops.runs SET state = 'failed', message = 'controller restarted during the run', "
-              "finished_at = now() WHERE state IN ('queued', 'running')");
-      tx.commit();
-    }
     auto channel = [&](const std::string& svc) {
       return grpc::CreateChannel(config_.endpoint(svc).grpc, grpc::InsecureChannelCredentials());
     };
     ingest_ = strata::v1::Ingest::NewStub(channel("ingest"));
     loader_ = strata::v1::WarehouseLoader::NewStub(channel("warehouse_loader"));
     quality_ = strata::v1::Quality::NewStub(channel("quality"));
+    lake_ = strata::v1::LakeExport::NewStub(channel("lake_export"));
   }
 
   std::vector<grpc::Service*> GrpcServices() override { return {this}; }
 
   void Start() override {
-    events_thread_ = std::thread([this] { ConsumeEvents(); });
+    leader_thread_ = std::thread([this] { Lead(); });
   }
   void Stop() override {
     stop_ = true;
     cv_.notify_all();
+    if (leader_thread_.joinable()) leader_thread_.join();
     runner_.Stop();
     if (events_thread_.joinable()) events_thread_.join();
   }
@@ -147,11 +149,55 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
     } catch (const std::exception& e) {
       return {grpc::StatusCode::UNAVAILABLE, std::string("cannot record run: ") + e.what()};
     }
-    const std::string ds = req->ds();
-    if (!runner_.Submit([this, run_id, pipeline, ds] { Execute(run_id, pipeline, ds); }))
-      return {grpc::StatusCode::UNAVAILABLE, "controller is shutting down"};
-    spdlog::info("run queued run_id={} ds={}", run_id, ds);
+    spdlog::info("run queued run_id={} ds={}", run_id, req->ds());
     return Describe(run_id, resp);
+  }
+
+  grpc::Status CancelRun(grpc::ServerContext*, const strata::v1::GetRunRequest* req, RunInfo* resp) override {
+    try {
+      auto conn = PgConnect(config_.warehouse_dsn);
+      pqxx::work tx(*conn);
+      const auto r = tx.exec_params("SELECT state FROM ops.runs WHERE run_id = $1 FOR UPDATE", req->run_id());
+      if (r.empty()) return {grpc::StatusCode::NOT_FOUND, "run '" + req->run_id() + "' does not exist"};
+      const std::string state = r[0][0].c_str();
+      if (state != "queued" && state != "running")
+        return {grpc::StatusCode::FAILED_PRECONDITION, "run '" + req->run_id() + "' is " + state + ", not active"};
+      tx.exec_params("UPDATE ops.runs SET state = 'cancelling' WHERE run_id = $1", req->run_id());
+      tx.commit();
+    } catch (const std::exception& e) {
+      return {grpc::StatusCode::UNAVAILABLE, e.what()};
+    }
+    spdlog::info("cancel requested run_id={}", req->run_id());
+    return Describe(req->run_id(), resp);
+  }
+
+  grpc::Status ClearTask(grpc::ServerContext*, const strata::v1::ClearTaskRequest* req, RunInfo* resp) override {
+    const auto dag = BuildDag(spec_);
+    if (std::none_of(dag.begin(), dag.end(), [&](const TaskNode& t) { return t.name == req->task(); }))
+      return {grpc::StatusCode::INVALID_ARGUMENT, "task: '" + req->task() + "' is not a task of pipeline '" +
+                                                      spec_.name + "'"};
+    try {
+      auto conn = PgConnect(config_.warehouse_dsn);
+      pqxx::work tx(*conn);
+      const auto r = tx.exec_params("SELECT state FROM ops.runs WHERE run_id = $1 FOR UPDATE", req->run_id());
+      if (r.empty()) return {grpc::StatusCode::NOT_FOUND, "run '" + req->run_id() + "' does not exist"};
+      const std::string state = r[0][0].c_str();
+      if (state == "queued" || state == "running" || state == "cancelling")
+        return {grpc::StatusCode::FAILED_PRECONDITION, "run '" + req->run_id() + "' is still " + state};
+      std::vector<std::string> reset = Downstream(dag, req->task());
+      reset.insert(reset.begin(), req->task());
+      for (const auto& t : reset)
+        tx.exec_params("UPDATE ops.task_runs SET state = 'pending', message = '', started_at = NULL, "
+                       "finished_at = NULL WHERE run_id = $1 AND task = $2",
+                       req->run_id(), t);
+      tx.exec_params("UPDATE ops.runs SET state = 'queued', message = '', finished_at = NULL WHERE run_id = $1",
+                     req->run_id());
+      tx.commit();
+      spdlog::info("cleared run_id={} task={} and {} downstream", req->run_id(), req->task(), reset.size() - 1);
+    } catch (const std::exception& e) {
+      return {grpc::StatusCode::UNAVAILABLE, e.what()};
+    }
+    return Describe(req->run_id(), resp);
   }
 
   grpc::Status GetRun(grpc::ServerContext*, const strata::v1::GetRunRequest* req, RunInfo* resp) override {
@@ -222,15 +268,90 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
     }
   }
 
+  // ---- leadership and scheduling -------------------------------------------------------------
+
+  // Whoever holds the session-level advisory lock leads: it consumes events and executes runs.
+  // The others wait for the lock. A leader that loses its lock connection exits, so there is
+  // never a second executor; its runs are resumed by the next leader from ops.task_runs.
+  void Lead() {
+    std::unique_ptr<pqxx::connection> lock_conn;
+    while (!stop_ && !leader_) {
+      try {
+        if (!lock_conn) lock_conn = PgConnect(config_.warehouse_dsn);
+        pqxx::nontransaction tx(*lock_conn);
+        leader_ = tx.exec("SELECT pg_try_advisory_lock(7400010)")[0][0].as<bool>();
+      } catch (const std::exception& e) {
+        lock_conn.reset();
+        spdlog::warn("leader election error={}", e.what());
+      }
+      if (!leader_) std::this_thread::sleep_for(1s);
+    }
+    if (stop_) return;
+    metrics_.leader.Add({}).Set(1);
+    spdlog::info("leading: executing runs");
+    events_thread_ = std::thread([this] { ConsumeEvents(); });
+    auto last_lock_check = std::chrono::steady_clock::now();
+    while (!stop_) {
+      try {
+        if (std::chrono::steady_clock::now() - last_lock_check > 2s) {
+          pqxx::nontransaction tx(*lock_conn);
+          tx.exec("SELECT 1");  // the lock lives as long as this session
+          last_lock_check = std::chrono::steady_clock::now();
+        }
+        ScheduleRuns();
+      } catch (const pqxx::broken_connection& e) {
+        spdlog::critical("lost the leader lock connection ({}); exiting so a standby takes over", e.what());
+        std::_Exit(3);
+      } catch (const std::exception& e) {
+        spdlog::error("scheduler error={}", e.what());
+      }
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, 200ms);
+    }
+  }
+
+  // Starts queued runs and resumes running ones (left by a dead leader) up to max_active_runs.
+  void ScheduleRuns() {
+    std::lock_guard<std::mutex> lock(active_mu_);
+    const int free_slots = config_.max_active_runs - static_cast<int>(active_.size());
+    if (free_slots <= 0) return;
+    auto conn = PgConnect(config_.warehouse_dsn);
+    pqxx::read_transaction tx(*conn);
+    const auto r = tx.exec_params(
+        "SELECT run_id, pipeline, ds::text FROM ops.runs WHERE state IN ('queued', 'running', 'cancelling') "
+        "ORDER BY created_at, run_id LIMIT $1",
+        free_slots + static_cast<int>(active_.size()));
+    for (const auto& row : r) {
+      const std::string run_id = row[0].c_str();
+      if (active_.count(run_id) || static_cast<int>(active_.size()) >= config_.max_active_runs) continue;
+      active_.insert(run_id);
+      const std::string pipeline = row[1].c_str(), ds = row[2].c_str();
+      if (!runner_.Submit([this, run_id, pipeline, ds] {
+            Execute(run_id, pipeline, ds);
+            std::lock_guard<std::mutex> l(active_mu_);
+            active_.erase(run_id);
+          }))
+        active_.erase(run_id);
+    }
+  }
+
   // ---- events ----------------------------------------------------------------------------
 
   void ConsumeEvents() {
     Bus bus(config_.redis_url);
     const std::string consumer = "controller-" + std::to_string(::getpid());
+    bool claimed = false;
     while (!stop_) {
       try {
         bus.EnsureGroup(kEventStream, "controller");
-        for (const auto& e : bus.ReadGroup(kEventStream, "controller", consumer, 64, 500)) {
+        // A new leader first takes over what the previous one read but never acked.
+        std::vector<StreamEntry> entries;
+        if (!claimed) {
+          entries = bus.AutoClaim(kEventStream, "controller", consumer, 0, 1000);
+          claimed = true;
+        }
+        if (entries.empty()) entries = bus.ReadGroup(kEventStream, "controller", consumer, 64, 500);
+        for (const auto& e : entries) {
           strata::v1::Event ev;
           if (DecodeEvent(e, &ev) && !ev.run_id().empty()) {
             std::lock_guard<std::mutex> lock(mu_);
@@ -299,21 +420,82 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
     return st;
   }
 
+  std::string RunState(const std::string& run_id) {
+    auto conn = PgConnect(config_.warehouse_dsn);
+    pqxx::read_transaction tx(*conn);
+    const auto r = tx.exec_params("SELECT state FROM ops.runs WHERE run_id = $1", run_id);
+    return r.empty() ? "" : r[0][0].c_str();
+  }
+
+  // An export task is waiting for lake-export's commit; if the commit happened while no
+  // controller was listening, the lake itself says so.
+  bool ExportAlreadyCommitted(const TaskNode& t, const std::string& ds, const std::string& run_id, long long* rows) {
+    strata::v1::PartitionRequest req;
+    req.set_dataset(t.dataset);
+    req.set_ds(ds);
+    strata::v1::PartitionInfo info;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 5s);
+    if (!lake_->DescribePartition(&ctx, req, &info).ok()) return false;
+    *rows = info.rows();
+    return info.committed() && info.run_id() == run_id;
+  }
+
+  // Runs (or resumes) a run: tasks that already succeeded are kept, the rest are launched as
+  // their dependencies succeed. A failed task is retried with exponential backoff and jitter
+  // (up to task_retries times; failed checks are data, not luck, and are not retried).
   void Execute(const std::string& run_id, const std::string& pipeline, const std::string& ds) {
     const auto run_start = std::chrono::steady_clock::now();
     metrics_.active.Add({}).Increment();
     std::string failure;
+    bool cancelled = false;
     try {
-      SetRun(run_id, "running", "");
       const auto dag = BuildDag(spec_);
+      auto node = [&](const std::string& name) -> const TaskNode& {
+        return *std::find_if(dag.begin(), dag.end(), [&](const TaskNode& n) { return n.name == name; });
+      };
       std::vector<std::string> pending, succeeded;
-      for (const auto& t : dag) pending.push_back(t.name);
-      std::map<std::string, std::chrono::steady_clock::time_point> running;
+      std::map<std::string, int> attempts;
+      {
+        auto conn = PgConnect(config_.warehouse_dsn);
+        pqxx::work tx(*conn);
+        const auto r = tx.exec_params("SELECT task, state, attempt FROM ops.task_runs WHERE run_id = $1", run_id);
+        std::map<std::string, std::string> states;
+        for (const auto& row : r) {
+          states[row[0].c_str()] = row[1].c_str();
+          attempts[row[0].c_str()] = row[2].as<int>();
+        }
+        for (const auto& t : dag) {
+          if (states[t.name] == "succeeded") succeeded.push_back(t.name);
+          else pending.push_back(t.name);
+        }
+        const bool resumed = !succeeded.empty() || RunStateIn(tx, run_id, "running");
+        tx.exec_params("UPDATE ops.runs SET state = CASE WHEN state = 'cancelling' THEN state ELSE 'running' END, "
+                       "started_at = coalesce(started_at, now()) WHERE run_id = $1",
+                       run_id);
+        tx.commit();
+        if (resumed)
+          spdlog::info("resuming run_id={} ds={} succeeded_tasks={} remaining={}", run_id, ds, succeeded.size(),
+                       pending.size());
+      }
+      std::map<std::string, std::chrono::steady_clock::time_point> running, not_before;
       const auto timeout = std::chrono::seconds(config_.task_timeout_seconds);
+      std::mt19937 rng(std::random_device{}());
+      auto last_state_check = std::chrono::steady_clock::now() - 1s;  // check for a cancel first
       while ((!pending.empty() || !running.empty()) && !stop_) {
+        if (std::chrono::steady_clock::now() - last_state_check > 500ms) {
+          last_state_check = std::chrono::steady_clock::now();
+          if (RunState(run_id) == "cancelling") {
+            cancelled = true;
+            failure = "cancelled";
+            break;
+          }
+        }
         if (failure.empty()) {
           for (const auto& name : ReadyTasks(dag, pending, succeeded)) {
-            const TaskNode& t = *std::find_if(dag.begin(), dag.end(), [&](const TaskNode& n) { return n.name == name; });
+            auto nb = not_before.find(name);
+            if (nb != not_before.end() && std::chrono::steady_clock::now() < nb->second) continue;
+            const TaskNode& t = node(name);
             strata::v1::TaskRequest req;
             req.set_pipeline(pipeline);
             req.set_dataset(t.dataset);
@@ -321,11 +503,23 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
             req.set_run_id(run_id);
             req.set_task(t.name);
             pending.erase(std::find(pending.begin(), pending.end(), name));
-            SetTask(run_id, name, "running", 1, 0, 0, "");
+            const int attempt = ++attempts[name];
+            {
+              // A fresh attempt must not be satisfied by the previous attempt's event.
+              std::lock_guard<std::mutex> lock(mu_);
+              events_[run_id].erase(name);
+            }
+            SetTask(run_id, name, "running", attempt, 0, 0, "");
+            long long rows = 0;
+            if (t.kind == TaskKind::kExport && ExportAlreadyCommitted(t, ds, run_id, &rows)) {
+              SetTask(run_id, name, "succeeded", attempt, rows, 0, "partition already committed");
+              succeeded.push_back(name);
+              continue;
+            }
             const grpc::Status st = Launch(t, req);
             if (!st.ok()) {
               const std::string msg = name + ": " + st.error_message();
-              SetTask(run_id, name, "failed", 1, 0, 0, msg);
+              SetTask(run_id, name, "failed", attempt, 0, 0, msg);
               metrics_.tasks.Add({{"kind", KindName(t.kind)}, {"state", "failed"}}).Increment();
               failure = msg;
               break;
@@ -333,13 +527,17 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
             running[name] = std::chrono::steady_clock::now();
           }
         }
-        if (running.empty()) break;
+        if (running.empty() && !failure.empty()) break;
+        if (running.empty() && !pending.empty() && ReadyTasks(dag, pending, succeeded).empty()) {
+          failure = "no task of the run can start (a dependency never succeeded)";
+          break;
+        }
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait_for(lock, 200ms);
         auto& evs = events_[run_id];
         for (auto it = running.begin(); it != running.end();) {
           const std::string name = it->first;
-          const TaskNode& t = *std::find_if(dag.begin(), dag.end(), [&](const TaskNode& n) { return n.name == name; });
+          const TaskNode& t = node(name);
           auto ev = evs.find(name);
           std::string state, message;
           long long rows = 0, rejected = 0;
@@ -357,20 +555,37 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
             continue;
           }
           lock.unlock();
-          SetTask(run_id, name, state, 1, rows, rejected, message);
+          const bool retry = state == "failed" && t.kind != TaskKind::kCheck && attempts[name] <= config_.task_retries;
+          SetTask(run_id, name, retry ? "retrying" : state, attempts[name], rows, rejected, message);
           lock.lock();
-          metrics_.tasks.Add({{"kind", KindName(t.kind)}, {"state", state}}).Increment();
-          if (state == "succeeded") succeeded.push_back(name);
-          else if (failure.empty()) failure = message.empty() ? name + " failed" : message;
+          metrics_.tasks.Add({{"kind", KindName(t.kind)}, {"state", retry ? "retrying" : state}}).Increment();
+          if (state == "succeeded") {
+            succeeded.push_back(name);
+          } else if (retry) {
+            // Exponential backoff with full jitter, capped at a minute.
+            const long base_ms = std::min(60000L, 1000L << std::min(attempts[name], 6));
+            not_before[name] = std::chrono::steady_clock::now() +
+                               std::chrono::milliseconds(std::uniform_int_distribution<long>(base_ms / 2, base_ms)(rng));
+            pending.push_back(name);
+            spdlog::warn("task failed, retrying run_id={} task={} attempt={} error={}", run_id, name, attempts[name],
+                         message);
+          } else if (failure.empty()) {
+            failure = message.empty() ? name + " failed" : message;
+          }
           it = running.erase(it);
         }
       }
-      if (stop_ && failure.empty() && (!pending.empty() || !running.empty())) failure = "controller shut down during the run";
+      if (stop_ && failure.empty() && (!pending.empty() || !running.empty())) {
+        // Leave the run 'running': the next leader resumes it.
+        spdlog::info("shutting down mid-run run_id={}; it will be resumed", run_id);
+        metrics_.active.Add({}).Decrement();
+        return;
+      }
       if (!failure.empty()) {
         auto conn = PgConnect(config_.warehouse_dsn);
         pqxx::work tx(*conn);
         tx.exec_params("UPDATE ops.task_runs SET state = 'skipped', finished_at = now() "
-                       "WHERE run_id = $1 AND state IN ('pending', 'running')", run_id);
+                       "WHERE run_id = $1 AND state IN ('pending', 'running', 'retrying')", run_id);
         tx.commit();
       }
     } catch (const std::exception& e) {
@@ -380,6 +595,7 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
       std::lock_guard<std::mutex> lock(mu_);
       events_.erase(run_id);
     }
+    const std::string final_state = cancelled ? "cancelled" : failure.empty() ? "succeeded" : "failed";
     try {
       if (failure.empty()) {
         // The marts were published: a new version makes every cached answer unreachable at once.
@@ -387,17 +603,21 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
         const RedisReply v = redis.Command({"INCR", kPublishVersionKey});
         redis.Command({"PUBLISH", kPublishVersionKey, std::to_string(v.integer)});
       }
-      SetRun(run_id, failure.empty() ? "succeeded" : "failed", failure);
+      SetRun(run_id, final_state, failure);
     } catch (const std::exception& e) {
       spdlog::error("cannot record run end run_id={} error={}", run_id, e.what());
     }
     metrics_.active.Add({}).Decrement();
-    metrics_.runs.Add({{"state", failure.empty() ? "succeeded" : "failed"}}).Increment();
+    metrics_.runs.Add({{"state", final_state}}).Increment();
     if (failure.empty()) metrics_.last_success.Add({}).SetToCurrentTime();
     metrics_.run_duration.Add({}, prometheus::Histogram::BucketBoundaries{1, 5, 15, 60, 300, 900, 3600})
         .Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count());
-    spdlog::info("run finished run_id={} ds={} state={} message={}", run_id, ds, failure.empty() ? "succeeded" : "failed",
-                 failure);
+    spdlog::info("run finished run_id={} ds={} state={} message={}", run_id, ds, final_state, failure);
+  }
+
+  static bool RunStateIn(pqxx::transaction_base& tx, const std::string& run_id, const std::string& state) {
+    const auto r = tx.exec_params("SELECT state FROM ops.runs WHERE run_id = $1", run_id);
+    return !r.empty() && state == r[0][0].c_str();
   }
 
   Config config_;
@@ -407,6 +627,11 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
   std::unique_ptr<strata::v1::Ingest::Stub> ingest_;
   std::unique_ptr<strata::v1::WarehouseLoader::Stub> loader_;
   std::unique_ptr<strata::v1::Quality::Stub> quality_;
+  std::unique_ptr<strata::v1::LakeExport::Stub> lake_;
+  std::atomic<bool> leader_{false};
+  std::thread leader_thread_;
+  std::mutex active_mu_;
+  std::set<std::string> active_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::map<std::string, std::map<std::string, strata::v1::Event>> events_;

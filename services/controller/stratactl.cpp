@@ -43,7 +43,9 @@ void PrintRun(const RunInfo& r) {
   if (!r.message().empty()) std::printf("  message: %s\n", r.message().c_str());
 }
 
-bool Terminal(const std::string& state) { return state == "succeeded" || state == "failed"; }
+bool Terminal(const std::string& state) {
+  return state == "succeeded" || state == "failed" || state == "cancelled" || state == "skipped";
+}
 
 int Fail(const grpc::Status& st, const std::string& what) {
   std::cerr << "stratactl: " << what << ": " << st.error_message() << " (" << st.error_code() << ")\n";
@@ -123,6 +125,17 @@ int main(int argc, char** argv) {
   backfill->add_option("--to", to, "last date")->required();
   backfill->add_option("--pipeline,-p", pipeline, "pipeline name");
 
+  std::string run_id, task;
+  auto* cancel = app.add_subcommand("cancel", "cancel an active run");
+  cancel->add_option("--run", run_id, "run id")->required();
+  auto* clear = app.add_subcommand("clear", "re-run a task of a finished run and everything downstream of it");
+  clear->add_option("--run", run_id, "run id")->required();
+  clear->add_option("--task", task, "task name, e.g. model or load.orders")->required();
+  bool wait = false;
+  clear->add_flag("--wait", wait, "wait for the re-run and exit with its outcome");
+  auto* tasks = app.add_subcommand("tasks", "a run's tasks with state, rows, durations");
+  tasks->add_option("--run", run_id, "run id")->required();
+
   int limit = 20;
   std::string state;
   auto* status = app.add_subcommand("status", "list recent runs");
@@ -193,6 +206,38 @@ int main(int argc, char** argv) {
     }
     if (!json) std::printf("backfill %s..%s: %d run(s), %d failed\n", from.c_str(), to.c_str(), total, failed);
     return failed ? 1 : 0;
+  }
+  if (*cancel || *clear || *tasks) {
+    RunInfo info;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    grpc::Status st;
+    if (*cancel) {
+      strata::v1::GetRunRequest req;
+      req.set_run_id(run_id);
+      st = stub->CancelRun(&ctx, req, &info);
+    } else if (*clear) {
+      strata::v1::ClearTaskRequest req;
+      req.set_run_id(run_id);
+      req.set_task(task);
+      st = stub->ClearTask(&ctx, req, &info);
+    } else {
+      strata::v1::GetRunRequest req;
+      req.set_run_id(run_id);
+      st = stub->GetRun(&ctx, req, &info);
+    }
+    if (!st.ok()) return Fail(st, *cancel ? "cancel" : *clear ? "clear" : "tasks");
+    while (*clear && wait && !Terminal(info.state())) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+      grpc::ClientContext poll;
+      poll.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+      strata::v1::GetRunRequest req;
+      req.set_run_id(run_id);
+      if (!stub->GetRun(&poll, req, &info).ok()) return 3;
+    }
+    if (json) std::cout << RunJson(info).dump() << "\n";
+    else PrintRun(info);
+    return (*clear && wait && info.state() != "succeeded") ? 1 : 0;
   }
   if (*status) {
     strata::v1::ListRunsRequest req;
