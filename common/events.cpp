@@ -43,7 +43,16 @@ strata::v1::Event TaskEvent(const strata::v1::TaskRequest& req, bool ok, const s
   e.set_rows(rows);
   e.set_rejected(rejected);
   e.set_message(message);
+  e.set_attempt(req.attempt());
   return e;
+}
+
+std::string TaskApplicationName(const strata::v1::TaskRequest& req) {
+  return ("strata:" + req.run_id() + ":" + req.task() + ":" + std::to_string(req.attempt())).substr(0, 63);
+}
+
+std::string DsnForTask(const std::string& dsn, const strata::v1::TaskRequest& req) {
+  return dsn + " application_name=" + TaskApplicationName(req);
 }
 
 }  // namespace strata

@@ -13,6 +13,12 @@ void PublishEvent(Bus& bus, const std::string& service, strata::v1::Event event)
 bool DecodeEvent(const StreamEntry& entry, strata::v1::Event* out);
 
 // Convenience for task services: success/failure of the task named in `req`.
+// "strata:<run_id>:<task>:<attempt>", set as application_name on the PostgreSQL connections
+// that do a task's work, so the controller can cancel that work when the task times out.
+std::string TaskApplicationName(const strata::v1::TaskRequest& req);
+// dsn with application_name appended.
+std::string DsnForTask(const std::string& dsn, const strata::v1::TaskRequest& req);
+
 strata::v1::Event TaskEvent(const strata::v1::TaskRequest& req, bool ok, const std::string& message,
                             long long rows = 0, long long rejected = 0);
 

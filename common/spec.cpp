@@ -7,7 +7,9 @@
 #include <set>
 #include <sstream>
 
+#include "common/cron.h"
 #include "common/errors.h"
+#include "common/time_util.h"
 
 namespace strata {
 
@@ -108,7 +110,7 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
   } catch (const YAML::Exception& e) {
     Fail(origin, std::string("not valid YAML: ") + e.what());
   }
-  OnlyKeys(root, origin, {"pipeline", "datasets", "models", "checks"});
+  OnlyKeys(root, origin, {"pipeline", "datasets", "models", "checks", "schedule"});
   PipelineSpec spec;
   spec.name = Str(root["pipeline"], origin + ":pipeline");
   CheckIdent(spec.name, origin + ":pipeline");
@@ -176,6 +178,32 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
   }
 
   if (root["models"]) spec.models = StrList(root["models"], origin + ":models");
+
+  if (const YAML::Node sc = root["schedule"]) {
+    const std::string path = origin + ":schedule";
+    OnlyKeys(sc, path, {"cron", "timezone", "start_date", "catchup", "deadline"});
+    ScheduleSpec& s = spec.schedule;
+    s.present = true;
+    s.cron = Str(sc["cron"], path + ".cron");
+    try {
+      CronExpr::Parse(s.cron);
+    } catch (const InputError& e) {
+      Fail(path + ".cron", e.what());
+    }
+    if (sc["timezone"]) s.timezone = Str(sc["timezone"], path + ".timezone");
+    s.start_date = Str(sc["start_date"], path + ".start_date");
+    if (!IsValidDate(s.start_date)) Fail(path + ".start_date", "expected YYYY-MM-DD, got '" + s.start_date + "'");
+    if (sc["catchup"]) {
+      const std::string v = Str(sc["catchup"], path + ".catchup");
+      if (v != "true" && v != "false") Fail(path + ".catchup", "expected true or false, got '" + v + "'");
+      s.catchup = v == "true";
+    }
+    if (sc["deadline"]) {
+      s.deadline = Str(sc["deadline"], path + ".deadline");
+      static const std::regex kHhMm("^([01][0-9]|2[0-3]):[0-5][0-9]$");
+      if (!std::regex_match(s.deadline, kHhMm)) Fail(path + ".deadline", "expected HH:MM, got '" + s.deadline + "'");
+    }
+  }
 
   if (root["checks"]) {
     const YAML::Node cs = root["checks"];

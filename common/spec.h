@@ -62,8 +62,24 @@ struct CheckSpec {
   std::vector<std::string> datasets;  // reconciliation / dead_letters: empty means all
 };
 
+// When runs start by themselves. Each cron firing (in `timezone`) is due for the logical date
+// before the firing's local date: a run fired at 02:00 on the 11th processes ds = the 10th,
+// whose data interval is [10th 00:00, 11th 00:00) local time. With `catchup`, every date since
+// `start_date` without a run gets one (oldest first); without it, only the latest due date.
+// `deadline` (HH:MM): a ds whose run has not succeeded by that local time on the following day
+// raises an alert through the quality notifier.
+struct ScheduleSpec {
+  bool present = false;
+  std::string cron;
+  std::string timezone = "UTC";
+  std::string start_date;
+  bool catchup = false;
+  std::string deadline;  // empty: none
+};
+
 struct PipelineSpec {
   std::string name;
+  ScheduleSpec schedule;
   std::vector<DatasetSpec> datasets;
   std::vector<std::string> models;
   std::vector<CheckSpec> checks;

@@ -62,6 +62,6 @@ echo
 echo "== top 3 customers by revenue, open orders =="
 "$BIN/stratactl" query top-customers --status open --limit 3 || failed=1
 echo
-"$BIN/stratactl" status --limit "$DAYS"
+"$BIN/stratactl" runs --limit "$DAYS"
 if [ "$failed" -ne 0 ]; then echo "demo: FAILED"; exit 1; fi
 echo "demo: all $DAYS days succeeded"

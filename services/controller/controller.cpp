@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <deque>
 #include <map>
 #include <set>
 #include <random>
@@ -17,6 +18,7 @@
 
 #include "common/bus.h"
 #include "common/config.h"
+#include "common/cron.h"
 #include "common/errors.h"
 #include "common/events.h"
 #include "common/governance.h"
@@ -46,6 +48,17 @@ CREATE TABLE IF NOT EXISTS ops.runs (
   started_at timestamptz,
   finished_at timestamptz);
 CREATE INDEX IF NOT EXISTS runs_created ON ops.runs (created_at DESC);
+ALTER TABLE ops.runs ADD COLUMN IF NOT EXISTS trigger text NOT NULL DEFAULT 'manual';
+CREATE INDEX IF NOT EXISTS runs_pipeline_created ON ops.runs (pipeline, created_at DESC, run_id DESC);
+CREATE INDEX IF NOT EXISTS runs_active ON ops.runs (pipeline, state) WHERE state IN ('queued', 'running', 'cancelling');
+CREATE INDEX IF NOT EXISTS runs_ds ON ops.runs (pipeline, ds);
+-- One scheduled run per date: the scheduler may look at the same date twice.
+CREATE UNIQUE INDEX IF NOT EXISTS runs_one_scheduled ON ops.runs (pipeline, ds) WHERE trigger = 'schedule';
+CREATE TABLE IF NOT EXISTS ops.deadline_alerts (
+  pipeline text NOT NULL,
+  ds date NOT NULL,
+  alerted_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (pipeline, ds));
 CREATE TABLE IF NOT EXISTS ops.task_runs (
   run_id text NOT NULL REFERENCES ops.runs (run_id),
   task text NOT NULL,
@@ -72,7 +85,9 @@ struct Metrics {
         last_success(prometheus::BuildGauge().Name("strata_controller_last_success_timestamp_seconds")
                          .Help("Unix time the last run succeeded (its marts were published)").Register(r)),
         leader(prometheus::BuildGauge().Name("strata_controller_leader")
-                   .Help("1 while this controller holds the leader lock").Register(r)) {
+                   .Help("1 while this controller holds the leader lock").Register(r)),
+        deadline_misses(prometheus::BuildCounter().Name("strata_controller_deadline_misses_total")
+                            .Help("Logical dates whose run missed its deadline (alerted once each)").Register(r)) {
     leader.Add({}).Set(0);
   }
   prometheus::Family<prometheus::Counter>& runs;
@@ -81,6 +96,7 @@ struct Metrics {
   prometheus::Family<prometheus::Histogram>& run_duration;
   prometheus::Family<prometheus::Gauge>& last_success;
   prometheus::Family<prometheus::Gauge>& leader;
+  prometheus::Family<prometheus::Counter>& deadline_misses;
 };
 
 const char* KindName(TaskKind k) {
@@ -131,6 +147,22 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
       return {grpc::StatusCode::NOT_FOUND, "pipeline '" + pipeline + "' is not loaded (have '" + spec_.name + "')"};
     if (!IsValidDate(req->ds()))
       return {grpc::StatusCode::INVALID_ARGUMENT, "ds: expected YYYY-MM-DD, got \"" + req->ds() + "\""};
+    std::string run_id;
+    try {
+      auto conn = PgConnect(config_.warehouse_dsn);
+      pqxx::work tx(*conn);
+      run_id = InsertRun(tx, pipeline, req->ds(), "manual");
+      tx.commit();
+    } catch (const std::exception& e) {
+      return {grpc::StatusCode::UNAVAILABLE, std::string("cannot record run: ") + e.what()};
+    }
+    cv_.notify_all();
+    spdlog::info("run queued run_id={} ds={}", run_id, req->ds());
+    return Describe(run_id, resp);
+  }
+
+  // Records a queued run with all its tasks pending; the leader picks it up.
+  std::string InsertRun(pqxx::work& tx, const std::string& pipeline, const std::string& ds, const std::string& trigger) {
     static std::mt19937 rng(std::random_device{}());
     static std::mutex rng_mu;
     std::string run_id;
@@ -138,19 +170,57 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
       std::lock_guard<std::mutex> lock(rng_mu);
       run_id = NewRunId(NowUnixMs(), rng());
     }
+    tx.exec_params("INSERT INTO ops.runs (run_id, pipeline, ds, state, trigger) VALUES ($1, $2, $3, 'queued', $4)",
+                   run_id, pipeline, ds, trigger);
+    for (const auto& t : BuildDag(spec_))
+      tx.exec_params("INSERT INTO ops.task_runs (run_id, task, state) VALUES ($1, $2, 'pending')", run_id, t.name);
+    return run_id;
+  }
+
+  grpc::Status Backfill(grpc::ServerContext*, const strata::v1::BackfillRequest* req,
+                        strata::v1::BackfillReply* resp) override {
+    const std::string pipeline = req->pipeline().empty() ? spec_.name : req->pipeline();
+    if (pipeline != spec_.name)
+      return {grpc::StatusCode::NOT_FOUND, "pipeline '" + pipeline + "' is not loaded (have '" + spec_.name + "')"};
+    if (!IsValidDate(req->from())) return {grpc::StatusCode::INVALID_ARGUMENT, "from: expected YYYY-MM-DD, got \"" + req->from() + "\""};
+    if (!IsValidDate(req->to())) return {grpc::StatusCode::INVALID_ARGUMENT, "to: expected YYYY-MM-DD, got \"" + req->to() + "\""};
+    if (req->from() > req->to()) return {grpc::StatusCode::INVALID_ARGUMENT, "from: must not be after to"};
+    if (ParseDate(req->to()) - ParseDate(req->from()) >= 3660)
+      return {grpc::StatusCode::INVALID_ARGUMENT, "from/to: at most 3660 days per backfill"};
+    const std::string policy = req->reprocess().empty() ? "missing" : req->reprocess();
+    if (policy != "missing" && policy != "failed" && policy != "all")
+      return {grpc::StatusCode::INVALID_ARGUMENT, "reprocess: expected missing, failed or all, got '" + policy + "'"};
     try {
       auto conn = PgConnect(config_.warehouse_dsn);
       pqxx::work tx(*conn);
-      tx.exec_params("INSERT INTO ops.runs (run_id, pipeline, ds, state) VALUES ($1, $2, $3, 'queued')", run_id,
-                     pipeline, req->ds());
-      for (const auto& t : BuildDag(spec_))
-        tx.exec_params("INSERT INTO ops.task_runs (run_id, task, state) VALUES ($1, $2, 'pending')", run_id, t.name);
+      // The latest run of each date in range decides what "missing" and "failed" mean.
+      const auto latest = tx.exec_params(
+          "SELECT DISTINCT ON (ds) ds::text, state FROM ops.runs WHERE pipeline = $1 AND ds BETWEEN $2 AND $3 "
+          "ORDER BY ds, created_at DESC, run_id DESC",
+          pipeline, req->from(), req->to());
+      std::map<std::string, std::string> state_of;
+      for (const auto& row : latest) state_of[row[0].c_str()] = row[1].c_str();
+      for (std::string ds = req->from(); ds <= req->to(); ds = AddDays(ds, 1)) {
+        auto it = state_of.find(ds);
+        const bool missing = it == state_of.end();
+        const bool failed = !missing && (it->second == "failed" || it->second == "cancelled");
+        if (policy == "all" || missing || (policy == "failed" && failed)) resp->add_planned_ds(ds);
+      }
+      if (req->dry_run()) return grpc::Status::OK;
+      std::vector<std::string> ids;
+      for (const auto& ds : resp->planned_ds()) ids.push_back(InsertRun(tx, pipeline, ds, "backfill"));
       tx.commit();
+      cv_.notify_all();
+      spdlog::info("backfill queued pipeline={} from={} to={} reprocess={} runs={}", pipeline, req->from(), req->to(),
+                   policy, ids.size());
+      for (const auto& id : ids) {
+        RunInfo* info = resp->add_runs();
+        if (auto st = Describe(id, info); !st.ok()) return st;
+      }
+      return grpc::Status::OK;
     } catch (const std::exception& e) {
-      return {grpc::StatusCode::UNAVAILABLE, std::string("cannot record run: ") + e.what()};
+      return {grpc::StatusCode::UNAVAILABLE, e.what()};
     }
-    spdlog::info("run queued run_id={} ds={}", run_id, req->ds());
-    return Describe(run_id, resp);
   }
 
   grpc::Status CancelRun(grpc::ServerContext*, const strata::v1::GetRunRequest* req, RunInfo* resp) override {
@@ -207,19 +277,25 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
   grpc::Status ListRuns(grpc::ServerContext*, const strata::v1::ListRunsRequest* req,
                         strata::v1::ListRunsReply* resp) override {
     if (req->limit() < 0) return {grpc::StatusCode::INVALID_ARGUMENT, "limit: must not be negative"};
-    const int limit = req->limit() == 0 ? 20 : std::min(req->limit(), 1000);
+    if (req->limit() > 1000) return {grpc::StatusCode::INVALID_ARGUMENT, "limit: at most 1000"};
+    for (const auto* d : {&req->ds_from(), &req->ds_to()})
+      if (!d->empty() && !IsValidDate(*d))
+        return {grpc::StatusCode::INVALID_ARGUMENT, "ds_from/ds_to: expected YYYY-MM-DD, got \"" + *d + "\""};
+    const int limit = req->limit() == 0 ? 20 : req->limit();
+    const std::string pipeline = req->pipeline().empty() ? spec_.name : req->pipeline();
     try {
       auto conn = PgConnect(config_.warehouse_dsn);
       pqxx::read_transaction tx(*conn);
       const auto r = tx.exec_params(
           "SELECT run_id, pipeline, ds::text, state, message, coalesce(started_at::text, ''), "
-          "coalesce(finished_at::text, '') FROM ops.runs WHERE ($1 = '' OR state = $1) "
-          "ORDER BY created_at DESC, run_id DESC LIMIT $2",
-          req->state(), limit);
-      for (const auto& row : r) {
-        RunInfo* info = resp->add_runs();
-        FillRun(row, info);
-      }
+          "coalesce(finished_at::text, ''), trigger FROM ops.runs "
+          "WHERE pipeline = $1 AND ($2 = '' OR state = $2) "
+          "AND ($3 = '' OR ds >= $3::date) AND ($4 = '' OR ds <= $4::date) "
+          "AND ($5 = '' OR (created_at, run_id) < (SELECT created_at, run_id FROM ops.runs WHERE run_id = $5)) "
+          "ORDER BY created_at DESC, run_id DESC LIMIT $6",
+          pipeline, req->state(), req->ds_from(), req->ds_to(), req->page_token(), limit + 1);
+      for (int i = 0; i < static_cast<int>(r.size()) && i < limit; ++i) FillRun(r[i], resp->add_runs());
+      if (static_cast<int>(r.size()) > limit) resp->set_next_page_token(resp->runs(limit - 1).run_id());
       return grpc::Status::OK;
     } catch (const std::exception& e) {
       return {grpc::StatusCode::UNAVAILABLE, e.what()};
@@ -235,6 +311,7 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
     info->set_message(row[4].c_str());
     info->set_started_at(row[5].c_str());
     info->set_finished_at(row[6].c_str());
+    info->set_trigger(row[7].c_str());
   }
 
   grpc::Status Describe(const std::string& run_id, RunInfo* resp) {
@@ -243,7 +320,7 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
       pqxx::read_transaction tx(*conn);
       const auto r = tx.exec_params(
           "SELECT run_id, pipeline, ds::text, state, message, coalesce(started_at::text, ''), "
-          "coalesce(finished_at::text, '') FROM ops.runs WHERE run_id = $1",
+          "coalesce(finished_at::text, ''), trigger FROM ops.runs WHERE run_id = $1",
           run_id);
       if (r.empty()) return {grpc::StatusCode::NOT_FOUND, "run '" + run_id + "' does not exist"};
       FillRun(r[0], resp);
@@ -279,7 +356,8 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
       try {
         if (!lock_conn) lock_conn = PgConnect(config_.warehouse_dsn);
         pqxx::nontransaction tx(*lock_conn);
-        leader_ = tx.exec("SELECT pg_try_advisory_lock(7400010)")[0][0].as<bool>();
+        // One leader per pipeline: controllers of different pipelines never wait for each other.
+        leader_ = tx.exec_params("SELECT pg_try_advisory_lock(7400010, hashtext($1))", spec_.name)[0][0].as<bool>();
       } catch (const std::exception& e) {
         lock_conn.reset();
         spdlog::warn("leader election error={}", e.what());
@@ -291,12 +369,17 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
     spdlog::info("leading: executing runs");
     events_thread_ = std::thread([this] { ConsumeEvents(); });
     auto last_lock_check = std::chrono::steady_clock::now();
+    auto last_schedule_pass = std::chrono::steady_clock::now() - 1h;
     while (!stop_) {
       try {
         if (std::chrono::steady_clock::now() - last_lock_check > 2s) {
           pqxx::nontransaction tx(*lock_conn);
           tx.exec("SELECT 1");  // the lock lives as long as this session
           last_lock_check = std::chrono::steady_clock::now();
+        }
+        if (spec_.schedule.present && std::chrono::steady_clock::now() - last_schedule_pass > 5s) {
+          last_schedule_pass = std::chrono::steady_clock::now();
+          SchedulePass();
         }
         ScheduleRuns();
       } catch (const pqxx::broken_connection& e) {
@@ -311,28 +394,103 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
   }
 
   // Starts queued runs and resumes running ones (left by a dead leader) up to max_active_runs.
+  // Runs being resumed or cancelled go first; then queued backfill runs and other queued runs
+  // take turns, so a long backfill never starves the daily runs and vice versa.
   void ScheduleRuns() {
     std::lock_guard<std::mutex> lock(active_mu_);
-    const int free_slots = config_.max_active_runs - static_cast<int>(active_.size());
-    if (free_slots <= 0) return;
+    if (static_cast<int>(active_.size()) >= config_.max_active_runs) return;
     auto conn = PgConnect(config_.warehouse_dsn);
     pqxx::read_transaction tx(*conn);
     const auto r = tx.exec_params(
-        "SELECT run_id, pipeline, ds::text FROM ops.runs WHERE state IN ('queued', 'running', 'cancelling') "
-        "ORDER BY created_at, run_id LIMIT $1",
-        free_slots + static_cast<int>(active_.size()));
+        "SELECT run_id, ds::text, state, trigger FROM ops.runs "
+        "WHERE pipeline = $1 AND state IN ('queued', 'running', 'cancelling') ORDER BY created_at, run_id LIMIT 500",
+        spec_.name);
+    std::deque<std::pair<std::string, std::string>> resume, backfill, other;
     for (const auto& row : r) {
-      const std::string run_id = row[0].c_str();
-      if (active_.count(run_id) || static_cast<int>(active_.size()) >= config_.max_active_runs) continue;
+      if (active_.count(row[0].c_str())) continue;
+      auto item = std::make_pair(std::string(row[0].c_str()), std::string(row[1].c_str()));
+      if (std::string(row[2].c_str()) != "queued") resume.push_back(item);
+      else if (std::string(row[3].c_str()) == "backfill") backfill.push_back(item);
+      else other.push_back(item);
+    }
+    while (static_cast<int>(active_.size()) < config_.max_active_runs &&
+           !(resume.empty() && backfill.empty() && other.empty())) {
+      std::deque<std::pair<std::string, std::string>>* from = &resume;
+      if (resume.empty()) {
+        const bool take_backfill = !backfill.empty() && (other.empty() || !last_pick_was_backfill_);
+        from = take_backfill ? &backfill : &other;
+        last_pick_was_backfill_ = take_backfill;
+      }
+      const auto [run_id, ds] = from->front();
+      from->pop_front();
       active_.insert(run_id);
-      const std::string pipeline = row[1].c_str(), ds = row[2].c_str();
-      if (!runner_.Submit([this, run_id, pipeline, ds] {
+      const std::string pipeline = spec_.name;
+      if (!runner_.Submit([this, run_id = run_id, pipeline, ds = ds] {
             Execute(run_id, pipeline, ds);
             std::lock_guard<std::mutex> l(active_mu_);
             active_.erase(run_id);
+            cv_.notify_all();
           }))
         active_.erase(run_id);
     }
+  }
+
+  // The schedule: queue the due date (and, with catch-up, every earlier date since start_date
+  // that has no run), and alert once per date whose run missed its deadline.
+  void SchedulePass() {
+    const ScheduleSpec& sc = spec_.schedule;
+    auto conn = PgConnect(config_.warehouse_dsn);
+    pqxx::work tx(*conn);
+    const std::string local = tx.exec_params("SELECT to_char(now() AT TIME ZONE $1, 'YYYY-MM-DD HH24:MI')",
+                                             sc.timezone)[0][0].c_str();
+    const LocalMinute now{ParseDate(local.substr(0, 10)), std::stoi(local.substr(11, 2)) * 60 + std::stoi(local.substr(14, 2))};
+    const auto fired = CronExpr::Parse(sc.cron).LatestAtOrBefore(now);
+    if (!fired) return;
+    const std::string due = FormatDate(fired->day - 1);
+    if (due < sc.start_date) return;
+    const std::string first = sc.catchup ? std::max(sc.start_date, AddDays(due, -3660)) : due;
+    const auto have = tx.exec_params("SELECT DISTINCT ds::text FROM ops.runs WHERE pipeline = $1 AND ds BETWEEN $2 AND $3",
+                                     spec_.name, first, due);
+    std::set<std::string> existing;
+    for (const auto& row : have) existing.insert(row[0].c_str());
+    int queued = 0;
+    for (std::string ds = first; ds <= due && queued < 1000; ds = AddDays(ds, 1)) {
+      if (existing.count(ds)) continue;
+      InsertRun(tx, spec_.name, ds, "schedule");
+      ++queued;
+    }
+    if (queued) spdlog::info("schedule queued runs={} through ds={} cron=\"{}\" tz={}", queued, due, sc.cron, sc.timezone);
+
+    if (!sc.deadline.empty()) {
+      // ds's deadline is HH:MM local on the day after ds; look back a week.
+      const int deadline_minute = std::stoi(sc.deadline.substr(0, 2)) * 60 + std::stoi(sc.deadline.substr(3, 2));
+      const auto late = tx.exec_params(
+          "SELECT d::date::text FROM generate_series(greatest($2::date, $3::date - 7), $3::date, interval '1 day') d "
+          "WHERE NOT EXISTS (SELECT 1 FROM ops.runs r WHERE r.pipeline = $1 AND r.ds = d::date AND r.state = 'succeeded') "
+          "AND NOT EXISTS (SELECT 1 FROM ops.deadline_alerts a WHERE a.pipeline = $1 AND a.ds = d::date) ORDER BY 1",
+          spec_.name, sc.start_date, FormatDate(now.day - 1));
+      for (const auto& row : late) {
+        const std::string ds = row[0].c_str();
+        const int64_t deadline_day = ParseDate(ds) + 1;
+        if (now.day < deadline_day || (now.day == deadline_day && now.minute < deadline_minute)) continue;
+        strata::v1::NotifyRequest n;
+        n.set_event("run_deadline_missed");
+        n.set_pipeline(spec_.name);
+        n.set_ds(ds);
+        n.set_message("no successful run for ds " + ds + " by " + sc.deadline + " " + sc.timezone + " on " +
+                      FormatDate(deadline_day));
+        strata::v1::NotifyReply reply;
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+        if (quality_->Notify(&ctx, n, &reply).ok()) {
+          tx.exec_params("INSERT INTO ops.deadline_alerts (pipeline, ds) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                         spec_.name, ds);
+          metrics_.deadline_misses.Add({}).Increment();
+          spdlog::warn("deadline missed pipeline={} ds={} (alert sent)", spec_.name, ds);
+        }
+      }
+    }
+    tx.commit();
   }
 
   // ---- events ----------------------------------------------------------------------------
@@ -504,6 +662,7 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
             req.set_task(t.name);
             pending.erase(std::find(pending.begin(), pending.end(), name));
             const int attempt = ++attempts[name];
+            req.set_attempt(attempt);
             {
               // A fresh attempt must not be satisfied by the previous attempt's event.
               std::lock_guard<std::mutex> lock(mu_);
@@ -539,6 +698,11 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
           const std::string name = it->first;
           const TaskNode& t = node(name);
           auto ev = evs.find(name);
+          // An answer to an abandoned attempt (e.g. one that timed out) is not this attempt's.
+          if (ev != evs.end() && t.kind != TaskKind::kExport && ev->second.attempt() != attempts[name]) {
+            evs.erase(ev);
+            ev = evs.end();
+          }
           std::string state, message;
           long long rows = 0, rejected = 0;
           if (ev != evs.end()) {
@@ -550,6 +714,9 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
           } else if (std::chrono::steady_clock::now() - it->second > timeout) {
             state = "failed";
             message = name + ": no completion within " + std::to_string(config_.task_timeout_seconds) + " s";
+            lock.unlock();
+            CancelRemote(run_id, name, attempts[name]);
+            lock.lock();
           } else {
             ++it;
             continue;
@@ -615,6 +782,28 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
     spdlog::info("run finished run_id={} ds={} state={} message={}", run_id, ds, final_state, failure);
   }
 
+  // A timed-out task's database work is really stopped: its connections carry the task's
+  // application_name, and PostgreSQL cancels their statements.
+  void CancelRemote(const std::string& run_id, const std::string& task, int attempt) {
+    strata::v1::TaskRequest req;
+    req.set_run_id(run_id);
+    req.set_task(task);
+    req.set_attempt(attempt);
+    const std::string app = TaskApplicationName(req);
+    for (const std::string* dsn : {&config_.warehouse_dsn, &config_.source_dsn}) {
+      if (dsn->empty()) continue;
+      try {
+        auto conn = PgConnect(*dsn);
+        pqxx::nontransaction tx(*conn);
+        const auto r = tx.exec_params(
+            "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity WHERE application_name = $1", app);
+        if (r[0][0].as<long long>() > 0) spdlog::warn("cancelled timed-out work task={} run_id={}", task, run_id);
+      } catch (const std::exception& e) {
+        spdlog::warn("could not cancel timed-out work task={} error={}", task, e.what());
+      }
+    }
+  }
+
   static bool RunStateIn(pqxx::transaction_base& tx, const std::string& run_id, const std::string& state) {
     const auto r = tx.exec_params("SELECT state FROM ops.runs WHERE run_id = $1", run_id);
     return !r.empty() && state == r[0][0].c_str();
@@ -632,6 +821,7 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
   std::thread leader_thread_;
   std::mutex active_mu_;
   std::set<std::string> active_;
+  bool last_pick_was_backfill_ = false;
   std::mutex mu_;
   std::condition_variable cv_;
   std::map<std::string, std::map<std::string, strata::v1::Event>> events_;

@@ -28,6 +28,7 @@ nlohmann::json RunJson(const RunInfo& r) {
     tasks.push_back({{"task", t.task()}, {"state", t.state()}, {"rows", t.rows()}, {"rejected", t.rejected()},
                      {"duration_seconds", t.duration_seconds()}, {"message", t.message()}});
   return {{"run_id", r.run_id()}, {"pipeline", r.pipeline()}, {"ds", r.ds()}, {"state", r.state()},
+          {"trigger", r.trigger()},
           {"message", r.message()}, {"started_at", r.started_at()}, {"finished_at", r.finished_at()},
           {"tasks", tasks}};
 }
@@ -120,10 +121,16 @@ int main(int argc, char** argv) {
   run->add_option("--pipeline,-p", pipeline, "pipeline name");
   run->add_option("--timeout", timeout_s, "seconds to wait");
 
-  auto* backfill = app.add_subcommand("backfill", "run every date in [from, to] in order");
+  std::string reprocess = "missing";
+  bool dry_run = false;
+  auto* backfill = app.add_subcommand("backfill", "queue runs for every date in [from, to] and wait for them");
   backfill->add_option("--from", from, "first date")->required();
   backfill->add_option("--to", to, "last date")->required();
   backfill->add_option("--pipeline,-p", pipeline, "pipeline name");
+  backfill->add_option("--timeout", timeout_s, "seconds to wait for all runs");
+  backfill->add_option("--reprocess", reprocess, "missing | failed | all")
+      ->check(CLI::IsMember({"missing", "failed", "all"}));
+  backfill->add_flag("--dry-run", dry_run, "list the dates that would run, queue nothing");
 
   std::string run_id, task;
   auto* cancel = app.add_subcommand("cancel", "cancel an active run");
@@ -137,10 +144,14 @@ int main(int argc, char** argv) {
   tasks->add_option("--run", run_id, "run id")->required();
 
   int limit = 20;
-  std::string state;
-  auto* status = app.add_subcommand("status", "list recent runs");
+  std::string state, page_token;
+  auto* status = app.add_subcommand("runs", "list runs, newest first (paginated)");
+  status->alias("status");
   status->add_option("--limit,-n", limit, "how many runs");
   status->add_option("--state", state, "only runs in this state");
+  status->add_option("--from", from, "only logical dates from this one");
+  status->add_option("--to", to, "only logical dates up to this one");
+  status->add_option("--page-token", page_token, "continue after the previous page");
 
   auto* query = app.add_subcommand("query", "ask the query service");
   query->require_subcommand(1);
@@ -193,19 +204,67 @@ int main(int argc, char** argv) {
     return RunOne(*stub, pipeline, date, json, timeout_s);
   }
   if (*backfill) {
-    if (!strata::IsValidDate(from) || !strata::IsValidDate(to) || from > to) {
-      std::cerr << "stratactl backfill: --from/--to must be dates YYYY-MM-DD with from <= to\n";
-      return 2;
+    strata::v1::BackfillRequest req;
+    req.set_pipeline(pipeline);
+    req.set_from(from);
+    req.set_to(to);
+    req.set_reprocess(reprocess);
+    req.set_dry_run(dry_run);
+    strata::v1::BackfillReply reply;
+    {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+      const auto st = stub->Backfill(&ctx, req, &reply);
+      if (!st.ok()) return Fail(st, "backfill");
     }
-    int failed = 0, total = 0;
-    for (std::string ds = from; ds <= to; ds = strata::AddDays(ds, 1)) {
-      ++total;
-      const int rc = RunOne(*stub, pipeline, ds, json, timeout_s);
-      if (rc >= 2) return rc;
-      failed += rc;
+    if (dry_run) {
+      if (json) {
+        std::cout << nlohmann::json(std::vector<std::string>(reply.planned_ds().begin(), reply.planned_ds().end())).dump()
+                  << "\n";
+      } else {
+        std::printf("would run %d date(s) (reprocess=%s):\n", reply.planned_ds_size(), reprocess.c_str());
+        for (const auto& ds : reply.planned_ds()) std::printf("  %s\n", ds.c_str());
+      }
+      return 0;
     }
-    if (!json) std::printf("backfill %s..%s: %d run(s), %d failed\n", from.c_str(), to.c_str(), total, failed);
-    return failed ? 1 : 0;
+    // Wait for every queued run, showing progress.
+    std::vector<RunInfo> runs(reply.runs().begin(), reply.runs().end());
+    const bool tty = !json && isatty(fileno(stderr));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+    for (;;) {
+      int done = 0, failed = 0;
+      for (auto& r : runs) {
+        if (!Terminal(r.state())) {
+          grpc::ClientContext ctx;
+          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+          strata::v1::GetRunRequest g;
+          g.set_run_id(r.run_id());
+          RunInfo next;
+          if (!stub->GetRun(&ctx, g, &next).ok()) return 3;
+          r = next;
+        }
+        done += Terminal(r.state()) ? 1 : 0;
+        failed += (Terminal(r.state()) && r.state() != "succeeded") ? 1 : 0;
+      }
+      if (tty) std::fprintf(stderr, "\rbackfill %s..%s: %d/%zu done, %d failed", from.c_str(), to.c_str(), done, runs.size(), failed);
+      if (done == static_cast<int>(runs.size())) {
+        if (tty) std::fprintf(stderr, "\n");
+        if (json) {
+          nlohmann::json out = nlohmann::json::array();
+          for (const auto& r : runs) out.push_back(RunJson(r));
+          std::cout << out.dump() << "\n";
+        } else {
+          for (const auto& r : runs) std::printf("%-20s %-11s %-10s %s\n", r.run_id().c_str(), r.ds().c_str(), r.state().c_str(), r.message().c_str());
+          std::printf("backfill %s..%s: %zu run(s), %d failed\n", from.c_str(), to.c_str(), runs.size(), failed);
+        }
+        return failed ? 1 : 0;
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        std::cerr << "stratactl: backfill still running after " << timeout_s << " s\n";
+        return 1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    }
   }
   if (*cancel || *clear || *tasks) {
     RunInfo info;
@@ -243,6 +302,9 @@ int main(int argc, char** argv) {
     strata::v1::ListRunsRequest req;
     req.set_limit(limit);
     req.set_state(state);
+    req.set_ds_from(from);
+    req.set_ds_to(to);
+    req.set_page_token(page_token);
     strata::v1::ListRunsReply reply;
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
@@ -251,12 +313,14 @@ int main(int argc, char** argv) {
     if (json) {
       nlohmann::json out = nlohmann::json::array();
       for (const auto& r : reply.runs()) out.push_back(RunJson(r));
-      std::cout << out.dump() << "\n";
+      std::cout << nlohmann::json{{"runs", out}, {"next_page_token", reply.next_page_token()}}.dump() << "\n";
     } else {
-      std::printf("%-20s %-8s %-11s %-10s %-32s %s\n", "RUN", "PIPELINE", "DS", "STATE", "FINISHED", "MESSAGE");
+      std::printf("%-20s %-8s %-11s %-10s %-9s %-32s %s\n", "RUN", "PIPELINE", "DS", "STATE", "TRIGGER", "FINISHED",
+                  "MESSAGE");
       for (const auto& r : reply.runs())
-        std::printf("%-20s %-8s %-11s %-10s %-32s %s\n", r.run_id().c_str(), r.pipeline().c_str(), r.ds().c_str(),
-                    r.state().c_str(), r.finished_at().c_str(), r.message().c_str());
+        std::printf("%-20s %-8s %-11s %-10s %-9s %-32s %s\n", r.run_id().c_str(), r.pipeline().c_str(), r.ds().c_str(),
+                    r.state().c_str(), r.trigger().c_str(), r.finished_at().c_str(), r.message().c_str());
+      if (!reply.next_page_token().empty()) std::printf("next page: --page-token %s\n", reply.next_page_token().c_str());
     }
     return 0;
   }

@@ -200,7 +200,7 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
 
   void ExtractPostgres(const TaskRequest& req, const DatasetSpec& d, Sink& sink) {
     if (config_.source_dsn.empty()) throw InputError("source_dsn (STRATA_SOURCE_DSN) is not configured");
-    auto conn = PgConnect(config_.source_dsn);
+    auto conn = PgConnect(DsnForTask(config_.source_dsn, req));
     // One repeatable-read snapshot for the whole extraction: a row updated mid-extract is
     // either in this day's snapshot or the next day's, never both halves.
     pqxx::transaction<pqxx::isolation_level::repeatable_read, pqxx::readwrite_policy::read_only> tx(*conn);

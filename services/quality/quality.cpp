@@ -113,6 +113,29 @@ class QualityImpl final : public Component, public strata::v1::Quality::Service 
     return grpc::Status::OK;
   }
 
+  grpc::Status Notify(grpc::ServerContext*, const strata::v1::NotifyRequest* req, strata::v1::NotifyReply*) override {
+    if (config_.webhook_url.empty()) {
+      spdlog::warn("alert (no webhook configured) event={} ds={} message={}", req->event(), req->ds(), req->message());
+      metrics_.alerts.Add({{"event", req->event()}, {"outcome", "skipped"}}).Increment();
+      return grpc::Status::OK;
+    }
+    nlohmann::json body = {{"event", req->event()}, {"pipeline", req->pipeline()}, {"ds", req->ds()},
+                           {"message", req->message()}};
+    if (config_.webhook_format == "slack")
+      body["text"] = ":alarm_clock: strata " + req->event() + ": pipeline=" + req->pipeline() + " ds=" + req->ds() +
+                     " — " + req->message();
+    for (int attempt = 1; attempt <= 3; ++attempt) {
+      const HttpResponse r = HttpPost(config_.webhook_url, body.dump(), "application/json");
+      if (r.status >= 200 && r.status < 300) {
+        metrics_.alerts.Add({{"event", req->event()}, {"outcome", "sent"}}).Increment();
+        return grpc::Status::OK;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200 << attempt));
+    }
+    metrics_.alerts.Add({{"event", req->event()}, {"outcome", "failed"}}).Increment();
+    return {grpc::StatusCode::UNAVAILABLE, "webhook did not accept the alert"};
+  }
+
   grpc::Status LatestResults(grpc::ServerContext*, const strata::v1::CheckResultsRequest* req,
                              strata::v1::CheckResultsReply* resp) override {
     if (!IsValidDate(req->ds()))
@@ -177,7 +200,7 @@ class QualityImpl final : public Component, public strata::v1::Quality::Service 
   void Run(const TaskRequest& req) {
     strata::v1::Event ev;
     try {
-      auto conn = PgConnect(config_.warehouse_dsn);
+      auto conn = PgConnect(DsnForTask(config_.warehouse_dsn, req));
       std::vector<CheckResult> results = Evaluate(*conn, req);
       std::string failed_errors;
       std::vector<std::pair<Transition, CheckResult>> alerts;

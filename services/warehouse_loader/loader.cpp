@@ -118,7 +118,7 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
     for (const auto& c : d.columns) collist += ", " + QuoteIdent(c.name);
     const std::string table = "staging." + QuoteIdent(d.name);
 
-    CopyConn pg(config_.warehouse_dsn);
+    CopyConn pg(DsnForTask(config_.warehouse_dsn, req));
     pg.Exec("BEGIN");
     pg.Exec("SET LOCAL TIME ZONE 'UTC'");
     pg.ExecParams("DELETE FROM " + table + " WHERE ds = $1", {req.ds()});
@@ -180,7 +180,7 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
   }
 
   long long RunModels(const TaskRequest& req) {
-    auto conn = PgConnect(config_.warehouse_dsn);
+    auto conn = PgConnect(DsnForTask(config_.warehouse_dsn, req));
     pqxx::work tx(*conn);
     tx.exec("SET LOCAL TIME ZONE 'UTC'");
     // One builder per warehouse at a time: models of two dates touch the same keys.
@@ -200,7 +200,7 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
   // Every marts table is replaced in serving in one transaction: readers see the previous
   // publication until commit, then the new one, never a mix.
   long long PublishMarts(const TaskRequest& req) {
-    auto conn = PgConnect(config_.warehouse_dsn);
+    auto conn = PgConnect(DsnForTask(config_.warehouse_dsn, req));
     pqxx::work tx(*conn);
     tx.exec("SELECT pg_advisory_xact_lock(7400002)");  // not while a model build is writing marts
     const auto tables = tx.exec(

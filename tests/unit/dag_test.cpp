@@ -48,3 +48,57 @@ TEST(Dag, RunIdsSortByTime) {
 
 }  // namespace
 }  // namespace strata::controller
+
+#include "common/cron.h"
+#include "common/errors.h"
+#include "common/time_util.h"
+
+namespace strata {
+namespace {
+
+LocalMinute At(const std::string& ds, int hour, int minute) { return {ParseDate(ds), hour * 60 + minute}; }
+
+TEST(Cron, DailyAtTwo) {
+  const CronExpr c = CronExpr::Parse("0 2 * * *");
+  EXPECT_TRUE(c.Matches(At("2024-03-10", 2, 0)));
+  EXPECT_FALSE(c.Matches(At("2024-03-10", 2, 1)));
+  const auto last = c.LatestAtOrBefore(At("2024-03-10", 1, 59));
+  ASSERT_TRUE(last.has_value());
+  EXPECT_EQ(FormatDate(last->day), "2024-03-09");
+  EXPECT_EQ(last->minute, 120);
+}
+
+TEST(Cron, StepsListsRangesAndWeekdays) {
+  const CronExpr c = CronExpr::Parse("*/15 9-17 * * 1-5");  // quarter-hourly, office hours, weekdays
+  EXPECT_TRUE(c.Matches(At("2024-03-11", 9, 45)));   // a Monday
+  EXPECT_FALSE(c.Matches(At("2024-03-10", 9, 45)));  // a Sunday
+  EXPECT_FALSE(c.Matches(At("2024-03-11", 18, 0)));
+  const auto last = c.LatestAtOrBefore(At("2024-03-11", 8, 0));  // Monday morning: Friday 17:45
+  ASSERT_TRUE(last.has_value());
+  EXPECT_EQ(FormatDate(last->day), "2024-03-08");
+  EXPECT_EQ(last->minute, 17 * 60 + 45);
+  EXPECT_TRUE(CronExpr::Parse("0 0 * * 7").Matches(At("2024-03-10", 0, 0)));  // 7 is Sunday too
+  // Both day fields restricted: either matches (the 1st, or any Monday).
+  const CronExpr either = CronExpr::Parse("0 0 1 * 1");
+  EXPECT_TRUE(either.Matches(At("2024-03-01", 0, 0)));
+  EXPECT_TRUE(either.Matches(At("2024-03-11", 0, 0)));
+  EXPECT_FALSE(either.Matches(At("2024-03-12", 0, 0)));
+}
+
+TEST(Cron, ErrorsNameTheField) {
+  auto error = [](const std::string& text) {
+    try {
+      CronExpr::Parse(text);
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(error("0 25 * * *"), "cron \"0 25 * * *\": hour 25 is out of range 0-23");
+  EXPECT_EQ(error("0 2 * *"), "cron \"0 2 * *\": expected 5 fields (minute hour day-of-month month day-of-week), got 4");
+  EXPECT_EQ(error("*/0 * * * *"), "cron \"*/0 * * * *\": minute step must be positive");
+  EXPECT_EQ(error("a * * * *"), "cron \"a * * * *\": minute 'a' is not a number");
+}
+
+}  // namespace
+}  // namespace strata

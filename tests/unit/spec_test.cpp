@@ -50,6 +50,22 @@ TEST(Spec, ParsesDatasetsModelsChecks) {
   EXPECT_EQ(s.Find("nope"), nullptr);
 }
 
+TEST(Spec, Schedule) {
+  const PipelineSpec s = ParsePipelineSpec(std::string(kGood) +
+                                               "schedule: {cron: '0 2 * * *', timezone: Europe/Paris, "
+                                               "start_date: 2024-01-01, catchup: true, deadline: '06:30'}\n",
+                                           "p.yaml");
+  EXPECT_TRUE(s.schedule.present);
+  EXPECT_EQ(s.schedule.timezone, "Europe/Paris");
+  EXPECT_TRUE(s.schedule.catchup);
+  EXPECT_EQ(s.schedule.deadline, "06:30");
+  EXPECT_EQ(ErrorOf(std::string(kGood) + "schedule: {cron: '0 2 * *', start_date: 2024-01-01}\n"),
+            "p.yaml:schedule.cron: cron \"0 2 * *\": expected 5 fields (minute hour day-of-month month "
+            "day-of-week), got 4");
+  EXPECT_EQ(ErrorOf(std::string(kGood) + "schedule: {cron: '0 2 * * *', start_date: 2024-01-01, deadline: '6am'}\n"),
+            "p.yaml:schedule.deadline: expected HH:MM, got '6am'");
+}
+
 TEST(Spec, ErrorsNameFileAndPath) {
   std::string bad = kGood;
   bad.replace(bad.find("type: timestamp"), 15, "type: decimal");
