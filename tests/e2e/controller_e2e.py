@@ -155,4 +155,27 @@ check(wait_for(lambda: gauge(leader_metrics, "strata_controller_leader") == 0, 2
 os.kill(standby, signal.SIGKILL)
 check(wait_for(lambda: gauge(leader_metrics, "strata_controller_leader") == 1, 15, "takeover"),
       "and takes over when the temporary leader dies")
+
+# --- a task over its timeout is failed and its database work really cancelled ---------------------
+os.kill(pid_of("controller"), signal.SIGKILL)
+set_pid("controller", start("controller", {"STRATA_TASK_TIMEOUT_SECONDS": "3", "STRATA_TASK_RETRIES": "0"},
+                            "controller_timeout.log"))
+check(wait_for(lambda: gauge(leader_metrics, "strata_controller_leader") == 1, 20, "lead"),
+      "a controller with a 3 s task timeout leads")
+blocker = lock_states()
+run_t = start_run(D10)
+check(wait_for(lambda: run_state(run_t) in ("failed", "succeeded"), 60, "timeout"), "the run ended")
+states = task_states(run_t)
+message = wh("SELECT message FROM ops.task_runs WHERE run_id = %s AND task = 'load.states'", (run_t,))[0][0]
+check(run_state(run_t) == "failed" and "no completion within 3 s" in message,
+      f"load.states failed on its timeout ({message})")
+stuck = lambda: wh("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",  # noqa: E731
+                   (f"strata:{run_t}:load.states:%",))[0][0]
+check(wait_for(lambda: stuck() == 0, 10, "cancel"), "the loader's blocked statement was cancelled in PostgreSQL")
+blocker.rollback()
+blocker.close()
+os.kill(pid_of("controller"), signal.SIGKILL)
+set_pid("controller", start("controller"))
+check(wait_for(lambda: gauge(leader_metrics, "strata_controller_leader") == 1, 20, "lead"),
+      "the normal controller leads again")
 finish()
