@@ -11,7 +11,7 @@ PKGS=(
   nlohmann-json3-dev libcpp-httplib-dev libssl-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   postgresql-15 postgresql-client-15 redis-server redis-tools
-  prometheus docker-compose python3-grpcio python3-protobuf python3-psycopg2 python3-redis curl
+  prometheus docker-compose chromium python3-grpcio python3-protobuf python3-psycopg2 python3-redis curl
 )
 
 missing=()

@@ -122,6 +122,7 @@ up() {
       echo "export STRATA_${S}_METRICS=127.0.0.1:$(free_port)"
     done
     echo "export STRATA_QUERY_HTTP=127.0.0.1:$(free_port)"
+    echo "export STRATA_CONTROLLER_HTTP=127.0.0.1:$(free_port)"
     # API tokens of this private stack: one per role (random per stack, never reused).
     local analyst viewer
     analyst=$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')

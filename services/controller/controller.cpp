@@ -1,6 +1,7 @@
 #include "services/controller/controller.h"
 
 #include <grpcpp/grpcpp.h>
+#include <httplib.h>
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
@@ -21,12 +22,14 @@
 #include "common/cron.h"
 #include "common/errors.h"
 #include "common/events.h"
+#include <nlohmann/json.hpp>
 #include "common/governance.h"
 #include "common/pg.h"
 #include "common/spec.h"
 #include "common/task_runner.h"
 #include "common/time_util.h"
 #include "services/controller/dag.h"
+#include "services/controller/status_page.h"
 #include "strata.grpc.pb.h"
 
 namespace strata::controller {
@@ -132,8 +135,19 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
 
   void Start() override {
     leader_thread_ = std::thread([this] { Lead(); });
+    const std::string& listen = config_.endpoint("controller").http;
+    if (!listen.empty()) {
+      RegisterPage();
+      const auto colon = listen.rfind(':');
+      if (!http_.bind_to_port(listen.substr(0, colon).c_str(), std::stoi(listen.substr(colon + 1))))
+        throw EnvError("controller: cannot listen for HTTP on " + listen);
+      http_thread_ = std::thread([this] { http_.listen_after_bind(); });
+      spdlog::info("status page on http://{}/", listen);
+    }
   }
   void Stop() override {
+    http_.stop();
+    if (http_thread_.joinable()) http_thread_.join();
     stop_ = true;
     cv_.notify_all();
     if (leader_thread_.joinable()) leader_thread_.join();
@@ -343,6 +357,100 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
     } catch (const std::exception& e) {
       return {grpc::StatusCode::UNAVAILABLE, e.what()};
     }
+  }
+
+  // ---- status page --------------------------------------------------------------------------
+
+  void RegisterPage() {
+    http_.Get("/", [](const httplib::Request&, httplib::Response& res) {
+      res.set_content(StatusPageHtml(), "text/html; charset=utf-8");
+    });
+    http_.Get("/health", [](const httplib::Request&, httplib::Response& res) { res.set_content("ok\n", "text/plain"); });
+    http_.Get("/api/grid", [this](const httplib::Request& req, httplib::Response& res) {
+      try {
+        int limit = req.has_param("limit") ? std::stoi(req.get_param_value("limit")) : 25;
+        limit = std::max(1, std::min(limit, 200));
+        const std::string pipeline = req.has_param("pipeline") ? req.get_param_value("pipeline") : spec_.name;
+        res.set_content(GridJson(pipeline, limit, req.get_param_value("before")), "application/json");
+      } catch (const std::exception& e) {
+        res.status = 400;
+        res.set_content(nlohmann::json{{"error", e.what()}}.dump(), "application/json");
+      }
+    });
+    http_.Get(R"(/api/runs/([A-Za-z0-9_.:-]+))", [this](const httplib::Request& req, httplib::Response& res) {
+      try {
+        const std::string body = RunJsonFor(req.matches[1]);
+        if (body.empty()) {
+          res.status = 404;
+          res.set_content(R"({"error":"no such run"})", "application/json");
+        } else {
+          res.set_content(body, "application/json");
+        }
+      } catch (const std::exception& e) {
+        res.status = 503;
+        res.set_content(nlohmann::json{{"error", e.what()}}.dump(), "application/json");
+      }
+    });
+  }
+
+  // One page of the grid: two indexed queries (a page of runs, then their tasks) whatever the
+  // history's size, so the page stays fast with tens of thousands of runs.
+  std::string GridJson(const std::string& pipeline, int limit, const std::string& before) {
+    auto conn = PgConnect(config_.warehouse_dsn);
+    pqxx::read_transaction tx(*conn);
+    const auto runs = tx.exec_params(
+        "SELECT run_id, ds::text, state, trigger, "
+        "coalesce(extract(epoch FROM coalesce(finished_at, now()) - started_at), 0)::float8 "
+        "FROM ops.runs WHERE pipeline = $1 "
+        "AND ($2 = '' OR (created_at, run_id) < (SELECT created_at, run_id FROM ops.runs WHERE run_id = $2)) "
+        "ORDER BY created_at DESC, run_id DESC LIMIT $3",
+        pipeline, before, limit + 1);
+    nlohmann::json out;
+    out["pipeline"] = pipeline;
+    out["metrics_url"] = "http://" + config_.endpoint("controller").metrics + "/metrics";
+    out["tasks"] = nlohmann::json::array();
+    for (const auto& t : BuildDag(spec_)) out["tasks"].push_back(t.name);
+    out["runs"] = nlohmann::json::array();
+    std::vector<std::string> ids;
+    for (int i = 0; i < static_cast<int>(runs.size()) && i < limit; ++i) {
+      ids.push_back(runs[i][0].c_str());
+      out["runs"].push_back({{"run_id", runs[i][0].c_str()}, {"ds", runs[i][1].c_str()}, {"state", runs[i][2].c_str()},
+                             {"trigger", runs[i][3].c_str()}, {"seconds", runs[i][4].as<double>()},
+                             {"tasks", nlohmann::json::object()}});
+    }
+    out["next_before"] = static_cast<int>(runs.size()) > limit ? ids.back() : "";
+    if (!ids.empty()) {
+      std::string list;
+      for (const auto& id : ids) list += (list.empty() ? "" : ",") + tx.quote(id);
+      const auto tasks = tx.exec("SELECT run_id, task, state FROM ops.task_runs WHERE run_id IN (" + list + ")");
+      std::map<std::string, size_t> index;
+      for (size_t i = 0; i < ids.size(); ++i) index[ids[i]] = i;
+      for (const auto& row : tasks) out["runs"][index[row[0].c_str()]]["tasks"][row[1].c_str()] = row[2].c_str();
+    }
+    return out.dump();
+  }
+
+  std::string RunJsonFor(const std::string& run_id) {
+    RunInfo info;
+    if (!Describe(run_id, &info).ok()) return "";
+    nlohmann::json out = {{"run_id", info.run_id()}, {"ds", info.ds()}, {"state", info.state()},
+                          {"message", info.message()}, {"trigger", info.trigger()}, {"tasks", nlohmann::json::array()},
+                          {"checks", nlohmann::json::array()}};
+    for (const auto& t : info.tasks())
+      out["tasks"].push_back({{"task", t.task()}, {"state", t.state()}, {"attempt", t.attempt()}, {"rows", t.rows()},
+                              {"rejected", t.rejected()}, {"seconds", t.duration_seconds()}, {"message", t.message()}});
+    auto conn = PgConnect(config_.warehouse_dsn);
+    pqxx::read_transaction tx(*conn);
+    if (!tx.exec("SELECT to_regclass('quality.check_results')")[0][0].is_null()) {
+      const auto checks = tx.exec_params(
+          "SELECT check_name, status, coalesce(observed, ''), coalesce(message, '') FROM quality.check_results "
+          "WHERE run_id = $1 ORDER BY status <> 'fail', status <> 'warn', check_name",
+          run_id);
+      for (const auto& c : checks)
+        out["checks"].push_back({{"check", c[0].c_str()}, {"status", c[1].c_str()}, {"observed", c[2].c_str()},
+                                 {"message", c[3].c_str()}});
+    }
+    return out.dump();
   }
 
   // ---- leadership and scheduling -------------------------------------------------------------
@@ -819,6 +927,8 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
   std::unique_ptr<strata::v1::LakeExport::Stub> lake_;
   std::atomic<bool> leader_{false};
   std::thread leader_thread_;
+  httplib::Server http_;
+  std::thread http_thread_;
   std::mutex active_mu_;
   std::set<std::string> active_;
   bool last_pick_was_backfill_ = false;

@@ -229,17 +229,24 @@ class QualityImpl final : public Component, public strata::v1::Quality::Service 
         // Profiles inform; they never cost a run its check results.
         spdlog::warn("profiling failed ds={} error={}", req.ds(), e.what());
       }
-      for (const auto& [t, r] : alerts) Alert(*conn, req, t, r);
       spdlog::info("checks ds={} run_id={} total={} failed={}", req.ds(), req.run_id(), results.size(),
                    failed_errors);
       ev = failed_errors.empty()
                ? TaskEvent(req, true, std::to_string(results.size()) + " checks passed",
                            static_cast<long long>(results.size()))
                : TaskEvent(req, false, "checks failed: " + failed_errors, static_cast<long long>(results.size()));
+      Report(ev);
+      // Alerts go out after the run has its answer: a slow or dead webhook never holds it up.
+      for (const auto& [t, r] : alerts) Alert(*conn, req, t, r);
+      return;
     } catch (const std::exception& e) {
       spdlog::error("checks could not run ds={} error={}", req.ds(), e.what());
       ev = TaskEvent(req, false, std::string("checks could not run: ") + e.what());
     }
+    Report(ev);
+  }
+
+  void Report(const strata::v1::Event& ev) {
     try {
       Bus bus(config_.redis_url);
       PublishEvent(bus, "quality", ev);

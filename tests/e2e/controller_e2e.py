@@ -137,7 +137,8 @@ check(run_state(run10b) == "succeeded", f"with quality down for a while the run 
 # --- leader and standby --------------------------------------------------------------------
 leader_metrics = ENV["STRATA_CONTROLLER_METRICS"]
 sb_grpc, sb_metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-standby = start("controller", {"STRATA_CONTROLLER_GRPC": sb_grpc, "STRATA_CONTROLLER_METRICS": sb_metrics},
+standby = start("controller", {"STRATA_CONTROLLER_GRPC": sb_grpc, "STRATA_CONTROLLER_METRICS": sb_metrics,
+                               "STRATA_CONTROLLER_HTTP": f"127.0.0.1:{free_port()}"},
                 "controller_standby.log")
 check(wait_for(lambda: gauge(sb_metrics, "strata_controller_leader") == 0, 20, "standby up"),
       "a second controller starts as a standby")

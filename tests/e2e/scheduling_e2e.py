@@ -142,7 +142,7 @@ spec += f"\nschedule:\n  cron: '* * * * *'\n  timezone: UTC\n  start_date: {star
 spec_path = os.path.join(ENV["STRATA_STACK_DIR"], "sched.yaml")
 open(spec_path, "w").write(spec)
 env = dict(os.environ, STRATA_PIPELINE_SPEC=spec_path, STRATA_CONTROLLER_GRPC=f"127.0.0.1:{free_port()}",
-           STRATA_CONTROLLER_METRICS=f"127.0.0.1:{free_port()}")
+           STRATA_CONTROLLER_METRICS=f"127.0.0.1:{free_port()}", STRATA_CONTROLLER_HTTP=f"127.0.0.1:{free_port()}")
 log = open(os.path.join(ENV["STRATA_STACK_DIR"], "logs", "controller_sched.log"), "w")
 sched = subprocess.Popen([f"{BIN}/strata-controller"], env=env, stdout=log, stderr=log)
 expected = [str(start + datetime.timedelta(days=i)) for i in range(3)]
