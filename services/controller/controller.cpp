@@ -57,6 +57,15 @@ CREATE INDEX IF NOT EXISTS runs_active ON ops.runs (pipeline, state) WHERE state
 CREATE INDEX IF NOT EXISTS runs_ds ON ops.runs (pipeline, ds);
 -- One scheduled run per date: the scheduler may look at the same date twice.
 CREATE UNIQUE INDEX IF NOT EXISTS runs_one_scheduled ON ops.runs (pipeline, ds) WHERE trigger = 'schedule';
+CREATE TABLE IF NOT EXISTS ops.task_events (
+  id bigserial PRIMARY KEY,
+  run_id text NOT NULL,
+  task text NOT NULL,
+  state text NOT NULL,
+  attempt integer NOT NULL,
+  message text NOT NULL DEFAULT '',
+  at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE INDEX IF NOT EXISTS task_events_run ON ops.task_events (run_id, id);
 CREATE TABLE IF NOT EXISTS ops.deadline_alerts (
   pipeline text NOT NULL,
   ds date NOT NULL,
@@ -235,6 +244,48 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
     } catch (const std::exception& e) {
       return {grpc::StatusCode::UNAVAILABLE, e.what()};
     }
+  }
+
+  grpc::Status RunLog(grpc::ServerContext*, const strata::v1::GetRunRequest* req,
+                      strata::v1::RunLogReply* resp) override {
+    try {
+      auto conn = PgConnect(config_.warehouse_dsn);
+      pqxx::read_transaction tx(*conn);
+      if (tx.exec_params("SELECT 1 FROM ops.runs WHERE run_id = $1", req->run_id()).empty())
+        return {grpc::StatusCode::NOT_FOUND, "run '" + req->run_id() + "' does not exist"};
+      const auto r = tx.exec_params(
+          "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), task, state, attempt, message "
+          "FROM ops.task_events WHERE run_id = $1 ORDER BY id",
+          req->run_id());
+      for (const auto& row : r) {
+        auto* l = resp->add_lines();
+        l->set_at(row[0].c_str());
+        l->set_task(row[1].c_str());
+        l->set_state(row[2].c_str());
+        l->set_attempt(row[3].as<int>());
+        l->set_message(row[4].c_str());
+      }
+      return grpc::Status::OK;
+    } catch (const std::exception& e) {
+      return {grpc::StatusCode::UNAVAILABLE, e.what()};
+    }
+  }
+
+  grpc::Status ListPipelines(grpc::ServerContext*, const strata::v1::ListPipelinesRequest*,
+                             strata::v1::ListPipelinesReply* resp) override {
+    auto* p = resp->add_pipelines();
+    p->set_name(spec_.name);
+    for (const auto& d : spec_.datasets) p->add_datasets(d.name);
+    for (const auto& t : BuildDag(spec_)) p->add_tasks(t.name);
+    if (spec_.schedule.present) {
+      p->set_schedule_cron(spec_.schedule.cron);
+      p->set_schedule_timezone(spec_.schedule.timezone);
+      p->set_catchup(spec_.schedule.catchup);
+      p->set_deadline(spec_.schedule.deadline);
+      p->set_start_date(spec_.schedule.start_date);
+    }
+    p->set_leading(leader_);
+    return grpc::Status::OK;
   }
 
   grpc::Status CancelRun(grpc::ServerContext*, const strata::v1::GetRunRequest* req, RunInfo* resp) override {
@@ -647,6 +698,8 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
         "started_at = CASE WHEN $8 THEN now() ELSE started_at END, "
         "finished_at = CASE WHEN $8 THEN NULL ELSE now() END WHERE run_id = $1 AND task = $2",
         run_id, task, state, attempt, rows, rejected, message, starting);
+    tx.exec_params("INSERT INTO ops.task_events (run_id, task, state, attempt, message) VALUES ($1, $2, $3, $4, $5)",
+                   run_id, task, state, attempt, message);
     tx.commit();
   }
 

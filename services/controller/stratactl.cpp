@@ -142,6 +142,9 @@ int main(int argc, char** argv) {
   clear->add_flag("--wait", wait, "wait for the re-run and exit with its outcome");
   auto* tasks = app.add_subcommand("tasks", "a run's tasks with state, rows, durations");
   tasks->add_option("--run", run_id, "run id")->required();
+  auto* logs = app.add_subcommand("logs", "every task state change of a run: attempts, retries, errors");
+  logs->add_option("--run", run_id, "run id")->required();
+  auto* pipelines = app.add_subcommand("pipelines", "the pipelines the controller runs, with schedules and tasks");
 
   int limit = 20;
   std::string state, page_token;
@@ -265,6 +268,52 @@ int main(int argc, char** argv) {
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(300));
     }
+  }
+  if (*logs) {
+    strata::v1::GetRunRequest req;
+    req.set_run_id(run_id);
+    strata::v1::RunLogReply reply;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    const auto st = stub->RunLog(&ctx, req, &reply);
+    if (!st.ok()) return Fail(st, "logs");
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& l : reply.lines()) {
+      if (json)
+        out.push_back({{"at", l.at()}, {"task", l.task()}, {"state", l.state()}, {"attempt", l.attempt()},
+                       {"message", l.message()}});
+      else
+        std::printf("%s  %-24s %-10s attempt %d  %s\n", l.at().c_str(), l.task().c_str(), l.state().c_str(),
+                    l.attempt(), l.message().c_str());
+    }
+    if (json) std::cout << out.dump() << "\n";
+    return 0;
+  }
+  if (*pipelines) {
+    strata::v1::ListPipelinesReply reply;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    const auto st = stub->ListPipelines(&ctx, strata::v1::ListPipelinesRequest(), &reply);
+    if (!st.ok()) return Fail(st, "pipelines");
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& p : reply.pipelines()) {
+      out.push_back({{"name", p.name()},
+                     {"datasets", std::vector<std::string>(p.datasets().begin(), p.datasets().end())},
+                     {"tasks", std::vector<std::string>(p.tasks().begin(), p.tasks().end())},
+                     {"schedule", p.schedule_cron()}, {"timezone", p.schedule_timezone()}, {"catchup", p.catchup()},
+                     {"start_date", p.start_date()}, {"deadline", p.deadline()}, {"leading", p.leading()}});
+      if (!json) {
+        std::printf("%s  schedule=%s tz=%s catchup=%s start=%s deadline=%s  %s\n", p.name().c_str(),
+                    p.schedule_cron().empty() ? "(manual)" : p.schedule_cron().c_str(), p.schedule_timezone().c_str(),
+                    p.catchup() ? "yes" : "no", p.start_date().c_str(), p.deadline().c_str(),
+                    p.leading() ? "leader" : "standby");
+        std::string t;
+        for (const auto& x : p.tasks()) t += (t.empty() ? "" : " ") + x;
+        std::printf("  tasks: %s\n", t.c_str());
+      }
+    }
+    if (json) std::cout << out.dump() << "\n";
+    return 0;
   }
   if (*cancel || *clear || *tasks) {
     RunInfo info;

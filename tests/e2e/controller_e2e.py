@@ -109,6 +109,15 @@ check(cleared["model"][1] == after["model"][1] + 1 and cleared["publish"][1] == 
       "model and publish ran once more")
 check(all(cleared[t] == extracts[t] for t in extracts) and cleared["load.orders"] == after["load.orders"],
       "nothing upstream of model ran again")
+rc, out, _ = stratactl("--json", "logs", "--run", run9)
+log_lines = json.loads(out)
+model_attempts = [l["attempt"] for l in log_lines if l["task"] == "model" and l["state"] == "running"]
+check(rc == 0 and model_attempts == [after["model"][1], after["model"][1] + 1],
+      f"stratactl logs shows each attempt of model ({model_attempts})")
+rc, out, _ = stratactl("--json", "pipelines")
+pipes = json.loads(out)
+check(rc == 0 and pipes[0]["name"] == "demo" and pipes[0]["tasks"][-1] == "publish" and pipes[0]["leading"],
+      "stratactl pipelines lists the demo pipeline, its tasks and that this controller leads it")
 rc, _, err = stratactl("clear", "--run", run9, "--task", "nonsense")
 check(rc == 2 and "task" in err, "clearing an unknown task is refused")
 
