@@ -60,22 +60,29 @@ check(json.loads(out) == ["2024-01-05", "2024-01-06"], "reprocess=all takes ever
 rc, _, err = stratactl("backfill", "--from", F2, "--to", F1)
 check(rc == 2, "a reversed range is refused")
 
-# --- fair sharing: a long backfill does not starve runs started after it -------------------------
-rc, out, _ = stratactl("--json", "backfill", "--from", "2024-02-03", "--to", "2024-02-06", "--dry-run")
-backfill_proc = subprocess.Popen([f"{BIN}/stratactl", "--json", "backfill", "--from", "2024-02-03", "--to",
-                                  "2024-02-06", "--timeout", "600"], stdout=subprocess.PIPE, text=True)
-time.sleep(0.3)
-manual = [subprocess.Popen([f"{BIN}/stratactl", "--json", "run", "--date", d, "--timeout", "600"],
+# --- fair sharing: a 30-day backfill alongside daily runs; all complete, none starves ------------
+from strata_e2e import sim_advance  # noqa: E402
+
+sim_advance("2024-03-30")
+backfill_proc = subprocess.Popen([f"{BIN}/stratactl", "--json", "backfill", "--from", "2024-03-01", "--to",
+                                  "2024-03-30", "--reprocess", "all", "--timeout", "900"], stdout=subprocess.PIPE,
+                                 text=True)
+time.sleep(1.0)
+manual = [subprocess.Popen([f"{BIN}/stratactl", "--json", "run", "--date", d, "--timeout", "900"],
                            stdout=subprocess.PIPE, text=True) for d in ("2024-01-09", "2024-01-10")]
-for p in manual + [backfill_proc]:
-    p.wait(timeout=600)
-order = wh("""SELECT trigger FROM ops.runs WHERE ds IN ('2024-02-03','2024-02-04','2024-02-05','2024-02-06')
-              AND trigger = 'backfill' OR (trigger = 'manual' AND ds IN ('2024-01-09', '2024-01-10')
-              AND created_at > now() - interval '10 minutes') ORDER BY started_at""")
-order = [o[0] for o in order]
+outs = [p.communicate(timeout=900)[0] for p in manual + [backfill_proc]]
+backfilled = json.loads(outs[-1])
+check(len(backfilled) == 30 and all(r["state"] == "succeeded" for r in backfilled),
+      f"all 30 backfill runs succeeded ({sum(r['state'] == 'succeeded' for r in backfilled)})")
+check(all(json.loads(o)["state"] == "succeeded" for o in outs[:2]), "both daily runs succeeded")
+order = [t for (t,) in wh("""SELECT trigger FROM ops.runs
+                             WHERE (trigger = 'backfill' AND ds BETWEEN '2024-03-01' AND '2024-03-30')
+                                OR (trigger = 'manual' AND ds IN ('2024-01-09', '2024-01-10')
+                                    AND created_at > now() - interval '15 minutes')
+                             ORDER BY started_at""")]
 last_manual = max(i for i, t in enumerate(order) if t == "manual")
-check(len(order) == 6 and last_manual < 5,
-      f"runs queued behind a 4-day backfill were interleaved with it, not starved: {order}")
+check(len(order) == 32 and last_manual <= 6,
+      f"the daily runs queued behind the backfill started within its first few runs, not after it (position {last_manual})")
 
 # --- run listing stays fast with 10,000 runs ------------------------------------------------------
 wh_conn = __import__("psycopg2").connect(ENV["STRATA_PG_DSN"])
