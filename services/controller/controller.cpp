@@ -797,6 +797,7 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
           spdlog::info("resuming run_id={} ds={} succeeded_tasks={} remaining={}", run_id, ds, succeeded.size(),
                        pending.size());
       }
+      const Window interval = DataInterval(ds);
       std::map<std::string, std::chrono::steady_clock::time_point> running, not_before;
       const auto timeout = std::chrono::seconds(config_.task_timeout_seconds);
       std::mt19937 rng(std::random_device{}());
@@ -821,6 +822,8 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
             req.set_ds(ds);
             req.set_run_id(run_id);
             req.set_task(t.name);
+            req.set_interval_start(interval.start);
+            req.set_interval_end(interval.end);
             pending.erase(std::find(pending.begin(), pending.end(), name));
             const int attempt = ++attempts[name];
             req.set_attempt(attempt);
@@ -963,6 +966,22 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
         spdlog::warn("could not cancel timed-out work task={} error={}", task, e.what());
       }
     }
+  }
+
+  struct Window {
+    std::string start, end;
+  };
+  // ds's data interval: the logical day in the schedule's time zone (UTC without a schedule),
+  // as UTC instants. PostgreSQL knows the time zone rules, so it does the conversion.
+  Window DataInterval(const std::string& ds) {
+    const std::string tz = spec_.schedule.present ? spec_.schedule.timezone : "UTC";
+    auto conn = PgConnect(config_.warehouse_dsn);
+    pqxx::read_transaction tx(*conn);
+    const auto r = tx.exec_params(
+        "SELECT to_char(($1::date)::timestamp AT TIME ZONE $2 AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+        "to_char(($1::date + 1)::timestamp AT TIME ZONE $2 AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+        ds, tz);
+    return {r[0][0].c_str(), r[0][1].c_str()};
   }
 
   static bool RunStateIn(pqxx::transaction_base& tx, const std::string& run_id, const std::string& state) {

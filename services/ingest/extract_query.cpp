@@ -1,5 +1,8 @@
 #include "services/ingest/extract_query.h"
 
+#include <regex>
+
+#include "common/errors.h"
 #include "common/pg.h"
 #include "common/time_util.h"
 
@@ -10,8 +13,12 @@ Window DayWindow(const std::string& ds) {
   return {ds + "T00:00:00Z", AddDays(ds, 1) + "T00:00:00Z"};
 }
 
-std::string IncrementalSelect(const DatasetSpec& d, const std::string& ds) {
-  const Window w = DayWindow(ds);
+std::string IncrementalSelect(const DatasetSpec& d, const std::string& ds) { return IncrementalSelect(d, DayWindow(ds)); }
+
+std::string IncrementalSelect(const DatasetSpec& d, const Window& w) {
+  static const std::regex kUtc(R"(^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$)");
+  if (!std::regex_match(w.start, kUtc) || !std::regex_match(w.end, kUtc) || !(w.start < w.end))
+    throw InputError("data interval: expected ISO-8601 UTC bounds start < end, got [" + w.start + ", " + w.end + ")");
   std::string cols;
   for (const auto& c : d.columns) {
     if (!cols.empty()) cols += ", ";

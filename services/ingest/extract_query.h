@@ -19,5 +19,8 @@ Window DayWindow(const std::string& ds);
 
 // SELECT ... FROM <table> WHERE <cursor> >= '<start>' AND <cursor> < '<end>' ORDER BY ...
 std::string IncrementalSelect(const DatasetSpec& dataset, const std::string& ds);
+// The same over an explicit window (a schedule's data interval). Throws InputError unless both
+// bounds are ISO-8601 UTC timestamps ("2024-01-09T23:00:00Z").
+std::string IncrementalSelect(const DatasetSpec& dataset, const Window& window);
 
 }  // namespace strata::ingest

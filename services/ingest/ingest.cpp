@@ -205,7 +205,10 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
     // either in this day's snapshot or the next day's, never both halves.
     pqxx::transaction<pqxx::isolation_level::repeatable_read, pqxx::readwrite_policy::read_only> tx(*conn);
     tx.exec("SET LOCAL TIME ZONE 'UTC'");
-    tx.exec("DECLARE strata_extract NO SCROLL CURSOR FOR " + IncrementalSelect(d, req.ds()));
+    const std::string select = req.interval_start().empty()
+                                   ? IncrementalSelect(d, req.ds())
+                                   : IncrementalSelect(d, Window{req.interval_start(), req.interval_end()});
+    tx.exec("DECLARE strata_extract NO SCROLL CURSOR FOR " + select);
     const std::string fetch = "FETCH " + std::to_string(config_.batch_rows) + " FROM strata_extract";
     std::vector<std::string> values(d.columns.size());
     std::vector<bool> nulls(d.columns.size());

@@ -65,5 +65,19 @@ TEST(ExtractQuery, SelectsTheWindowOrderedByCursorThenKey) {
             "\"order_id\", \"line_no\"");
 }
 
+TEST(ExtractQuery, ExplicitWindowFromASchedulesTimeZone) {
+  DatasetSpec d;
+  d.source.table = "shop.orders";
+  d.source.cursor = "updated_at";
+  d.key = {"order_id"};
+  d.columns = {{"order_id", ColumnType::kInt, ""}};
+  // ds 2024-01-10 in Europe/Paris is [2024-01-09T23:00Z, 2024-01-10T23:00Z).
+  EXPECT_EQ(IncrementalSelect(d, Window{"2024-01-09T23:00:00Z", "2024-01-10T23:00:00Z"}),
+            "SELECT \"order_id\"::text FROM \"shop\".\"orders\" WHERE \"updated_at\" >= '2024-01-09T23:00:00Z' AND "
+            "\"updated_at\" < '2024-01-10T23:00:00Z' ORDER BY \"updated_at\", \"order_id\"");
+  EXPECT_THROW(IncrementalSelect(d, Window{"2024-01-10 00:00", "2024-01-11T00:00:00Z"}), InputError);
+  EXPECT_THROW(IncrementalSelect(d, Window{"2024-01-11T00:00:00Z", "2024-01-10T00:00:00Z"}), InputError);
+}
+
 }  // namespace
 }  // namespace strata::ingest
