@@ -2,7 +2,7 @@
 import os
 import tempfile
 
-from strata_e2e import BIN, ENV, check, finish, run, stratactl
+from strata_e2e import BIN, check, finish, free_port, stratactl
 
 env_clean = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
 
@@ -29,17 +29,6 @@ check(rc == 2 and "STRATA_REDIS_URL" in err, f"bad env override: exit 2 naming t
 bad_spec = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
 bad_spec.write("pipeline: demo\ndatasets:\n  - name: x\n    source: {type: ftp}\n    columns: [{name: a, type: int}]\n")
 bad_spec.close()
-import socket
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 rc, err = start("strata-ingest", "", {"STRATA_PIPELINE_SPEC": bad_spec.name,
                                        "STRATA_INGEST_GRPC": f"127.0.0.1:{free_port()}",
                                        "STRATA_INGEST_METRICS": f"127.0.0.1:{free_port()}"})

@@ -4,24 +4,15 @@ is down for a while."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 
 import psycopg2
 
-from strata_e2e import BIN, ENV, check, finish, metric_value, sim_advance, stratactl, wh
+from strata_e2e import BIN, ENV, check, finish, free_port, metric_value, sim_advance, stratactl, wh
 
 DIR = ENV["STRATA_STACK_DIR"]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def start(service, extra_env=None, log_name=None):

@@ -4,7 +4,6 @@ alerting rules sees every service up; the Grafana dashboards only use metrics st
 import json
 import os
 import re
-import socket
 import subprocess
 import tempfile
 import time
@@ -13,19 +12,11 @@ import urllib.request
 
 import psycopg2
 
-from strata_e2e import ENV, check, finish
+from strata_e2e import ENV, check, finish, free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SERVICES = {"ingest": 9101, "lake-export": 9102, "warehouse-loader": 9103, "quality": 9104, "query": 9105,
             "controller": 9106}
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def api(port, path):

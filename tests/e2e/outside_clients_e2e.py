@@ -2,23 +2,18 @@
 promtool on every /metrics, redis-py playing a consumer that dies holding a batch."""
 import os
 import subprocess
-import sys
-import tempfile
 import time
 
 import grpc
 import redis
 
-from strata_e2e import ENV, check, finish, metric_value, metrics, sim_advance, stratactl, wh
+from strata_e2e import ENV, check, finish, load_pb2, metric_value, metrics, sim_advance, stratactl, wh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SERVICES = ["ingest", "lake_export", "warehouse_loader", "quality", "query", "controller"]
 
 # Messages generated from the project's proto by the real protoc, imported by grpcio's client.
-gen = tempfile.mkdtemp()
-subprocess.run(["protoc", f"--python_out={gen}", "-I", f"{ROOT}/proto", f"{ROOT}/proto/strata.proto"], check=True)
-sys.path.insert(0, gen)
-import strata_pb2  # noqa: E402
+strata_pb2 = load_pb2()
 
 # A pipeline day so every service has something to report (the pipeline test may not have run).
 if wh("SELECT count(*) FROM ops.runs WHERE state = 'succeeded'")[0][0] == 0:

@@ -1,11 +1,9 @@
 """One week through the real binaries: source -> ingest -> bus -> lake -> staging -> dwh/marts
 -> checks, then idempotent re-runs and malformed input."""
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
-from strata_e2e import (ENV, check, checksum, dead_letters, finish, metric_value, metrics, sim_advance,
-                        sim_control, src, stratactl, wh)
+from strata_e2e import (ENV, WebhookReceiver, check, checksum, dead_letters, finish, metric_value, metrics,
+                        sim_advance, sim_control, src, stratactl, wh)
 
 DAYS = [f"2024-01-0{d}" for d in range(1, 8)]
 DWH = ["dwh.dim_customer", "dwh.dim_product", "dwh.dim_state", "dwh.fact_sales", "marts.daily_sales",
@@ -84,21 +82,8 @@ check(checksum(DWH) == before_dwh, "a backfill of past days leaves dwh and marts
 before_all = checksum(ALL)
 
 # --- malformed records: dead-lettered, counted, a failed check, an alert; good rows arrive ------
-received = []
-
-
-class Hook(BaseHTTPRequestHandler):
-    def do_POST(self):
-        received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-hook = HTTPServer(("127.0.0.1", int(ENV["STRATA_WEBHOOK_PORT"])), Hook)
-threading.Thread(target=hook.serve_forever, daemon=True).start()
+hook = WebhookReceiver(int(ENV["STRATA_WEBHOOK_PORT"]))
+received = hook.received
 dl_before = metric_value(metrics("ingest"), "strata_ingest_dead_letters_total", {"dataset": "businesses"})
 sim_control(7)  # every 7th of 35 business records is broken: wrong type, missing key, bad JSON
 rc, out, _ = stratactl("--json", "run", "--date", DAYS[-1])
@@ -123,7 +108,7 @@ check(received and received[0]["sample"] == [] and "text" in received[0], "the a
 reasons = __import__("strata_e2e").run("redis-cli", "-p", ENV["STRATA_REDIS_PORT"], "xrange", "strata:deadletter", "-", "+")[1]
 for reason in ["column 'rating' expected float, got \"n/a\"", "missing key 'id'", "bad JSON"]:
     check(reason in reasons, f"a dead letter says: {reason}")
-hook.shutdown()
+hook.close()
 
 rc, _, _ = stratactl("run", "--date", DAYS[-1])
 check(rc == 0, "after the source is fixed the re-run succeeds")

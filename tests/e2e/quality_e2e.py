@@ -4,33 +4,17 @@ and one when it recovers, never one per re-run; a notifier outage is counted, no
 profiles of a staged dataset."""
 import json
 import os
-import socket
 import subprocess
-import sys
-import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import grpc
 
-from strata_e2e import BIN, ENV, check, finish, metric_value, sim_advance, stratactl, wh
+from strata_e2e import BIN, ENV, WebhookReceiver, check, finish, free_port, load_pb2, metric_value, stratactl, wh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-gen = tempfile.mkdtemp()
-subprocess.run(["protoc", f"--python_out={gen}", "-I", f"{ROOT}/proto", f"{ROOT}/proto/strata.proto"], check=True)
-sys.path.insert(0, gen)
-import strata_pb2  # noqa: E402
+strata_pb2 = load_pb2()
 
 DS = "2024-03-10"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def sql(statement):
@@ -78,22 +62,9 @@ INSERT INTO qtest.bad VALUES
 """)
 
 # A webhook receiver that can be switched off to simulate a notifier outage.
-received = []
-
-
-class Hook(BaseHTTPRequestHandler):
-    def do_POST(self):
-        received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 hook_port = free_port()
-hook = HTTPServer(("127.0.0.1", hook_port), Hook)
-threading.Thread(target=hook.serve_forever, daemon=True).start()
+hook = WebhookReceiver(hook_port)
+received = hook.received
 
 grpc_addr, metrics_addr = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
 env = dict(os.environ, STRATA_PIPELINE_SPEC=f"{ROOT}/tests/e2e/fixtures/quality_spec.yaml",
@@ -168,8 +139,7 @@ try:
     check(recovered == ["nn_bad", "rel_bad"], f"one recovery alert per fixed check: {recovered}")
 
     # Notifier outage: checks still complete, the failure is counted, the alert is retried later.
-    hook.shutdown()
-    hook.server_close()
+    hook.close()
     received.clear()
     sql("UPDATE qtest.bad SET qty = NULL WHERE id = 1")
     res = run("qtest-4")

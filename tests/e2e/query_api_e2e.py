@@ -1,22 +1,15 @@
 """The query API from outside: Python grpcio and curl get the same answers, every error code,
 paging, single-flight, and the per-token rate limit."""
 import json
-import os
 import subprocess
-import sys
-import tempfile
 import threading
 
 import grpc
 from google.protobuf import json_format
 
-from strata_e2e import ENV, check, finish, metric_value, metrics, wh
+from strata_e2e import ENV, check, finish, load_pb2, metric_value, metrics, wh
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-gen = tempfile.mkdtemp()
-subprocess.run(["protoc", f"--python_out={gen}", "-I", f"{ROOT}/proto", f"{ROOT}/proto/strata.proto"], check=True)
-sys.path.insert(0, gen)
-import strata_pb2 as pb  # noqa: E402
+pb = load_pb2()
 
 ANALYST, VIEWER = ENV["STRATA_QUERY_TOKEN"], ENV["STRATA_QUERY_VIEWER_TOKEN"]
 HTTP = "http://" + ENV["STRATA_QUERY_HTTP"]

@@ -4,31 +4,15 @@ import datetime
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import grpc
 
-from strata_e2e import BIN, ENV, check, finish, stratactl, wh
+from strata_e2e import BIN, ENV, WebhookReceiver, check, finish, free_port, load_pb2, stratactl, wh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-gen = tempfile.mkdtemp()
-subprocess.run(["protoc", f"--python_out={gen}", "-I", f"{ROOT}/proto", f"{ROOT}/proto/strata.proto"], check=True)
-sys.path.insert(0, gen)
-import strata_pb2 as pb  # noqa: E402
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+pb = load_pb2()
 
 
 def wait_for(cond, seconds):
@@ -127,21 +111,8 @@ with wh_conn.cursor() as cur:
     cur.execute("DELETE FROM ops.task_runs WHERE run_id LIKE 'perf-%%'; DELETE FROM ops.runs WHERE pipeline = 'perf'")
 
 # --- a cron schedule with catch-up, and missed deadlines alerted once per date ----------------------
-alerts = []
-
-
-class Hook(BaseHTTPRequestHandler):
-    def do_POST(self):
-        alerts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-hook = HTTPServer(("127.0.0.1", int(ENV["STRATA_WEBHOOK_PORT"])), Hook)
-threading.Thread(target=hook.serve_forever, daemon=True).start()
+hook = WebhookReceiver(int(ENV["STRATA_WEBHOOK_PORT"]))
+alerts = hook.received
 today = datetime.datetime.now(datetime.timezone.utc).date()
 start = today - datetime.timedelta(days=3)
 spec = open(os.path.join(ROOT, "pipelines", "demo.yaml")).read().replace("pipeline: demo", "pipeline: sched")
@@ -166,6 +137,5 @@ try:
 finally:
     sched.send_signal(signal.SIGTERM)
     sched.wait(timeout=30)
-    hook.shutdown()
-    hook.server_close()
+    hook.close()
 finish()

@@ -96,3 +96,48 @@ def metric_value(text, name, labels):
 def dead_letters(run_id):
     rc, out, _ = run("redis-cli", "-p", ENV["STRATA_REDIS_PORT"], "--no-raw", "xrange", "strata:deadletter", "-", "+")
     return out.count(f'"{run_id}"')
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def load_pb2():
+    """The project's messages, generated from proto/ by the real protoc for this test run."""
+    import tempfile
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    gen = tempfile.mkdtemp()
+    subprocess.run(["protoc", f"--python_out={gen}", "-I", f"{root}/proto", f"{root}/proto/strata.proto"], check=True)
+    sys.path.insert(0, gen)
+    import strata_pb2
+    return strata_pb2
+
+
+class WebhookReceiver:
+    """A local webhook endpoint that records every JSON body posted to it."""
+
+    def __init__(self, port):
+        import threading
+        from http.server import BaseHTTPRequestHandler, HTTPServer
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
