@@ -24,6 +24,7 @@
 #include "common/events.h"
 #include <nlohmann/json.hpp>
 #include "common/governance.h"
+#include "common/http_server.h"
 #include "common/pg.h"
 #include "common/spec.h"
 #include "common/task_runner.h"
@@ -147,16 +148,12 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
     const std::string& listen = config_.endpoint("controller").http;
     if (!listen.empty()) {
       RegisterPage();
-      const auto colon = listen.rfind(':');
-      if (!http_.bind_to_port(listen.substr(0, colon).c_str(), std::stoi(listen.substr(colon + 1))))
-        throw EnvError("controller: cannot listen for HTTP on " + listen);
-      http_thread_ = std::thread([this] { http_.listen_after_bind(); });
+      http_.Start(listen, "controller status page");
       spdlog::info("status page on http://{}/", listen);
     }
   }
   void Stop() override {
-    http_.stop();
-    if (http_thread_.joinable()) http_thread_.join();
+    http_.Stop();
     stop_ = true;
     cv_.notify_all();
     if (leader_thread_.joinable()) leader_thread_.join();
@@ -413,11 +410,11 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
   // ---- status page --------------------------------------------------------------------------
 
   void RegisterPage() {
-    http_.Get("/", [](const httplib::Request&, httplib::Response& res) {
+    http_.server().Get("/", [](const httplib::Request&, httplib::Response& res) {
       res.set_content(StatusPageHtml(), "text/html; charset=utf-8");
     });
-    http_.Get("/health", [](const httplib::Request&, httplib::Response& res) { res.set_content("ok\n", "text/plain"); });
-    http_.Get("/api/grid", [this](const httplib::Request& req, httplib::Response& res) {
+    http_.server().Get("/health", [](const httplib::Request&, httplib::Response& res) { res.set_content("ok\n", "text/plain"); });
+    http_.server().Get("/api/grid", [this](const httplib::Request& req, httplib::Response& res) {
       try {
         int limit = req.has_param("limit") ? std::stoi(req.get_param_value("limit")) : 25;
         limit = std::max(1, std::min(limit, 200));
@@ -428,7 +425,7 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
         res.set_content(nlohmann::json{{"error", e.what()}}.dump(), "application/json");
       }
     });
-    http_.Get(R"(/api/runs/([A-Za-z0-9_.:-]+))", [this](const httplib::Request& req, httplib::Response& res) {
+    http_.server().Get(R"(/api/runs/([A-Za-z0-9_.:-]+))", [this](const httplib::Request& req, httplib::Response& res) {
       try {
         const std::string body = RunJsonFor(req.matches[1]);
         if (body.empty()) {
@@ -999,8 +996,7 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
   std::unique_ptr<strata::v1::LakeExport::Stub> lake_;
   std::atomic<bool> leader_{false};
   std::thread leader_thread_;
-  httplib::Server http_;
-  std::thread http_thread_;
+  HttpListener http_;
   std::mutex active_mu_;
   std::set<std::string> active_;
   bool last_pick_was_backfill_ = false;

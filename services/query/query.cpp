@@ -20,6 +20,7 @@
 #include "common/bus.h"
 #include "common/config.h"
 #include "common/errors.h"
+#include "common/http_server.h"
 #include "common/pg.h"
 #include "common/time_util.h"
 #include "services/query/access.h"
@@ -559,16 +560,12 @@ class QueryImpl final : public Component, public pb::Query::Service {
     const std::string& listen = config_.endpoint("query").http;
     if (listen.empty()) return;
     RegisterRoutes();
-    const auto colon = listen.rfind(':');
-    if (!http_.bind_to_port(listen.substr(0, colon).c_str(), std::stoi(listen.substr(colon + 1))))
-      throw EnvError("query: cannot listen for HTTP on " + listen);
-    http_thread_ = std::thread([this] { http_.listen_after_bind(); });
+    http_.Start(listen, "query HTTP gateway");
     spdlog::info("http gateway listening on {}", listen);
   }
 
   void Stop() override {
-    http_.stop();
-    if (http_thread_.joinable()) http_thread_.join();
+    http_.Stop();
     core_.Stop();
   }
 
@@ -651,10 +648,10 @@ class QueryImpl final : public Component, public pb::Query::Service {
     auto param = [](const httplib::Request& r, const char* name) {
       return r.has_param(name) ? r.get_param_value(name) : std::string();
     };
-    http_.Get("/health", [](const httplib::Request&, httplib::Response& res) {
+    http_.server().Get("/health", [](const httplib::Request&, httplib::Response& res) {
       SendJson(res, 200, "{\"status\":\"SERVING\"}");
     });
-    http_.Get("/analytics/orders", [this, param](const httplib::Request& r, httplib::Response& res) {
+    http_.server().Get("/analytics/orders", [this, param](const httplib::Request& r, httplib::Response& res) {
       pb::OrdersByStatusRequest req;
       int limit;
       if (auto st = IntParam(r, "limit", &limit); !st.ok()) return SendError(res, st);
@@ -663,7 +660,7 @@ class QueryImpl final : public Component, public pb::Query::Service {
       req.set_page_token(param(r, "page_token"));
       Serve<pb::OrdersByStatusRequest, pb::OrdersReply>("OrdersByStatus", r, res, req);
     });
-    http_.Get("/analytics/orders/top", [this, param](const httplib::Request& r, httplib::Response& res) {
+    http_.server().Get("/analytics/orders/top", [this, param](const httplib::Request& r, httplib::Response& res) {
       pb::TopOrdersRequest req;
       int limit;
       if (auto st = IntParam(r, "limit", &limit); !st.ok()) return SendError(res, st);
@@ -671,7 +668,7 @@ class QueryImpl final : public Component, public pb::Query::Service {
       req.set_status(param(r, "status"));
       Serve<pb::TopOrdersRequest, pb::OrdersReply>("TopOrders", r, res, req);
     });
-    http_.Get("/analytics/orders/customers", [this, param](const httplib::Request& r, httplib::Response& res) {
+    http_.server().Get("/analytics/orders/customers", [this, param](const httplib::Request& r, httplib::Response& res) {
       pb::TopCustomersRequest req;
       int limit;
       if (auto st = IntParam(r, "limit", &limit); !st.ok()) return SendError(res, st);
@@ -679,7 +676,7 @@ class QueryImpl final : public Component, public pb::Query::Service {
       req.set_status(param(r, "status"));
       Serve<pb::TopCustomersRequest, pb::TopCustomersReply>("TopCustomers", r, res, req);
     });
-    http_.Get("/analytics/orders/product", [this, param](const httplib::Request& r, httplib::Response& res) {
+    http_.server().Get("/analytics/orders/product", [this, param](const httplib::Request& r, httplib::Response& res) {
       pb::SalesByProductRequest req;
       int limit;
       if (auto st = IntParam(r, "limit", &limit); !st.ok()) return SendError(res, st);
@@ -689,13 +686,13 @@ class QueryImpl final : public Component, public pb::Query::Service {
       req.set_page_token(param(r, "page_token"));
       Serve<pb::SalesByProductRequest, pb::SalesByProductReply>("SalesByProduct", r, res, req);
     });
-    http_.Get("/analytics/sales/daily", [this, param](const httplib::Request& r, httplib::Response& res) {
+    http_.server().Get("/analytics/sales/daily", [this, param](const httplib::Request& r, httplib::Response& res) {
       pb::DailySalesRequest req;
       req.set_from(param(r, "from"));
       req.set_to(param(r, "to"));
       Serve<pb::DailySalesRequest, pb::DailySalesReply>("DailySales", r, res, req);
     });
-    http_.Get("/analytics/businesses/review-changes", [this, param](const httplib::Request& r, httplib::Response& res) {
+    http_.server().Get("/analytics/businesses/review-changes", [this, param](const httplib::Request& r, httplib::Response& res) {
       pb::ReviewChangesRequest req;
       int limit;
       if (auto st = IntParam(r, "limit", &limit); !st.ok()) return SendError(res, st);
@@ -704,7 +701,7 @@ class QueryImpl final : public Component, public pb::Query::Service {
       req.set_limit(limit);
       Serve<pb::ReviewChangesRequest, pb::ReviewChangesReply>("ReviewChanges", r, res, req);
     });
-    http_.Get("/analytics/businesses/rating-by-price", [this, param](const httplib::Request& r, httplib::Response& res) {
+    http_.server().Get("/analytics/businesses/rating-by-price", [this, param](const httplib::Request& r, httplib::Response& res) {
       pb::RatingByPriceLevelRequest req;
       req.set_ds(param(r, "ds"));
       Serve<pb::RatingByPriceLevelRequest, pb::RatingByPriceLevelReply>("RatingByPriceLevel", r, res, req);
@@ -713,8 +710,7 @@ class QueryImpl final : public Component, public pb::Query::Service {
 
   Config config_;
   QueryCore core_;
-  httplib::Server http_;
-  std::thread http_thread_;
+  HttpListener http_;
 };
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "common/errors.h"
+#include "common/http_server.h"
 #include "common/time_util.h"
 
 namespace strata::source_sim {
@@ -248,8 +249,6 @@ std::string StatesHtml(const SimOptions& opt) {
 }
 
 int Serve(const std::string& listen, const SimOptions& opt) {
-  const auto colon = listen.rfind(':');
-  if (colon == std::string::npos) throw InputError("--listen: expected host:port, got \"" + listen + "\"");
   sigset_t sigs;
   sigemptyset(&sigs);
   sigaddset(&sigs, SIGTERM);
@@ -259,7 +258,8 @@ int Serve(const std::string& listen, const SimOptions& opt) {
   // Faults can be switched at run time (POST /control?malformed_every=N) so one simulator
   // serves both clean and faulty days to a running stack.
   std::atomic<int> malformed{opt.malformed_every};
-  httplib::Server server;
+  HttpListener http;
+  httplib::Server& server = http.server();
   server.Post("/control", [&malformed](const httplib::Request& req, httplib::Response& res) {
     try {
       if (req.has_param("malformed_every")) malformed = std::stoi(req.get_param_value("malformed_every"));
@@ -286,14 +286,10 @@ int Serve(const std::string& listen, const SimOptions& opt) {
   server.Get("/states.html", [&opt](const httplib::Request&, httplib::Response& res) {
     res.set_content(StatesHtml(opt), "text/html; charset=utf-8");
   });
-  const std::string host = listen.substr(0, colon);
-  const int port = std::stoi(listen.substr(colon + 1));
-  if (!server.bind_to_port(host.c_str(), port)) throw EnvError("cannot listen on " + listen);
-  std::thread t([&server] { server.listen_after_bind(); });
+  http.Start(listen, "--listen");
   int sig = 0;
   sigwait(&sigs, &sig);
-  server.stop();
-  t.join();
+  http.Stop();
   return 0;
 }
 
