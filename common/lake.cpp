@@ -34,6 +34,7 @@ std::string ManifestToJson(const Manifest& m) {
   j["columns"] = m.columns;
   j["rows"] = m.rows;
   j["committed_at"] = m.committed_at;
+  if (!m.watermark.empty()) j["watermark"] = nlohmann::json::parse(m.watermark);
   j["files"] = nlohmann::json::array();
   for (const auto& f : m.files)
     j["files"].push_back({{"path", f.path}, {"rows", f.rows}, {"bytes", f.bytes}, {"crc32", f.crc32}});
@@ -52,6 +53,7 @@ Manifest ManifestFromJson(const std::string& text, const std::string& origin) {
     m.columns = j.at("columns").get<std::vector<std::string>>();
     m.rows = j.at("rows").get<int64_t>();
     m.committed_at = j.value("committed_at", "");
+    if (j.contains("watermark")) m.watermark = j["watermark"].dump();
     for (const auto& f : j.at("files"))
       m.files.push_back({f.at("path").get<std::string>(), f.at("rows").get<int64_t>(),
                          f.at("bytes").get<int64_t>(), f.at("crc32").get<uint32_t>()});

@@ -28,6 +28,7 @@ struct Manifest {
   std::vector<ManifestFile> files;
   int64_t rows = 0;
   std::string committed_at;
+  std::string watermark;  // JSON; see Batch.watermark. Empty for other datasets.
 };
 
 std::string PartitionDir(const std::string& root, const std::string& layer,

@@ -6,6 +6,7 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <type_traits>
 
 #include "common/cron.h"
 #include "common/errors.h"
@@ -130,29 +131,105 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
     const YAML::Node s = d["source"];
     if (!s) Fail(path + ".source", "missing");
     OnlyKeys(s, path + ".source",
-             {"type", "table", "cursor", "path", "date_param", "records", "table_id"});
+             {"type", "table", "cursor", "incremental", "path", "date_param", "since_param", "since_field",
+              "overlap_seconds", "records", "format", "params", "pagination", "auth", "rate_limit",
+              "timeout_ms", "max_attempts", "schema_drift", "table_id"});
     SourceSpec& src = dataset.source;
     src.type = Str(s["type"], path + ".source.type");
-    auto opt = [&](const char* key, std::string& field) {
-      if (s[key]) field = Str(s[key], path + ".source." + key);
+    auto opt = [&](const YAML::Node& node, const std::string& at, const char* key, std::string& field) {
+      if (node[key]) field = Str(node[key], at + "." + key);
     };
-    opt("table", src.table);
-    opt("cursor", src.cursor);
-    opt("path", src.path);
-    opt("date_param", src.date_param);
-    opt("records", src.records);
-    opt("table_id", src.table_id);
+    auto integer = [&](const YAML::Node& node, const std::string& at, const char* key, auto* out, long lo) {
+      if (!node[key]) return;
+      const std::string v = Str(node[key], at + "." + key);
+      try {
+        size_t used = 0;
+        const long x = std::stol(v, &used);
+        if (used != v.size() || x < lo) throw std::invalid_argument(v);
+        *out = static_cast<std::remove_pointer_t<decltype(out)>>(x);
+      } catch (const std::exception&) {
+        Fail(at + "." + key, "expected an integer >= " + std::to_string(lo) + ", got '" + v + "'");
+      }
+    };
+    auto one_of = [&](const std::string& v, const std::string& at, const std::set<std::string>& allowed) {
+      if (allowed.count(v)) return;
+      std::string known;
+      for (const auto& a : allowed) known += (known.empty() ? "" : ", ") + a;
+      Fail(at, "unknown value '" + v + "' (known: " + known + ")");
+    };
+    const std::string sp = path + ".source";
+    opt(s, sp, "table", src.table);
+    opt(s, sp, "cursor", src.cursor);
+    opt(s, sp, "incremental", src.incremental);
+    opt(s, sp, "path", src.path);
+    opt(s, sp, "date_param", src.date_param);
+    opt(s, sp, "since_param", src.since_param);
+    opt(s, sp, "since_field", src.since_field);
+    integer(s, sp, "overlap_seconds", &src.overlap_seconds, 0);
+    opt(s, sp, "records", src.records);
+    opt(s, sp, "format", src.format);
+    opt(s, sp, "table_id", src.table_id);
+    opt(s, sp, "schema_drift", src.schema_drift);
+    integer(s, sp, "timeout_ms", &src.timeout_ms, 1);
+    integer(s, sp, "max_attempts", &src.max_attempts, 1);
+    one_of(src.schema_drift, sp + ".schema_drift", {"ignore", "add_column", "fail"});
+    if (const YAML::Node pr = s["params"]) {
+      if (!pr.IsMap()) Fail(sp + ".params", "expected a mapping of query parameters");
+      for (const auto& kv : pr) src.params[kv.first.as<std::string>()] = Str(kv.second, sp + ".params." + kv.first.as<std::string>());
+    }
+    if (const YAML::Node pg = s["pagination"]) {
+      const std::string at = sp + ".pagination";
+      OnlyKeys(pg, at, {"style", "page_param", "total_pages_field", "offset_param", "limit_param", "limit",
+                        "cursor_param", "cursor_field", "total_field"});
+      PaginationSpec& p = src.pagination;
+      opt(pg, at, "style", p.style);
+      one_of(p.style, at + ".style", {"none", "page", "offset", "cursor", "link"});
+      opt(pg, at, "page_param", p.page_param);
+      opt(pg, at, "total_pages_field", p.total_pages_field);
+      opt(pg, at, "offset_param", p.offset_param);
+      opt(pg, at, "limit_param", p.limit_param);
+      integer(pg, at, "limit", &p.limit, 1);
+      opt(pg, at, "cursor_param", p.cursor_param);
+      opt(pg, at, "cursor_field", p.cursor_field);
+      opt(pg, at, "total_field", p.total_field);
+    }
+    if (const YAML::Node au = s["auth"]) {
+      const std::string at = sp + ".auth";
+      OnlyKeys(au, at, {"type", "env", "header"});
+      src.auth.type = Str(au["type"], at + ".type");
+      one_of(src.auth.type, at + ".type", {"bearer", "header"});
+      src.auth.env = Str(au["env"], at + ".env");
+      opt(au, at, "header", src.auth.header);
+      if (src.auth.type == "header" && !au["header"]) Fail(at + ".header", "missing (the header that carries the key)");
+    }
+    if (const YAML::Node rl = s["rate_limit"]) {
+      const std::string at = sp + ".rate_limit";
+      OnlyKeys(rl, at, {"rps", "burst"});
+      const std::string v = Str(rl["rps"], at + ".rps");
+      try {
+        src.rate_limit_rps = std::stod(v);
+      } catch (const std::exception&) {
+        src.rate_limit_rps = -1;
+      }
+      if (!(src.rate_limit_rps > 0)) Fail(at + ".rps", "expected a positive number, got '" + v + "'");
+      integer(rl, at, "burst", &src.rate_limit_burst, 1);
+    }
     if (src.type == "postgres") {
-      CheckQualified(src.table, path + ".source.table");
-      CheckIdent(src.cursor, path + ".source.cursor");
+      CheckQualified(src.table, sp + ".table");
+      CheckIdent(src.cursor, sp + ".cursor");
+      one_of(src.incremental, sp + ".incremental", {"interval", "watermark"});
     } else if (src.type == "http_json") {
-      if (src.path.empty() || src.path[0] != '/') Fail(path + ".source.path", "expected a path starting with /");
+      if (src.path.empty() || src.path[0] != '/') Fail(sp + ".path", "expected a path starting with /");
+      one_of(src.format, sp + ".format", {"objects", "census"});
+      if (!src.date_param.empty() && !src.since_param.empty())
+        Fail(sp + ".since_param", "a source is incremental by date_param or by since_param, not both");
+      if (!src.since_param.empty() && src.since_field.empty())
+        Fail(sp + ".since_field", "missing (the record field that holds the cursor)");
     } else if (src.type == "html_table") {
-      if (src.path.empty() || src.path[0] != '/') Fail(path + ".source.path", "expected a path starting with /");
-      if (src.table_id.empty()) Fail(path + ".source.table_id", "missing");
+      if (src.path.empty() || src.path[0] != '/') Fail(sp + ".path", "expected a path starting with /");
+      if (src.table_id.empty()) Fail(sp + ".table_id", "missing");
     } else {
-      Fail(path + ".source.type", "unknown source type '" + src.type +
-                                      "' (known: postgres, http_json, html_table)");
+      Fail(sp + ".type", "unknown source type '" + src.type + "' (known: postgres, http_json, html_table)");
     }
 
     const YAML::Node cols = d["columns"];
@@ -174,6 +251,10 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
       if (dataset.ColumnIndex(k) < 0) Fail(path + ".key", "key column '" + k + "' is not a declared column");
     if (src.type == "postgres" && dataset.ColumnIndex(src.cursor) < 0)
       Fail(path + ".source.cursor", "cursor column '" + src.cursor + "' is not a declared column");
+    if (!src.since_field.empty() && dataset.ColumnIndex(src.since_field) < 0)
+      Fail(path + ".source.since_field", "cursor field '" + src.since_field + "' is not a declared column");
+    if ((!src.since_param.empty() || src.incremental == "watermark") && dataset.key.empty())
+      Fail(path + ".key", "a watermark-incremental dataset needs a key (the watermark is (cursor, key))");
     spec.datasets.push_back(std::move(dataset));
   }
 

@@ -21,15 +21,60 @@ struct Column {
   std::string header;  // html_table / census: the header text that maps to this column
 };
 
+// How an HTTP JSON API splits a listing into pages.
+//   page:   ?<page_param>=1,2,... until <total_pages_field> (or an empty page)
+//   offset: ?<offset_param>=0,L,2L,...&<limit_param>=L until a short page (or <total_field>)
+//   cursor: ?<cursor_param>=<token from the previous body's <cursor_field>> until it is null
+//   link:   follow the response's `Link: <...>; rel="next"` header until there is none
+//   none:   a single request
+struct PaginationSpec {
+  std::string style = "page";
+  std::string page_param = "page";
+  std::string total_pages_field = "total_pages";
+  std::string offset_param = "offset";
+  std::string limit_param = "limit";
+  int limit = 100;
+  std::string cursor_param = "cursor";
+  std::string cursor_field = "next_cursor";
+  // When the body names the listing's record count here, fewer distinct keys than that after
+  // the last page means rows shifted between pages: the listing is read again (bounded).
+  std::string total_field = "total";
+};
+
+// Credentials come from the environment variable `env`, never from the spec, and never appear
+// in logs or error messages.
+struct AuthSpec {
+  std::string type;  // "" (none) | bearer | header
+  std::string env;
+  std::string header = "Authorization";  // header: the header that carries the key
+};
+
 struct SourceSpec {
   std::string type;  // postgres | http_json | html_table
-  // postgres: incremental extraction of rows whose `cursor` falls within the logical day.
+  // postgres: incremental extraction of rows whose `cursor` falls within the logical day
+  // (incremental: interval), or after the stored (cursor, key) watermark (incremental: watermark).
   std::string table;
   std::string cursor;
-  // http_json: GET <source_http><path>?<date_param>=<ds>&page=N, records under `records`.
+  std::string incremental = "interval";  // postgres: interval | watermark
+  // http_json: GET <source_http><path>, records under `records` (empty: the body is the array).
   std::string path;
-  std::string date_param = "date";
+  std::string date_param;  // by logical date: ?<date_param>=<ds>
+  // by cursor: ?<since_param>=<watermark - overlap>, where the watermark is the largest
+  // (since_field, key) extracted by an earlier run whose partition reached the warehouse.
+  std::string since_param;
+  std::string since_field;
+  int overlap_seconds = 0;
   std::string records = "records";
+  std::string format = "objects";  // objects | census (array of arrays, header row first)
+  std::map<std::string, std::string> params;  // fixed query parameters
+  PaginationSpec pagination;
+  AuthSpec auth;
+  double rate_limit_rps = 0;  // 0: unlimited; requests per second (token bucket)
+  int rate_limit_burst = 1;
+  long timeout_ms = 10000;
+  int max_attempts = 5;
+  // A field that appears or vanishes: ignore (record it), add_column (stage it as text), fail.
+  std::string schema_drift = "ignore";
   // html_table: the <table id=...> on the page at `path`.
   std::string table_id;
 };

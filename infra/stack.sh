@@ -131,6 +131,8 @@ up() {
     echo "export STRATA_QUERY_TOKEN=$analyst"
     echo "export STRATA_QUERY_VIEWER_TOKEN=$viewer"
     echo "export STRATA_QUERY_RATE_LIMIT_RPS=${STRATA_QUERY_RATE_LIMIT_RPS:-200}"
+    # The simulated reviews API's bearer token, shared by the simulator and ingest.
+    echo "export STRATA_REVIEWS_TOKEN=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   } >"$DIR/env"
   # shellcheck disable=SC1091
   . "$DIR/env"

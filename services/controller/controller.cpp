@@ -667,7 +667,19 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
         if (entries.empty()) entries = bus.ReadGroup(kEventStream, "controller", consumer, 64, 500);
         for (const auto& e : entries) {
           strata::v1::Event ev;
-          if (DecodeEvent(e, &ev) && !ev.run_id().empty()) {
+          if (DecodeEvent(e, &ev) && !ev.run_id().empty() && ev.kind() == "schema_drift") {
+            // Not an outcome: a note in the run's log (stratactl logs, the status page).
+            try {
+              auto conn = PgConnect(config_.warehouse_dsn);
+              pqxx::work tx(*conn);
+              tx.exec_params("INSERT INTO ops.task_events (run_id, task, state, attempt, message) "
+                             "VALUES ($1, $2, 'schema_drift', $3, $4)",
+                             ev.run_id(), ev.task(), ev.attempt(), ev.message());
+              tx.commit();
+            } catch (const std::exception& ex) {
+              spdlog::warn("cannot record schema drift event run_id={} error={}", ev.run_id(), ex.what());
+            }
+          } else if (DecodeEvent(e, &ev) && !ev.run_id().empty()) {
             std::lock_guard<std::mutex> lock(mu_);
             // First word wins: a redelivered or duplicated event never flips a task's outcome.
             events_[ev.run_id()].emplace(ev.task(), ev);

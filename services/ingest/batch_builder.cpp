@@ -41,7 +41,7 @@ void BatchBuilder::Add(const std::vector<std::string>& values, const std::vector
   }
 }
 
-int BatchBuilder::Finish() {
+int BatchBuilder::Finish(const std::string& watermark) {
   // The final batch is the non-empty current one, else the held one, else an empty batch.
   strata::v1::Batch last;
   int total;
@@ -56,6 +56,7 @@ int BatchBuilder::Finish() {
   held_.reset();
   last.set_last(true);
   last.set_total_batches(total);
+  last.set_watermark(watermark);
   emit_(last);
   return total;
 }

@@ -22,7 +22,8 @@ class BatchBuilder {
   void Add(const std::vector<std::string>& values, const std::vector<bool>& nulls,
            const std::string& position);
   // Emits the held batch marked last; returns the number of batches emitted in total.
-  int Finish();
+  // `watermark` (may be empty) is set on the last batch.
+  int Finish(const std::string& watermark = "");
   long long rows() const { return rows_; }
 
   static std::string BatchId(const std::string& run_id, const std::string& dataset, int seq);

@@ -1,5 +1,6 @@
 #include "services/ingest/extract_query.h"
 
+#include <nlohmann/json.hpp>
 #include <regex>
 
 #include "common/errors.h"
@@ -15,10 +16,9 @@ Window DayWindow(const std::string& ds) {
 
 std::string IncrementalSelect(const DatasetSpec& d, const std::string& ds) { return IncrementalSelect(d, DayWindow(ds)); }
 
-std::string IncrementalSelect(const DatasetSpec& d, const Window& w) {
-  static const std::regex kUtc(R"(^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$)");
-  if (!std::regex_match(w.start, kUtc) || !std::regex_match(w.end, kUtc) || !(w.start < w.end))
-    throw InputError("data interval: expected ISO-8601 UTC bounds start < end, got [" + w.start + ", " + w.end + ")");
+namespace {
+
+std::string SelectList(const DatasetSpec& d) {
   std::string cols;
   for (const auto& c : d.columns) {
     if (!cols.empty()) cols += ", ";
@@ -26,14 +26,74 @@ std::string IncrementalSelect(const DatasetSpec& d, const Window& w) {
                 ? "to_char(" + QuoteIdent(c.name) + " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
                 : QuoteIdent(c.name) + "::text";
   }
-  const std::string cursor = QuoteIdent(d.source.cursor);
-  std::string order = cursor;
+  return cols;
+}
+
+std::string OrderBy(const DatasetSpec& d) {
+  std::string order = QuoteIdent(d.source.cursor);
   for (const auto& k : d.key)
     if (k != d.source.cursor) order += ", " + QuoteIdent(k);
+  return order;
+}
+
+std::string Literal(const std::string& v) {
+  std::string out = "'";
+  for (char c : v) {
+    if (c == '\'') out += '\'';
+    out += c;
+  }
+  return out + "'";
+}
+
+}  // namespace
+
+std::string IncrementalSelect(const DatasetSpec& d, const Window& w) {
+  static const std::regex kUtc(R"(^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$)");
+  if (!std::regex_match(w.start, kUtc) || !std::regex_match(w.end, kUtc) || !(w.start < w.end))
+    throw InputError("data interval: expected ISO-8601 UTC bounds start < end, got [" + w.start + ", " + w.end + ")");
+  const std::string cols = SelectList(d);
+  const std::string cursor = QuoteIdent(d.source.cursor);
+  const std::string order = OrderBy(d);
   const std::string table = QuoteQualified(d.source.table);
   // The window bounds are built from a validated date, so inlining them is safe.
   return "SELECT " + cols + " FROM " + table + " WHERE " + cursor + " >= '" + w.start + "' AND " + cursor +
          " < '" + w.end + "' ORDER BY " + order;
+}
+
+std::string WatermarkSelect(const DatasetSpec& d, const Watermark* w) {
+  std::string sql = "SELECT " + SelectList(d) + " FROM " + QuoteQualified(d.source.table);
+  if (w) {
+    const std::string cursor = QuoteIdent(d.source.cursor);
+    if (d.source.overlap_seconds > 0) {
+      sql += " WHERE " + cursor + " >= " + Literal(w->cursor) + "::" +
+             PgTypeName(d.columns[static_cast<size_t>(d.ColumnIndex(d.source.cursor))].type) + " - " +
+             (d.columns[static_cast<size_t>(d.ColumnIndex(d.source.cursor))].type == ColumnType::kTimestamp
+                  ? "interval '" + std::to_string(d.source.overlap_seconds) + " seconds'"
+                  : std::to_string(d.source.overlap_seconds));
+    } else {
+      std::string lhs = cursor, rhs = Literal(w->cursor);
+      size_t i = 0;
+      for (const auto& k : d.key) {
+        if (k == d.source.cursor) continue;
+        if (i >= w->key.size()) throw InputError("watermark key has " + std::to_string(w->key.size()) + " values, the dataset key more");
+        lhs += ", " + QuoteIdent(k);
+        rhs += ", " + Literal(w->key[i++]);
+      }
+      sql += " WHERE (" + lhs + ") > (" + rhs + ")";
+    }
+  }
+  return sql + " ORDER BY " + OrderBy(d);
+}
+
+std::string WatermarkJson(const Watermark& w) { return nlohmann::json{{"cursor", w.cursor}, {"key", w.key}}.dump(); }
+
+Watermark WatermarkFromJson(const std::string& text) {
+  try {
+    const auto j = nlohmann::json::parse(text);
+    return {j.at("cursor").get<std::string>(), j.at("key").get<std::vector<std::string>>()};
+  } catch (const std::exception& e) {
+    throw InputError("watermark " + text + ": " + e.what());
+  }
 }
 
 }  // namespace strata::ingest

@@ -4,6 +4,7 @@
 // Timestamps are rendered as ISO-8601 UTC text so they survive the bus unchanged. Pure.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "common/spec.h"
 
@@ -22,5 +23,18 @@ std::string IncrementalSelect(const DatasetSpec& dataset, const std::string& ds)
 // The same over an explicit window (a schedule's data interval). Throws InputError unless both
 // bounds are ISO-8601 UTC timestamps ("2024-01-09T23:00:00Z").
 std::string IncrementalSelect(const DatasetSpec& dataset, const Window& window);
+
+// A stored watermark: the largest (cursor, key...) a previous extraction delivered.
+struct Watermark {
+  std::string cursor;
+  std::vector<std::string> key;
+};
+// Rows after the watermark, ordered by (cursor, key). With overlap_seconds > 0 the lower bound
+// is cursor >= watermark - overlap (rows re-read are deduplicated downstream by key); with 0 it
+// is the strict compound (cursor, key) > watermark. No watermark: every row.
+std::string WatermarkSelect(const DatasetSpec& dataset, const Watermark* watermark);
+// The JSON form carried in Batch.watermark.
+std::string WatermarkJson(const Watermark& w);
+Watermark WatermarkFromJson(const std::string& json);
 
 }  // namespace strata::ingest

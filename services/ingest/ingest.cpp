@@ -9,7 +9,11 @@
 #include <algorithm>
 #include <chrono>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
+#include <regex>
+#include <set>
+#include <unordered_map>
 #include <thread>
 
 #include "common/bus.h"
@@ -25,6 +29,7 @@
 #include "services/ingest/coerce.h"
 #include "services/ingest/extract_query.h"
 #include "services/ingest/html_table.h"
+#include "services/ingest/http_source.h"
 #include "strata.grpc.pb.h"
 
 namespace strata::ingest {
@@ -55,6 +60,22 @@ struct Metrics {
                          .Name("strata_ingest_http_retries_total")
                          .Help("HTTP source requests retried")
                          .Register(r)),
+        drift(prometheus::BuildCounter()
+                  .Name("strata_ingest_schema_drift_total")
+                  .Help("Fields that appeared in or vanished from a source, by dataset, field and change")
+                  .Register(r)),
+        duplicates(prometheus::BuildCounter()
+                       .Name("strata_ingest_duplicate_records_total")
+                       .Help("Records dropped because an identical record with the same key arrived earlier in the extraction")
+                       .Register(r)),
+        relists(prometheus::BuildCounter()
+                    .Name("strata_ingest_relists_total")
+                    .Help("Listings read again because fewer distinct records arrived than the API reported")
+                    .Register(r)),
+        rate_wait(prometheus::BuildCounter()
+                      .Name("strata_ingest_rate_limit_wait_seconds_total")
+                      .Help("Time spent waiting for the source's rate limit")
+                      .Register(r)),
         duration(prometheus::BuildHistogram()
                      .Name("strata_ingest_extract_duration_seconds")
                      .Help("Wall time of one extraction")
@@ -64,6 +85,10 @@ struct Metrics {
   prometheus::Family<prometheus::Counter>& dead_letters;
   prometheus::Family<prometheus::Counter>& tasks;
   prometheus::Family<prometheus::Counter>& http_retries;
+  prometheus::Family<prometheus::Counter>& drift;
+  prometheus::Family<prometheus::Counter>& duplicates;
+  prometheus::Family<prometheus::Counter>& relists;
+  prometheus::Family<prometheus::Counter>& rate_wait;
   prometheus::Family<prometheus::Histogram>& duration;
 };
 
@@ -71,17 +96,18 @@ struct Metrics {
 class Sink {
  public:
   Sink(Bus& bus, Metrics& m, const TaskRequest& req, const DatasetSpec& ds, int batch_rows)
-      : bus_(bus), m_(m), req_(req), dataset_(ds),
-        builder_(req, ColumnNames(ds), batch_rows, [this](const strata::v1::Batch& b) {
-          bus_.Add(kBatchStream, {{"batch", b.SerializeAsString()},
-                                  {"dataset", b.dataset()},
-                                  {"ds", b.ds()},
-                                  {"run_id", b.run_id()}});
-          m_.batches.Add({{"dataset", dataset_.name}}).Increment();
-        }) {}
+      : bus_(bus), m_(m), req_(req), dataset_(ds), batch_rows_(batch_rows) {}
+
+  // Fields staged as text after the declared columns (schema_drift: add_column). Only before the
+  // first row: every batch of a partition has the same columns.
+  void SetExtraColumns(std::vector<std::string> extra) {
+    if (builder_) throw std::logic_error("extra columns set after the first row");
+    extra_ = std::move(extra);
+  }
+  const std::vector<std::string>& extra_columns() const { return extra_; }
 
   void Good(const std::vector<std::string>& v, const std::vector<bool>& nulls, const std::string& pos) {
-    builder_.Add(v, nulls, pos);
+    Builder().Add(v, nulls, pos);
   }
 
   void Reject(const std::string& reason, const std::string& position, const std::string& record) {
@@ -105,9 +131,10 @@ class Sink {
              pos, rec.is_string() ? rec.get<std::string>() : rec.dump());
       return;
     }
-    std::vector<std::string> values(dataset_.columns.size());
-    std::vector<bool> nulls(dataset_.columns.size(), false);
-    for (size_t i = 0; i < dataset_.columns.size(); ++i) {
+    const size_t n = dataset_.columns.size();
+    std::vector<std::string> values(n + extra_.size());
+    std::vector<bool> nulls(n + extra_.size(), false);
+    for (size_t i = 0; i < n; ++i) {
       const Column& col = dataset_.columns[i];
       const bool is_key = std::count(dataset_.key.begin(), dataset_.key.end(), col.name) > 0;
       auto it = rec.find(col.name);
@@ -120,24 +147,59 @@ class Sink {
       if (!c.ok) return Reject("column '" + col.name + "' " + c.why, pos, rec.dump());
       values[i] = std::move(c.text);
     }
+    for (size_t e = 0; e < extra_.size(); ++e) {
+      auto it = rec.find(extra_[e]);
+      nulls[n + e] = it == rec.end() || it->is_null();
+      if (!nulls[n + e]) values[n + e] = it->is_string() ? it->get<std::string>() : it->dump();
+    }
+    // The same record twice (a page served again) is dropped; a changed record with the same key
+    // is kept, and the models keep the latest version by key.
+    if (!dataset_.key.empty()) {
+      std::string key;
+      for (const auto& k : dataset_.key) key += values[static_cast<size_t>(dataset_.ColumnIndex(k))] + '\x1f';
+      const size_t h = std::hash<std::string>{}(rec.dump());
+      auto [it, fresh] = seen_.emplace(key, h);
+      if (!fresh && it->second == h) {
+        m_.duplicates.Add({{"dataset", dataset_.name}}).Increment();
+        return;
+      }
+      it->second = h;
+    }
     Good(values, nulls, pos);
   }
 
-  int Finish() { return builder_.Finish(); }
-  long long rows() const { return builder_.rows(); }
+  // Distinct keys accepted so far (records with a key, deduplicated).
+  size_t distinct_keys() const { return seen_.size(); }
+  Bus& bus() { return bus_; }
+
+  int Finish(const std::string& watermark = "") { return Builder().Finish(watermark); }
+  long long rows() const { return builder_ ? builder_->rows() : 0; }
   long long rejected() const { return rejected_; }
 
  private:
-  static std::vector<std::string> ColumnNames(const DatasetSpec& ds) {
-    std::vector<std::string> out;
-    for (const auto& c : ds.columns) out.push_back(c.name);
-    return out;
+  BatchBuilder& Builder() {
+    if (!builder_) {
+      std::vector<std::string> cols;
+      for (const auto& c : dataset_.columns) cols.push_back(c.name);
+      cols.insert(cols.end(), extra_.begin(), extra_.end());
+      builder_.emplace(req_, cols, batch_rows_, [this](const strata::v1::Batch& b) {
+        bus_.Add(kBatchStream, {{"batch", b.SerializeAsString()},
+                                {"dataset", b.dataset()},
+                                {"ds", b.ds()},
+                                {"run_id", b.run_id()}});
+        m_.batches.Add({{"dataset", dataset_.name}}).Increment();
+      });
+    }
+    return *builder_;
   }
   Bus& bus_;
   Metrics& m_;
   const TaskRequest& req_;
   const DatasetSpec& dataset_;
-  BatchBuilder builder_;
+  int batch_rows_;
+  std::vector<std::string> extra_;
+  std::optional<BatchBuilder> builder_;
+  std::unordered_map<std::string, size_t> seen_;  // key -> hash of the record last accepted
   long long rejected_ = 0;
 };
 
@@ -173,10 +235,11 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
     strata::v1::Event ev;
     try {
       Sink sink(bus, metrics_, req, dataset, config_.batch_rows);
-      if (dataset.source.type == "postgres") ExtractPostgres(req, dataset, sink);
-      else if (dataset.source.type == "http_json") ExtractHttpJson(req, dataset, sink);
+      std::string watermark;
+      if (dataset.source.type == "postgres") watermark = ExtractPostgres(req, dataset, sink);
+      else if (dataset.source.type == "http_json") watermark = ExtractHttpJson(req, dataset, sink);
       else ExtractHtmlTable(req, dataset, sink);
-      const int batches = sink.Finish();
+      const int batches = sink.Finish(watermark);
       metrics_.records.Add({{"dataset", dataset.name}, {"outcome", "accepted"}}).Increment(static_cast<double>(sink.rows()));
       metrics_.records.Add({{"dataset", dataset.name}, {"outcome", "rejected"}}).Increment(static_cast<double>(sink.rejected()));
       spdlog::info("extracted dataset={} ds={} run_id={} rows={} rejected={} batches={}", dataset.name,
@@ -198,20 +261,44 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
     }
   }
 
-  void ExtractPostgres(const TaskRequest& req, const DatasetSpec& d, Sink& sink) {
+  // The stored watermark of a watermark-incremental dataset, or nullopt before its first load.
+  std::optional<Watermark> ReadWatermark(const TaskRequest& req, const DatasetSpec& d) {
+    auto conn = PgConnect(DsnForTask(config_.warehouse_dsn, req));
+    pqxx::read_transaction tx(*conn);
+    if (tx.exec1("SELECT to_regclass('ops.watermarks') IS NULL")[0].as<bool>()) return std::nullopt;
+    const auto r = tx.exec_params("SELECT watermark FROM ops.watermarks WHERE pipeline = $1 AND dataset = $2",
+                                  req.pipeline(), d.name);
+    if (r.empty()) return std::nullopt;
+    return WatermarkFromJson(r[0][0].c_str());
+  }
+
+  static std::vector<std::string> KeyAfterCursor(const DatasetSpec& d, const std::string& cursor_col,
+                                                 const std::vector<std::string>& values) {
+    std::vector<std::string> key;
+    for (const auto& k : d.key)
+      if (k != cursor_col) key.push_back(values[static_cast<size_t>(d.ColumnIndex(k))]);
+    return key;
+  }
+
+  std::string ExtractPostgres(const TaskRequest& req, const DatasetSpec& d, Sink& sink) {
     if (config_.source_dsn.empty()) throw InputError("source_dsn (STRATA_SOURCE_DSN) is not configured");
+    const bool by_watermark = d.source.incremental == "watermark";
+    std::optional<Watermark> stored;
+    if (by_watermark) stored = ReadWatermark(req, d);
     auto conn = PgConnect(DsnForTask(config_.source_dsn, req));
     // One repeatable-read snapshot for the whole extraction: a row updated mid-extract is
     // either in this day's snapshot or the next day's, never both halves.
     pqxx::transaction<pqxx::isolation_level::repeatable_read, pqxx::readwrite_policy::read_only> tx(*conn);
     tx.exec("SET LOCAL TIME ZONE 'UTC'");
-    const std::string select = req.interval_start().empty()
-                                   ? IncrementalSelect(d, req.ds())
-                                   : IncrementalSelect(d, Window{req.interval_start(), req.interval_end()});
+    const std::string select =
+        by_watermark ? WatermarkSelect(d, stored ? &*stored : nullptr)
+        : req.interval_start().empty() ? IncrementalSelect(d, req.ds())
+                                       : IncrementalSelect(d, Window{req.interval_start(), req.interval_end()});
     tx.exec("DECLARE strata_extract NO SCROLL CURSOR FOR " + select);
     const std::string fetch = "FETCH " + std::to_string(config_.batch_rows) + " FROM strata_extract";
     std::vector<std::string> values(d.columns.size());
     std::vector<bool> nulls(d.columns.size());
+    const size_t cursor_idx = static_cast<size_t>(std::max(0, d.ColumnIndex(d.source.cursor)));
     long long offset = 0;
     for (;;) {
       const pqxx::result r = tx.exec(fetch);
@@ -225,60 +312,245 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
       }
     }
     tx.commit();
+    if (!by_watermark) return "";
+    // Rows arrive ordered by (cursor, key): the last one is the new watermark.
+    if (offset == 0) return stored ? WatermarkJson(*stored) : "";
+    return WatermarkJson({values[cursor_idx], KeyAfterCursor(d, d.source.cursor, values)});
   }
 
-  // GET with bounded retries on transport errors, 429 and 5xx (exponential backoff + jitter,
-  // honouring Retry-After); other statuses fail at once with the (redacted) URL.
-  std::string GetWithRetry(const std::string& url, const std::string& dataset) {
+  // Request headers carrying the source's credentials, read from the environment per extraction
+  // (so a rotated secret is picked up) and never logged.
+  static std::map<std::string, std::string> AuthHeaders(const DatasetSpec& d) {
+    const AuthSpec& a = d.source.auth;
+    if (a.type.empty()) return {};
+    const char* secret = std::getenv(a.env.c_str());
+    if (!secret || !*secret)
+      throw InputError("dataset '" + d.name + "': auth needs environment variable " + a.env + ", which is not set");
+    if (a.type == "bearer") return {{"Authorization", std::string("Bearer ") + secret}};
+    return {{a.header, secret}};
+  }
+
+  TokenBucket& BucketFor(const DatasetSpec& d) {
+    std::lock_guard<std::mutex> lock(buckets_mu_);
+    auto it = buckets_.find(d.name);
+    if (it == buckets_.end())
+      it = buckets_.emplace(d.name, std::make_unique<TokenBucket>(d.source.rate_limit_rps, d.source.rate_limit_burst)).first;
+    return *it->second;
+  }
+
+  // GET through the source's rate limit, with bounded retries on transport errors, timeouts,
+  // 429 and 5xx, and on a body that is not complete JSON (a truncated transfer): exponential
+  // backoff with jitter, honouring Retry-After for everyone sharing the limit. Other statuses
+  // (401, 404...) fail at once. Errors name the redacted URL, the status and the attempts.
+  std::pair<HttpResponse, nlohmann::json> GetJson(const std::string& url, const DatasetSpec& d,
+                                                  const std::map<std::string, std::string>& headers) {
+    TokenBucket& bucket = BucketFor(d);
     std::mt19937 rng(std::random_device{}());
     for (int attempt = 1;; ++attempt) {
-      const HttpResponse r = HttpGet(url);
-      if (r.status == 200) return r.body;
-      const bool retryable = r.status == 0 || r.status == 429 || r.status >= 500;
-      const std::string what = r.status == 0 ? r.error : "HTTP " + std::to_string(r.status);
-      if (!retryable || attempt >= 5)
+      const auto waited = bucket.Acquire();
+      if (waited.count() > 0)
+        metrics_.rate_wait.Add({{"dataset", d.name}}).Increment(static_cast<double>(waited.count()) / 1000.0);
+      HttpResponse r = HttpGet(url, headers, d.source.timeout_ms);
+      std::string what;
+      if (r.status == 200) {
+        nlohmann::json doc = nlohmann::json::parse(r.body, nullptr, /*allow_exceptions=*/false);
+        if (!doc.is_discarded()) return {std::move(r), std::move(doc)};
+        what = "body is not complete JSON (" + std::to_string(r.body.size()) + " bytes)";
+      } else {
+        what = r.status == 0 ? r.error : "HTTP " + std::to_string(r.status);
+      }
+      const bool retryable = r.status == 0 || r.status == 200 || r.status == 429 || r.status >= 500;
+      if (!retryable || attempt >= d.source.max_attempts)
         throw EnvError("GET " + RedactUrl(url) + ": " + what + " after " + std::to_string(attempt) + " attempt(s)");
-      long delay_ms = 100L << attempt;
+      long delay_ms = 100L << std::min(attempt, 8);
       if (auto it = r.headers.find("retry-after"); it != r.headers.end()) {
         try {
-          delay_ms = std::max(delay_ms, std::stol(it->second) * 1000L);
+          const long ra = std::stol(it->second) * 1000L;
+          bucket.PauseUntil(std::chrono::steady_clock::now() + std::chrono::milliseconds(ra));
+          delay_ms = std::max(delay_ms, ra);
         } catch (const std::exception&) {
         }
       }
       delay_ms += std::uniform_int_distribution<long>(0, delay_ms / 2)(rng);
-      metrics_.http_retries.Add({{"dataset", dataset}}).Increment();
+      metrics_.http_retries.Add({{"dataset", d.name}}).Increment();
       spdlog::warn("retrying url={} status={} attempt={} delay_ms={}", RedactUrl(url), what, attempt, delay_ms);
       std::this_thread::sleep_for(std::chrono::milliseconds(std::min(delay_ms, 30000L)));
     }
   }
 
-  void ExtractHttpJson(const TaskRequest& req, const DatasetSpec& d, Sink& sink) {
-    int total_pages = 1;
-    for (int page = 1; page <= total_pages; ++page) {
-      const std::string url = config_.source_http + d.source.path + "?" + d.source.date_param + "=" +
-                              UrlEncode(req.ds()) + "&page=" + std::to_string(page);
-      const std::string body = GetWithRetry(url, d.name);
-      const std::string pos = "page=" + std::to_string(page);
-      nlohmann::json doc = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
-      if (doc.is_discarded() || !doc.is_object()) {
-        if (page == 1) throw InputError("GET " + RedactUrl(url) + ": response is not a JSON object");
-        sink.Reject("bad JSON: page body does not parse", pos, body);
-        continue;
-      }
-      if (doc.contains("total_pages") && doc["total_pages"].is_number_integer())
-        total_pages = doc["total_pages"].get<int>();
-      auto recs = doc.find(d.source.records);
-      if (recs == doc.end() || !recs->is_array())
-        throw InputError("GET " + RedactUrl(url) + ": expected an array under \"" + d.source.records + "\"");
-      for (size_t i = 0; i < recs->size(); ++i) sink.Json((*recs)[i], pos + " index=" + std::to_string(i));
+  std::string GetText(const std::string& url, const DatasetSpec& d) {
+    TokenBucket& bucket = BucketFor(d);
+    for (int attempt = 1;; ++attempt) {
+      bucket.Acquire();
+      const HttpResponse r = HttpGet(url, AuthHeaders(d), d.source.timeout_ms);
+      if (r.status == 200) return r.body;
+      const std::string what = r.status == 0 ? r.error : "HTTP " + std::to_string(r.status);
+      if (!(r.status == 0 || r.status == 429 || r.status >= 500) || attempt >= d.source.max_attempts)
+        throw EnvError("GET " + RedactUrl(url) + ": " + what + " after " + std::to_string(attempt) + " attempt(s)");
+      metrics_.http_retries.Add({{"dataset", d.name}}).Increment();
+      std::this_thread::sleep_for(std::chrono::milliseconds(100L << attempt));
     }
+  }
+
+  // Columns added to a dataset by schema_drift: add_column, in the order they were first seen.
+  std::vector<std::string> AddedColumns(const TaskRequest& req, const DatasetSpec& d) {
+    auto conn = PgConnect(DsnForTask(config_.warehouse_dsn, req));
+    pqxx::read_transaction tx(*conn);
+    if (tx.exec1("SELECT to_regclass('ops.schema_columns') IS NULL")[0].as<bool>()) return {};
+    std::vector<std::string> out;
+    for (const auto& row : tx.exec_params(
+             "SELECT column_name FROM ops.schema_columns WHERE pipeline = $1 AND dataset = $2 ORDER BY added_at, column_name",
+             req.pipeline(), d.name))
+      out.push_back(row[0].c_str());
+    return out;
+  }
+
+  void RecordDrift(const TaskRequest& req, const DatasetSpec& d, Sink& sink, const std::string& field,
+                   const std::string& change, const std::string& where) {
+    metrics_.drift.Add({{"dataset", d.name}, {"field", field}, {"change", change}}).Increment();
+    const std::string msg = "schema drift in dataset '" + d.name + "': field '" + field + "' " + change +
+                            (where.empty() ? "" : " at " + where) + " (schema_drift: " + d.source.schema_drift + ")";
+    spdlog::warn("{}", msg);
+    strata::v1::Event ev = TaskEvent(req, true, msg);
+    ev.set_kind("schema_drift");
+    PublishEvent(sink.bus(), "ingest", ev);
+    if (d.source.schema_drift == "fail") throw InputError(msg);
+    if (d.source.schema_drift == "add_column" && change == "appeared") {
+      static const std::regex kIdent("^[a-z_][a-z0-9_]{0,62}$");
+      if (!std::regex_match(field, kIdent)) {
+        spdlog::warn("field '{}' of dataset {} is not a usable column name; not added", field, d.name);
+        return;
+      }
+      auto conn = PgConnect(DsnForTask(config_.warehouse_dsn, req));
+      pqxx::work tx(*conn);
+      tx.exec("CREATE TABLE IF NOT EXISTS ops.schema_columns (pipeline text NOT NULL, dataset text NOT NULL, "
+              "column_name text NOT NULL, added_at timestamptz NOT NULL DEFAULT now(), "
+              "PRIMARY KEY (pipeline, dataset, column_name))");
+      tx.exec_params("INSERT INTO ops.schema_columns (pipeline, dataset, column_name) VALUES ($1, $2, $3) "
+                     "ON CONFLICT DO NOTHING", req.pipeline(), d.name, field);
+      tx.commit();
+    }
+  }
+
+  std::string ExtractHttpJson(const TaskRequest& req, const DatasetSpec& d, Sink& sink) {
+    const SourceSpec& s = d.source;
+    const auto headers = AuthHeaders(d);
+    const bool by_cursor = !s.since_param.empty();
+    const ColumnType cursor_type =
+        by_cursor ? d.columns[static_cast<size_t>(d.ColumnIndex(s.since_field))].type : ColumnType::kText;
+    std::optional<Watermark> stored;
+    if (by_cursor) stored = ReadWatermark(req, d);
+
+    std::string base = config_.source_http + s.path;
+    auto add_param = [&base](const std::string& k, const std::string& v) {
+      base += (base.find('?') == std::string::npos ? "?" : "&") + k + "=" + UrlEncode(v);
+    };
+    for (const auto& [k, v] : s.params) add_param(k, v);
+    if (!s.date_param.empty()) add_param(s.date_param, req.ds());
+    if (by_cursor && stored) add_param(s.since_param, CursorMinus(cursor_type, stored->cursor, s.overlap_seconds));
+
+    std::vector<std::string> extra;
+    if (s.schema_drift == "add_column") extra = AddedColumns(req, d);
+    DriftTracker drift(d);
+    for (const auto& e : extra) drift.Known(e);
+    bool first_page = true;
+    std::optional<Watermark> newest = stored;
+
+    for (int pass = 1;; ++pass) {
+      Paginator pager(s.pagination, base);
+      long long expected = -1, keyless = 0;
+      const size_t keys_before = sink.distinct_keys();
+      std::set<std::string> keys_this_pass;
+      for (;;) {
+        auto [resp, doc] = GetJson(pager.url(), d, headers);
+        std::vector<nlohmann::json> records;
+        if (s.format == "census") {
+          try {
+            records = CensusRecords(doc, d);
+          } catch (const InputError& e) {
+            throw InputError("GET " + RedactUrl(pager.url()) + ": " + e.what());
+          }
+        } else {
+          const nlohmann::json* arr = &doc;
+          if (!s.records.empty()) {
+            auto it = doc.is_object() ? doc.find(s.records) : doc.end();
+            if (!doc.is_object() || it == doc.end() || !it->is_array())
+              throw InputError("GET " + RedactUrl(pager.url()) + ": expected an array under \"" + s.records + "\"");
+            arr = &*it;
+          } else if (!doc.is_array()) {
+            throw InputError("GET " + RedactUrl(pager.url()) + ": expected a JSON array of records");
+          }
+          records.assign(arr->begin(), arr->end());
+          if (doc.is_object()) {
+            auto t = doc.find(s.pagination.total_field);
+            if (t != doc.end() && t->is_number_integer()) expected = t->get<long long>();
+          }
+        }
+        // Drift is judged before any row of the extraction is staged, so a column added on the
+        // first page is in every batch; later appearances take effect from the next extraction.
+        for (size_t i = 0; i < records.size(); ++i)
+          for (const auto& f : drift.Observe(records[i])) {
+            RecordDrift(req, d, sink, f, "appeared", pager.position() + " index=" + std::to_string(i));
+            if (first_page && s.schema_drift == "add_column" && sink.rows() == 0) extra.push_back(f);
+          }
+        if (first_page) {
+          sink.SetExtraColumns(extra);
+          first_page = false;
+        }
+        for (size_t i = 0; i < records.size(); ++i) {
+          const nlohmann::json& rec = records[i];
+          const std::string pos = pager.position() + " index=" + std::to_string(i);
+          std::string key;
+          bool has_key = rec.is_object();
+          for (const auto& k : d.key) {
+            auto it = has_key ? rec.find(k) : rec.end();
+            if (!has_key || it == rec.end() || it->is_null()) {
+              has_key = false;
+              break;
+            }
+            key += it->dump() + '\x1f';
+          }
+          if (has_key) keys_this_pass.insert(key);
+          else ++keyless;
+          const long long before = sink.rejected();
+          sink.Json(rec, pos);
+          if (by_cursor && sink.rejected() == before && has_key) {
+            auto c = rec.find(s.since_field);
+            if (c != rec.end() && !c->is_null()) {
+              Coerced cv = CoerceJson(*c, cursor_type);
+              std::vector<std::string> kv;
+              for (const auto& k : d.key)
+                if (k != s.since_field) kv.push_back(CoerceJson(rec.at(k), d.columns[static_cast<size_t>(d.ColumnIndex(k))].type).text);
+              if (cv.ok && (!newest || CursorLess(cursor_type, newest->cursor, cv.text) ||
+                            (!CursorLess(cursor_type, cv.text, newest->cursor) && newest->key < kv)))
+                newest = Watermark{cv.text, kv};
+            }
+          }
+        }
+        if (!pager.Advance(doc, resp.headers, records.size())) break;
+      }
+      const long long got = static_cast<long long>(keys_this_pass.size()) + keyless;
+      if (expected < 0 || got >= expected || s.pagination.style == "cursor" || s.pagination.style == "none") break;
+      metrics_.relists.Add({{"dataset", d.name}}).Increment();
+      if (pass >= 3)
+        throw InputError("GET " + RedactUrl(base) + ": the listing reported " + std::to_string(expected) +
+                         " records but " + std::to_string(got) + " distinct ones arrived, " + std::to_string(pass) +
+                         " times (rows shifting between pages)");
+      spdlog::warn("dataset={} listing reported {} records, {} distinct arrived ({} new keys); reading it again",
+                   d.name, expected, got, sink.distinct_keys() - keys_before);
+    }
+    for (const auto& f : drift.Vanished()) {
+      if (std::find(extra.begin(), extra.end(), f) != extra.end()) continue;
+      RecordDrift(req, d, sink, f, "vanished", "");
+    }
+    return by_cursor && newest ? WatermarkJson(*newest) : "";
   }
 
   void ExtractHtmlTable(const TaskRequest&, const DatasetSpec& d, Sink& sink) {
     const std::string url = config_.source_http + d.source.path;
     HtmlTable t;
     try {
-      t = ::strata::ingest::ExtractHtmlTable(GetWithRetry(url, d.name), d.source.table_id);
+      t = ::strata::ingest::ExtractHtmlTable(GetText(url, d), d.source.table_id);
     } catch (const InputError& e) {
       throw InputError(RedactUrl(url) + ": " + e.what());
     }
@@ -309,6 +581,8 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
   Config config_;
   PipelineSpec spec_;
   Metrics metrics_;
+  std::mutex buckets_mu_;
+  std::map<std::string, std::unique_ptr<TokenBucket>> buckets_;  // per dataset, shared by its tasks
   TaskRunner runner_;
 };
 

@@ -182,7 +182,10 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
     std::vector<std::string> cols(b.columns().begin(), b.columns().end());
     meta["columns"] = cols;
     WriteFileAtomic(run_dir + "/" + part + ".meta", meta.dump());
-    if (b.last()) WriteFileAtomic(run_dir + "/_total", std::to_string(b.total_batches()));
+    if (b.last()) {
+      if (!b.watermark().empty()) WriteFileAtomic(run_dir + "/_watermark", b.watermark());
+      WriteFileAtomic(run_dir + "/_total", std::to_string(b.total_batches()));
+    }
     metrics_.rows.Add({{"dataset", b.dataset()}}).Increment(b.rows_size());
     metrics_.bytes.Add({{"dataset", b.dataset()}}).Increment(static_cast<double>(csv.size()));
   }
@@ -210,6 +213,7 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
       m.files.push_back(f);
     }
     m.committed_at = NowIso();
+    if (fs::exists(run_dir + "/_watermark")) m.watermark = ReadFile(run_dir + "/_watermark");
     WriteFileAtomic(ManifestPath(dir), ManifestToJson(m));
     metrics_.commits.Add({{"dataset", b.dataset()}}).Increment();
     spdlog::info("committed partition dataset={} ds={} run_id={} rows={} files={}", m.dataset, m.ds,

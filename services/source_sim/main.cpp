@@ -23,9 +23,15 @@ int main(int argc, char** argv) {
   serve->add_option("--listen", listen, "host:port");
   serve->add_option("--malformed-every", opt.malformed_every, "corrupt every Nth business record (0: never)");
   serve->add_option("--states-table-id", opt.states_table_id, "id of the states <table>");
+  if (const char* t = std::getenv("STRATA_REVIEWS_TOKEN")) opt.api_token = t;
+  serve->add_option("--api-token", opt.api_token, "bearer token the reviews API requires (env STRATA_REVIEWS_TOKEN)");
+  serve->add_option("--rate-limit", opt.rate_limit, "API requests per second before 429 (0: unlimited)");
   CLI11_PARSE(app, argc, argv);
   try {
-    if (*serve) return strata::source_sim::Serve(listen, opt);
+    if (*serve) {
+      opt.dsn = dsn;
+      return strata::source_sim::Serve(listen, opt);
+    }
     if (dsn.empty()) {
       std::cerr << "strata-source-sim: --dsn or STRATA_SOURCE_DSN is required\n";
       return 2;

@@ -2,7 +2,12 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <limits>
+#include <memory>
+#include <mutex>
 #include <csignal>
 #include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
@@ -38,6 +43,10 @@ CREATE TABLE shop.order_items (
   order_id bigint NOT NULL REFERENCES shop.orders, line_no int NOT NULL, product_id bigint NOT NULL,
   quantity int NOT NULL, unit_price numeric(10,2) NOT NULL, updated_at timestamptz NOT NULL,
   PRIMARY KEY (order_id, line_no));
+CREATE TABLE shop.reviews (
+  review_id bigint PRIMARY KEY, business_id text NOT NULL, stars int NOT NULL CHECK (stars BETWEEN 1 AND 5),
+  title text NOT NULL, updated_at timestamptz NOT NULL);
+CREATE INDEX ON shop.reviews (updated_at, review_id);
 CREATE INDEX ON shop.customers (updated_at);
 CREATE INDEX ON shop.products (updated_at);
 CREATE INDEX ON shop.orders (updated_at);
@@ -115,6 +124,19 @@ new AS (SELECT m.m + g AS id, 1 + floor(random() * c.n)::bigint AS cust,
                :day + interval '12 hours' + random() * interval '11 hours 59 minutes' AS ts
         FROM m, c, generate_series(1, CASE WHEN :orders > 0 THEN :orders ELSE 15 + floor(random() * 16)::int END) g)
 INSERT INTO shop.orders SELECT id, cust, 'open', ts, ts FROM new ORDER BY id;
+
+WITH m AS (SELECT coalesce(max(review_id), 0) AS m FROM shop.reviews)
+INSERT INTO shop.reviews
+SELECT m.m + g, 'b' || lpad((1 + floor(random() * 35))::int::text, 4, '0'), 1 + floor(random() * 5)::int,
+       (ARRAY['great','fine','so-so','awful','lovely','slow','friendly'])[1 + floor(random() * 7)::int] || ' visit',
+       date_trunc('second', :day + random() * interval '23 hours')
+FROM m, generate_series(1, 20 + floor(random() * 10)::int) g;
+
+WITH pick AS (
+  SELECT review_id FROM (SELECT review_id, random() AS r FROM shop.reviews WHERE updated_at < :day ORDER BY review_id) x
+  ORDER BY r LIMIT 3)
+UPDATE shop.reviews r SET stars = 1 + (r.stars % 5), updated_at = date_trunc('second', :day + random() * interval '23 hours')
+FROM pick WHERE r.review_id = pick.review_id;
 
 WITH np AS (SELECT count(*) AS n FROM shop.products),
 lines AS (
@@ -233,7 +255,9 @@ std::string BusinessesPage(const std::string& date, int page, const SimOptions& 
     records.push_back(rec);
   }
   *status = 200;
-  return nlohmann::json{{"date", date}, {"page", page}, {"total_pages", total_pages}, {"businesses", records}}.dump();
+  return nlohmann::json{{"date", date}, {"page", page}, {"total_pages", total_pages}, {"total", kBusinesses},
+                        {"businesses", records}}
+      .dump();
 }
 
 std::string StatesHtml(const SimOptions& opt) {
@@ -248,6 +272,105 @@ std::string StatesHtml(const SimOptions& opt) {
   return html + "</tbody></table>\n</body></html>\n";
 }
 
+std::string CensusJson(const SimOptions& opt) {
+  nlohmann::json out = nlohmann::json::array();
+  out.push_back({"NAME", "POP", "state"});
+  int fips = 1;
+  for (const auto& st : kStates) {
+    const uint64_t h = Mix(static_cast<uint64_t>(opt.seed) ^ std::hash<std::string>{}(st[0]));
+    char code[8];
+    std::snprintf(code, sizeof code, "%02d", fips++);
+    out.push_back({st[0], std::to_string(500000 + h % 39000000), code});
+  }
+  return out.dump();
+}
+
+namespace {
+
+// Faults and limits switched at run time through POST /control.
+struct Faults {
+  std::atomic<int> malformed_every{0};
+  std::atomic<int> fail_next{0};      // 500
+  std::atomic<int> throttle_next{0};  // 429 + Retry-After: 1
+  std::atomic<int> truncate_next{0};  // body cut in half
+  std::atomic<int> slow_next{0};      // sleep slow_ms first
+  std::atomic<int> slow_ms{2000};
+  std::atomic<int> repeat_page{0};    // the next page > 1 of /businesses serves the previous page
+  std::atomic<int> shift_rows{0};     // the next /reviews/by-offset page moves its first row to the end
+  std::atomic<int> rate_limit{0};     // requests/s for the API endpoints; 0: unlimited
+  std::atomic<int> extra_field{0};    // reviews carry a new field "language"
+  std::atomic<long long> requests{0};
+  std::mutex mu;
+  std::chrono::steady_clock::time_point window_start = std::chrono::steady_clock::now();
+  int window_count = 0;
+
+  static bool Take(std::atomic<int>& n) {
+    int v = n.load();
+    while (v > 0)
+      if (n.compare_exchange_weak(v, v - 1)) return true;
+    return false;
+  }
+  // Applies auth, rate limit and injected faults; true when the request was answered here.
+  bool Intercept(const httplib::Request& req, httplib::Response& res, const std::string& token) {
+    ++requests;
+    if (!token.empty() && req.get_header_value("Authorization") != "Bearer " + token) {
+      res.status = 401;
+      res.set_content(R"({"error":"missing or wrong bearer token"})", "application/json");
+      return true;
+    }
+    if (const int limit = rate_limit.load(); limit > 0) {
+      std::lock_guard<std::mutex> lock(mu);
+      const auto now = std::chrono::steady_clock::now();
+      if (now - window_start >= std::chrono::seconds(1)) {
+        window_start = now;
+        window_count = 0;
+      }
+      if (++window_count > limit) {
+        res.status = 429;
+        res.set_header("Retry-After", "1");
+        res.set_content(R"({"error":"rate limited"})", "application/json");
+        return true;
+      }
+    }
+    if (Take(throttle_next)) {
+      res.status = 429;
+      res.set_header("Retry-After", "1");
+      res.set_content(R"({"error":"slow down"})", "application/json");
+      return true;
+    }
+    if (Take(fail_next)) {
+      res.status = 500;
+      res.set_content(R"({"error":"injected failure"})", "application/json");
+      return true;
+    }
+    if (Take(slow_next)) std::this_thread::sleep_for(std::chrono::milliseconds(slow_ms.load()));
+    return false;
+  }
+  void Finish(httplib::Response& res, std::string body) {
+    if (Take(truncate_next)) body = body.substr(0, body.size() / 2);
+    res.set_content(body, "application/json");
+  }
+};
+
+pqxx::connection& SourceConn(const std::string& dsn) {
+  thread_local std::unique_ptr<pqxx::connection> conn;
+  if (!conn || !conn->is_open()) conn = std::make_unique<pqxx::connection>(dsn);
+  return *conn;
+}
+
+const char* kReviewCols =
+    "review_id, business_id, stars, title, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), "
+    "(extract(epoch FROM updated_at) * 1000000)::bigint";
+
+nlohmann::json ReviewJson(const pqxx::row& r, bool extra) {
+  nlohmann::json j = {{"review_id", r[0].as<long long>()}, {"business_id", r[1].c_str()},
+                      {"stars", r[2].as<int>()}, {"title", r[3].c_str()}, {"updated_at", r[4].c_str()}};
+  if (extra) j["language"] = "en";
+  return j;
+}
+
+}  // namespace
+
 int Serve(const std::string& listen, const SimOptions& opt) {
   sigset_t sigs;
   sigemptyset(&sigs);
@@ -255,24 +378,43 @@ int Serve(const std::string& listen, const SimOptions& opt) {
   sigaddset(&sigs, SIGINT);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
 
-  // Faults can be switched at run time (POST /control?malformed_every=N) so one simulator
-  // serves both clean and faulty days to a running stack.
-  std::atomic<int> malformed{opt.malformed_every};
+  // Faults can be switched at run time (POST /control?fail_next=2&...) so one simulator serves
+  // both clean and faulty requests to a running stack.
+  Faults faults;
+  faults.malformed_every = opt.malformed_every;
+  faults.rate_limit = opt.rate_limit;
+  const std::string token = opt.api_token;
+  const std::string dsn = opt.dsn;
   HttpListener http;
   httplib::Server& server = http.server();
-  server.Post("/control", [&malformed](const httplib::Request& req, httplib::Response& res) {
-    try {
-      if (req.has_param("malformed_every")) malformed = std::stoi(req.get_param_value("malformed_every"));
-      res.set_content("malformed_every=" + std::to_string(malformed.load()) + "\n", "text/plain");
-    } catch (const std::exception&) {
-      res.status = 400;
-      res.set_content("malformed_every: expected an integer\n", "text/plain");
+  server.Post("/control", [&faults](const httplib::Request& req, httplib::Response& res) {
+    std::pair<const char*, std::atomic<int>*> knobs[] = {
+        {"malformed_every", &faults.malformed_every}, {"fail_next", &faults.fail_next},
+        {"throttle_next", &faults.throttle_next},     {"truncate_next", &faults.truncate_next},
+        {"slow_next", &faults.slow_next},             {"slow_ms", &faults.slow_ms},
+        {"repeat_page", &faults.repeat_page},         {"shift_rows", &faults.shift_rows},
+        {"rate_limit", &faults.rate_limit},           {"extra_field", &faults.extra_field}};
+    std::string out;
+    for (auto& [name, knob] : knobs) {
+      if (req.has_param(name)) {
+        try {
+          *knob = std::stoi(req.get_param_value(name));
+        } catch (const std::exception&) {
+          res.status = 400;
+          res.set_content(std::string(name) + ": expected an integer\n", "text/plain");
+          return;
+        }
+      }
+      out += std::string(name) + "=" + std::to_string(knob->load()) + "\n";
     }
+    res.set_content(out + "requests=" + std::to_string(faults.requests.load()) + "\n", "text/plain");
   });
   server.Get("/health", [](const httplib::Request&, httplib::Response& res) { res.set_content("ok\n", "text/plain"); });
-  server.Get("/businesses", [&opt, &malformed](const httplib::Request& req, httplib::Response& res) {
+  std::atomic<int> last_business_page{0};
+  server.Get("/businesses", [&](const httplib::Request& req, httplib::Response& res) {
+    if (faults.Intercept(req, res, "")) return;
     SimOptions now = opt;
-    now.malformed_every = malformed;
+    now.malformed_every = faults.malformed_every;
     int status = 200;
     int page = 1;
     try {
@@ -280,12 +422,105 @@ int Serve(const std::string& listen, const SimOptions& opt) {
     } catch (const std::exception&) {
       page = 0;
     }
-    res.set_content(BusinessesPage(req.get_param_value("date"), page, now, &status), "application/json");
+    // A page served twice in place of the next one, as flaky paginated APIs do.
+    if (page > 1 && Faults::Take(faults.repeat_page)) page = page - 1;
+    last_business_page = page;
+    std::string body = BusinessesPage(req.get_param_value("date"), page, now, &status);
     res.status = status;
+    faults.Finish(res, std::move(body));
   });
   server.Get("/states.html", [&opt](const httplib::Request&, httplib::Response& res) {
     res.set_content(StatesHtml(opt), "text/html; charset=utf-8");
   });
+  server.Get("/census", [&](const httplib::Request& req, httplib::Response& res) {
+    if (faults.Intercept(req, res, "")) return;
+    if (req.get_param_value("get") != "NAME,POP" || req.get_param_value("for") != "state:*") {
+      res.status = 400;
+      res.set_content(R"({"error":"supported: get=NAME,POP&for=state:*"})", "application/json");
+      return;
+    }
+    faults.Finish(res, CensusJson(opt));
+  });
+  // The reviews API, over shop.reviews, in three pagination styles. Every style orders by
+  // (updated_at, review_id) and filters by ?updated_since=.
+  auto reviews = [&](const std::string& style) {
+    return [&, style](const httplib::Request& req, httplib::Response& res) {
+      if (faults.Intercept(req, res, token)) return;
+      if (dsn.empty()) {
+        res.status = 503;
+        res.set_content(R"({"error":"the simulator was started without a source DSN"})", "application/json");
+        return;
+      }
+      try {
+        const int limit = std::clamp(req.has_param("limit") ? std::stoi(req.get_param_value("limit")) : 50, 1, 1000);
+        const std::string since = req.has_param("updated_since") ? req.get_param_value("updated_since") : "-infinity";
+        pqxx::connection& c = SourceConn(dsn);
+        pqxx::work tx(c);
+        const bool extra = faults.extra_field > 0;
+        nlohmann::json out = nlohmann::json::object();
+        nlohmann::json recs = nlohmann::json::array();
+        if (style == "cursor") {
+          long long after_us = std::numeric_limits<long long>::min(), after_id = 0;
+          if (req.has_param("cursor")) {
+            const std::string cur = req.get_param_value("cursor");
+            const size_t colon = cur.find(':');
+            if (colon == std::string::npos) throw std::invalid_argument("cursor");
+            after_us = std::stoll(cur.substr(0, colon));
+            after_id = std::stoll(cur.substr(colon + 1));
+          }
+          const auto r = tx.exec_params(
+              std::string("SELECT ") + kReviewCols +
+                  " FROM shop.reviews WHERE updated_at >= $1::timestamptz AND ((extract(epoch FROM updated_at) * 1000000)::bigint, "
+                  "review_id) > ($2, $3) ORDER BY updated_at, review_id LIMIT $4",
+              since, after_us, after_id, limit + 1);
+          for (int i = 0; i < std::min<int>(limit, static_cast<int>(r.size())); ++i) recs.push_back(ReviewJson(r[i], extra));
+          out["next_cursor"] = nullptr;
+          if (static_cast<int>(r.size()) > limit)
+            out["next_cursor"] = std::string(r[limit - 1][5].c_str()) + ":" + r[limit - 1][0].c_str();
+        } else {
+          long long offset = 0;
+          if (style == "offset") offset = req.has_param("offset") ? std::stoll(req.get_param_value("offset")) : 0;
+          else offset = (req.has_param("page") ? std::stoll(req.get_param_value("page")) - 1 : 0) * limit;
+          if (offset < 0) throw std::invalid_argument("offset");
+          const auto r = tx.exec_params(std::string("SELECT ") + kReviewCols +
+                                            " FROM shop.reviews WHERE updated_at >= $1::timestamptz "
+                                            "ORDER BY updated_at, review_id LIMIT $2 OFFSET $3",
+                                        since, limit, offset);
+          const long long total =
+              tx.exec_params1("SELECT count(*) FROM shop.reviews WHERE updated_at >= $1::timestamptz", since)[0].as<long long>();
+          for (const auto& row : r) recs.push_back(ReviewJson(row, extra));
+          if (style == "offset") {
+            out["total"] = total;
+            if (!r.empty() && Faults::Take(faults.shift_rows)) {
+              // A concurrent edit: the page's first row moves to the end of the listing.
+              tx.exec_params("UPDATE shop.reviews SET updated_at = (SELECT max(updated_at) FROM shop.reviews) + "
+                             "interval '1 second' WHERE review_id = $1",
+                             r[0][0].as<long long>());
+            }
+          } else if (offset + limit < total) {
+            std::string next = "/reviews/by-page?page=" + std::to_string(offset / limit + 2) + "&limit=" + std::to_string(limit);
+            if (req.has_param("updated_since")) next += "&updated_since=" + httplib::detail::encode_query_param(since);
+            res.set_header("Link", "<" + next + ">; rel=\"next\"");
+          }
+        }
+        tx.commit();
+        out["reviews"] = recs;
+        faults.Finish(res, out.dump());
+      } catch (const pqxx::data_exception& e) {
+        res.status = 400;
+        res.set_content(nlohmann::json{{"error", e.what()}}.dump(), "application/json");
+      } catch (const std::invalid_argument&) {
+        res.status = 400;
+        res.set_content(R"({"error":"bad limit, offset, page or cursor"})", "application/json");
+      } catch (const std::exception& e) {
+        res.status = 500;
+        res.set_content(nlohmann::json{{"error", e.what()}}.dump(), "application/json");
+      }
+    };
+  };
+  server.Get("/reviews", reviews("cursor"));
+  server.Get("/reviews/by-offset", reviews("offset"));
+  server.Get("/reviews/by-page", reviews("link"));
   http.Start(listen, "--listen");
   int sig = 0;
   sigwait(&sigs, &sig);

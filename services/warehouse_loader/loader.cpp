@@ -107,20 +107,26 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
     const std::string dir = PartitionDir(config_.lake_root, "bronze", d.name, req.ds());
     const auto manifest = ReadManifest(dir);
     if (!manifest) throw InputError("no committed lake partition at " + dir);
+    // The declared columns first; anything after them is a field the source grew
+    // (schema_drift: add_column), staged as text.
     std::vector<std::string> want;
     for (const auto& c : d.columns) want.push_back(c.name);
-    if (manifest->columns != want) {
-      std::string got;
+    if (manifest->columns.size() < want.size() ||
+        !std::equal(want.begin(), want.end(), manifest->columns.begin())) {
+      std::string got, declared;
       for (const auto& c : manifest->columns) got += (got.empty() ? "" : ",") + c;
-      throw InputError("partition " + dir + " has columns [" + got + "], the spec declares different ones");
+      for (const auto& c : want) declared += (declared.empty() ? "" : ",") + c;
+      throw InputError("partition " + dir + " has columns [" + got + "], the spec declares [" + declared + "]");
     }
     std::string collist = "ds, run_id";
-    for (const auto& c : d.columns) collist += ", " + QuoteIdent(c.name);
+    for (const auto& c : manifest->columns) collist += ", " + QuoteIdent(c);
     const std::string table = "staging." + QuoteIdent(d.name);
 
     CopyConn pg(DsnForTask(config_.warehouse_dsn, req));
     pg.Exec("BEGIN");
     pg.Exec("SET LOCAL TIME ZONE 'UTC'");
+    for (size_t i = want.size(); i < manifest->columns.size(); ++i)
+      pg.Exec("ALTER TABLE " + table + " ADD COLUMN IF NOT EXISTS " + QuoteIdent(manifest->columns[i]) + " text");
     pg.ExecParams("DELETE FROM " + table + " WHERE ds = $1", {req.ds()});
 
     // Stream every part file in order; drop each file's header line and verify its checksum.
@@ -173,6 +179,20 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
         "ON CONFLICT (dataset, ds) DO UPDATE SET run_id = EXCLUDED.run_id, manifest_rows = EXCLUDED.manifest_rows, "
         "loaded_rows = EXCLUDED.loaded_rows, loaded_at = now()",
         {d.name, req.ds(), manifest->run_id, std::to_string(manifest->rows), std::to_string(copied)});
+    if (!manifest->watermark.empty()) {
+      // Only forward: re-loading an older partition never moves the watermark back.
+      const std::string cursor = d.source.type == "postgres" ? d.source.cursor : d.source.since_field;
+      const int ci = d.ColumnIndex(cursor);
+      if (ci < 0) throw InputError("partition " + dir + " carries a watermark but dataset '" + d.name + "' has no cursor");
+      const std::string cast = PgTypeName(d.columns[static_cast<size_t>(ci)].type);
+      pg.ExecParams(
+          "INSERT INTO ops.watermarks AS w (pipeline, dataset, watermark, ds, run_id) VALUES ($1, $2, $3::jsonb, $4, $5) "
+          "ON CONFLICT (pipeline, dataset) DO UPDATE SET watermark = EXCLUDED.watermark, ds = EXCLUDED.ds, "
+          "run_id = EXCLUDED.run_id, updated_at = now() "
+          "WHERE ((EXCLUDED.watermark->>'cursor')::" + cast + ", EXCLUDED.watermark->'key') > "
+          "((w.watermark->>'cursor')::" + cast + ", w.watermark->'key')",
+          {req.pipeline(), d.name, manifest->watermark, req.ds(), manifest->run_id});
+    }
     pg.Exec("COMMIT");
     metrics_.rows.Add({{"dataset", d.name}}).Increment(static_cast<double>(copied));
     spdlog::info("loaded dataset={} ds={} run_id={} rows={}", d.name, req.ds(), manifest->run_id, copied);

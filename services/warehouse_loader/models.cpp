@@ -25,6 +25,25 @@ CREATE TABLE IF NOT EXISTS ops.loads (
   loaded_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (dataset, ds));
 
+-- Watermark-incremental datasets: the largest (cursor, key) whose rows are loaded. Written with
+-- the staging load, so a crash anywhere before it replays rows instead of skipping them.
+CREATE TABLE IF NOT EXISTS ops.watermarks (
+  pipeline text NOT NULL,
+  dataset text NOT NULL,
+  watermark jsonb NOT NULL,
+  ds date NOT NULL,
+  run_id text NOT NULL,
+  updated_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (pipeline, dataset));
+
+-- Columns a source grew that schema_drift: add_column stages (as text) after the declared ones.
+CREATE TABLE IF NOT EXISTS ops.schema_columns (
+  pipeline text NOT NULL,
+  dataset text NOT NULL,
+  column_name text NOT NULL,
+  added_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (pipeline, dataset, column_name));
+
 CREATE TABLE IF NOT EXISTS dwh.dim_date (
   date_key integer PRIMARY KEY,
   date date NOT NULL UNIQUE,
@@ -69,6 +88,22 @@ CREATE TABLE IF NOT EXISTS dwh.dim_state (
   state_key bigserial PRIMARY KEY,
   abbreviation text NOT NULL UNIQUE,
   name text NOT NULL);
+ALTER TABLE dwh.dim_state ADD COLUMN IF NOT EXISTS population bigint;
+
+-- Reviews from the reviews API, one row per review at its latest version: overlapping and
+-- repeated extractions converge by key, newest updated_at wins.
+CREATE TABLE IF NOT EXISTS dwh.fact_review (
+  review_id bigint PRIMARY KEY,
+  business_id text NOT NULL,
+  stars integer NOT NULL,
+  title text,
+  updated_at timestamptz NOT NULL,
+  first_ds date NOT NULL,
+  last_ds date NOT NULL);
+CREATE TABLE IF NOT EXISTS marts.business_stars (
+  business_id text PRIMARY KEY,
+  reviews bigint NOT NULL,
+  avg_stars numeric(4,2) NOT NULL);
 
 CREATE TABLE IF NOT EXISTS dwh.fact_sales (
   order_id bigint NOT NULL,
@@ -175,7 +210,29 @@ const std::vector<Model>& AllModels() {
 INSERT INTO dwh.dim_state (abbreviation, name)
 SELECT abbreviation, name FROM staging.states WHERE ds = $1
 ON CONFLICT (abbreviation) DO UPDATE SET name = EXCLUDED.name
-  WHERE dim_state.name IS DISTINCT FROM EXCLUDED.name)SQL"}},
+  WHERE dim_state.name IS DISTINCT FROM EXCLUDED.name)SQL",
+        // Population from the census API, matched by state name (type 1: the latest count).
+        R"SQL(
+UPDATE dwh.dim_state s SET population = p.population
+FROM (SELECT DISTINCT ON (name) name, population FROM staging.state_population
+      WHERE ds = (SELECT max(ds) FROM staging.state_population WHERE ds <= $1) ORDER BY name) p
+WHERE p.name = s.name AND s.population IS DISTINCT FROM p.population)SQL"}},
+
+      {"reviews",
+       {R"SQL(
+INSERT INTO dwh.fact_review (review_id, business_id, stars, title, updated_at, first_ds, last_ds)
+SELECT DISTINCT ON (review_id) review_id, business_id, stars, title, updated_at, ds, ds
+FROM staging.reviews WHERE ds = $1
+ORDER BY review_id, updated_at DESC
+ON CONFLICT (review_id) DO UPDATE SET business_id = EXCLUDED.business_id, stars = EXCLUDED.stars,
+  title = EXCLUDED.title, updated_at = EXCLUDED.updated_at, last_ds = EXCLUDED.last_ds,
+  first_ds = least(fact_review.first_ds, EXCLUDED.first_ds)
+WHERE EXCLUDED.updated_at > fact_review.updated_at)SQL",
+        R"SQL(
+DELETE FROM marts.business_stars)SQL",
+        R"SQL(
+INSERT INTO marts.business_stars (business_id, reviews, avg_stars)
+SELECT business_id, count(*), round(avg(stars), 2) FROM dwh.fact_review GROUP BY business_id)SQL"}},
 
       // SCD1: the latest staged version of each product touched on ds overwrites in place.
       {"dim_product",
@@ -367,7 +424,7 @@ std::vector<const Model*> ResolveModels(const std::vector<std::string>& names) {
     if (!found)
       throw InputError("models: unknown model '" + n +
                        "' (known: dim_state, dim_product, dim_customer, fact_sales, daily_sales, "
-                       "orders_current, business_daily)");
+                       "orders_current, business_daily, reviews)");
     out.push_back(found);
   }
   return out;
