@@ -29,6 +29,7 @@ namespace strata {
 inline constexpr const char* kBatchStream = "strata:batches";
 inline constexpr const char* kEventStream = "strata:events";
 inline constexpr const char* kDeadLetterStream = "strata:deadletter";
+inline constexpr const char* kCdcStream = "strata:cdc";  // ChangeBatch in field "batch"; group "warehouse-loader"
 inline constexpr const char* kPublishVersionKey = "strata:publish_version";
 
 struct RedisReply {

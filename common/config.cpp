@@ -96,6 +96,7 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
       else if (key == "source_http") c.source_http = Scalar(kv.second, path);
       else if (key == "webhook_format") c.webhook_format = Scalar(kv.second, path);
       else if (key == "batch_rows") c.batch_rows = PositiveInt(Scalar(kv.second, path), path);
+      else if (key == "bus_high_water") c.bus_high_water = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "query_cache_ttl_seconds")
         c.query_cache_ttl_seconds = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "task_timeout_seconds")
@@ -143,6 +144,7 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
   override_str("STRATA_SOURCE_HTTP", c.source_http);
   override_str("STRATA_WEBHOOK_FORMAT", c.webhook_format);
   if (const char* v = env("STRATA_BATCH_ROWS")) c.batch_rows = PositiveInt(v, "STRATA_BATCH_ROWS");
+  if (const char* v = env("STRATA_BUS_HIGH_WATER")) c.bus_high_water = PositiveInt(v, "STRATA_BUS_HIGH_WATER");
   if (const char* v = env("STRATA_RECLAIM_IDLE_MS")) c.reclaim_idle_ms = PositiveInt(v, "STRATA_RECLAIM_IDLE_MS");
   if (const char* v = env("STRATA_QUERY_RATE_LIMIT_RPS"))
     c.query_rate_limit_rps = PositiveInt(v, "STRATA_QUERY_RATE_LIMIT_RPS");

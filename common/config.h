@@ -33,6 +33,8 @@ struct Config {
   std::string webhook_format = "slack";  // slack ({"text": ...} plus fields) | generic (fields only)
   std::string source_http = "http://127.0.0.1:8089";
   int batch_rows = 5000;
+  // Ingest pauses while a bus stream it feeds holds this many entries (backpressure).
+  int bus_high_water = 2000;
   int query_cache_ttl_seconds = 300;
   // API tokens of the query service, token -> role (analyst | viewer). Environment only
   // (STRATA_QUERY_TOKENS="tokA:analyst,tokB:viewer"): secrets never live in the file.

@@ -111,7 +111,7 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
   } catch (const YAML::Exception& e) {
     Fail(origin, std::string("not valid YAML: ") + e.what());
   }
-  OnlyKeys(root, origin, {"pipeline", "datasets", "models", "checks", "schedule"});
+  OnlyKeys(root, origin, {"pipeline", "datasets", "models", "checks", "schedule", "cdc"});
   PipelineSpec spec;
   spec.name = Str(root["pipeline"], origin + ":pipeline");
   CheckIdent(spec.name, origin + ":pipeline");
@@ -259,6 +259,37 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
   }
 
   if (root["models"]) spec.models = StrList(root["models"], origin + ":models");
+
+  if (const YAML::Node c = root["cdc"]) {
+    const std::string path = origin + ":cdc";
+    OnlyKeys(c, path, {"slot", "publication", "datasets", "heartbeat_seconds", "batch_ms", "batch_changes"});
+    CdcSpec& cdc = spec.cdc;
+    cdc.present = true;
+    cdc.slot = Str(c["slot"], path + ".slot");
+    CheckIdent(cdc.slot, path + ".slot");
+    cdc.publication = Str(c["publication"], path + ".publication");
+    CheckIdent(cdc.publication, path + ".publication");
+    cdc.datasets = StrList(c["datasets"], path + ".datasets");
+    if (cdc.datasets.empty()) Fail(path + ".datasets", "expected at least one dataset");
+    for (const auto& name : cdc.datasets) {
+      const DatasetSpec* d = spec.Find(name);
+      if (!d) Fail(path + ".datasets", "unknown dataset '" + name + "'");
+      if (d->source.type != "postgres") Fail(path + ".datasets", "dataset '" + name + "' is not a postgres source");
+      if (d->key.empty()) Fail(path + ".datasets", "dataset '" + name + "' needs a key to be captured");
+    }
+    for (auto [key, out] : {std::pair<const char*, int*>{"heartbeat_seconds", &cdc.heartbeat_seconds},
+                            {"batch_ms", &cdc.batch_ms}, {"batch_changes", &cdc.batch_changes}}) {
+      if (!c[key]) continue;
+      const std::string v = Str(c[key], path + "." + key);
+      try {
+        size_t used = 0;
+        *out = std::stoi(v, &used);
+        if (used != v.size() || *out < 1) throw std::invalid_argument(v);
+      } catch (const std::exception&) {
+        Fail(path + "." + key, "expected a positive integer, got '" + v + "'");
+      }
+    }
+  }
 
   if (const YAML::Node sc = root["schedule"]) {
     const std::string path = origin + ":schedule";

@@ -122,9 +122,23 @@ struct ScheduleSpec {
   std::string deadline;  // empty: none
 };
 
+// Change data capture from the PostgreSQL source: logical replication (pgoutput) of the
+// datasets' tables through `slot` and `publication`, applied continuously to
+// raw.<dataset>_changes, raw.<dataset>_current and marts.orders_current.
+struct CdcSpec {
+  bool present = false;
+  std::string slot;
+  std::string publication;
+  std::vector<std::string> datasets;  // postgres-source datasets with a key
+  int heartbeat_seconds = 10;
+  int batch_ms = 200;       // a micro-batch closes after this long...
+  int batch_changes = 5000; // ...or this many changes
+};
+
 struct PipelineSpec {
   std::string name;
   ScheduleSpec schedule;
+  CdcSpec cdc;
   std::vector<DatasetSpec> datasets;
   std::vector<std::string> models;
   std::vector<CheckSpec> checks;

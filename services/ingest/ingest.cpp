@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <prometheus/counter.h>
+#include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <spdlog/spdlog.h>
@@ -26,6 +27,7 @@
 #include "common/task_runner.h"
 #include "common/time_util.h"
 #include "services/ingest/batch_builder.h"
+#include "services/ingest/cdc.h"
 #include "services/ingest/coerce.h"
 #include "services/ingest/extract_query.h"
 #include "services/ingest/html_table.h"
@@ -76,6 +78,10 @@ struct Metrics {
                       .Name("strata_ingest_rate_limit_wait_seconds_total")
                       .Help("Time spent waiting for the source's rate limit")
                       .Register(r)),
+        backpressure(prometheus::BuildGauge()
+                         .Name("strata_ingest_batches_backpressure_active")
+                         .Help("1 while an extraction waits for strata:batches to drain below its high-water mark")
+                         .Register(r)),
         duration(prometheus::BuildHistogram()
                      .Name("strata_ingest_extract_duration_seconds")
                      .Help("Wall time of one extraction")
@@ -89,14 +95,15 @@ struct Metrics {
   prometheus::Family<prometheus::Counter>& duplicates;
   prometheus::Family<prometheus::Counter>& relists;
   prometheus::Family<prometheus::Counter>& rate_wait;
+  prometheus::Family<prometheus::Gauge>& backpressure;
   prometheus::Family<prometheus::Histogram>& duration;
 };
 
 // One extraction's sink: good rows to the batch builder, bad ones to the dead-letter stream.
 class Sink {
  public:
-  Sink(Bus& bus, Metrics& m, const TaskRequest& req, const DatasetSpec& ds, int batch_rows)
-      : bus_(bus), m_(m), req_(req), dataset_(ds), batch_rows_(batch_rows) {}
+  Sink(Bus& bus, Metrics& m, const TaskRequest& req, const DatasetSpec& ds, int batch_rows, int high_water)
+      : bus_(bus), m_(m), req_(req), dataset_(ds), batch_rows_(batch_rows), high_water_(high_water) {}
 
   // Fields staged as text after the declared columns (schema_drift: add_column). Only before the
   // first row: every batch of a partition has the same columns.
@@ -183,6 +190,14 @@ class Sink {
       for (const auto& c : dataset_.columns) cols.push_back(c.name);
       cols.insert(cols.end(), extra_.begin(), extra_.end());
       builder_.emplace(req_, cols, batch_rows_, [this](const strata::v1::Batch& b) {
+        // Backpressure: while lake-export is behind, wait instead of flooding Redis.
+        if (bus_.Length(kBatchStream) >= high_water_) {
+          auto& g = m_.backpressure.Add({{"stream", kBatchStream}});
+          g.Set(1);
+          spdlog::warn("{} holds >= {} entries; extraction of {} waits", kBatchStream, high_water_, dataset_.name);
+          while (bus_.Length(kBatchStream) >= high_water_) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+          g.Set(0);
+        }
         bus_.Add(kBatchStream, {{"batch", b.SerializeAsString()},
                                 {"dataset", b.dataset()},
                                 {"ds", b.ds()},
@@ -197,6 +212,7 @@ class Sink {
   const TaskRequest& req_;
   const DatasetSpec& dataset_;
   int batch_rows_;
+  long long high_water_;
   std::vector<std::string> extra_;
   std::optional<BatchBuilder> builder_;
   std::unordered_map<std::string, size_t> seen_;  // key -> hash of the record last accepted
@@ -207,10 +223,15 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
  public:
   IngestImpl(const Config& config, prometheus::Registry& registry)
       : config_(config), spec_(LoadPipelineSpec(config.pipeline_spec)), metrics_(registry),
-        runner_(2) {}
+        runner_(2), cdc_(config_, spec_, registry) {
+    cdc_.Start();
+  }
 
   std::vector<grpc::Service*> GrpcServices() override { return {this}; }
-  void Stop() override { runner_.Stop(); }
+  void Stop() override {
+    cdc_.Stop();
+    runner_.Stop();
+  }
 
   grpc::Status Extract(grpc::ServerContext*, const TaskRequest* req,
                        strata::v1::TaskAccepted* resp) override {
@@ -234,7 +255,7 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
     Bus bus(config_.redis_url);
     strata::v1::Event ev;
     try {
-      Sink sink(bus, metrics_, req, dataset, config_.batch_rows);
+      Sink sink(bus, metrics_, req, dataset, config_.batch_rows, config_.bus_high_water);
       std::string watermark;
       if (dataset.source.type == "postgres") watermark = ExtractPostgres(req, dataset, sink);
       else if (dataset.source.type == "http_json") watermark = ExtractHttpJson(req, dataset, sink);
@@ -584,6 +605,7 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
   std::mutex buckets_mu_;
   std::map<std::string, std::unique_ptr<TokenBucket>> buckets_;  // per dataset, shared by its tasks
   TaskRunner runner_;
+  CdcStreamer cdc_;
 };
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include "common/spec.h"
 #include "common/task_runner.h"
 #include "common/time_util.h"
+#include "services/warehouse_loader/cdc_apply.h"
 #include "services/warehouse_loader/models.h"
 #include "strata.grpc.pb.h"
 
@@ -46,16 +47,20 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
  public:
   LoaderImpl(const Config& config, prometheus::Registry& registry)
       : config_(config), spec_(LoadPipelineSpec(config.pipeline_spec)),
-        models_(ResolveModels(spec_.models)), metrics_(registry), runner_(2) {
+        models_(ResolveModels(spec_.models)), metrics_(registry), runner_(2), cdc_(config_, spec_, registry) {
     if (config_.warehouse_dsn.empty()) throw InputError("warehouse_dsn (STRATA_PG_DSN) is not configured");
     auto conn = PgConnect(config_.warehouse_dsn);
     std::string ddl = WarehouseDdl();
     for (const auto& d : spec_.datasets) ddl += StagingDdl(d);
-    RunDdl(*conn, ddl + GovernanceDdl());
+    RunDdl(*conn, ddl + CdcDdl(spec_) + GovernanceDdl());
+    cdc_.Start();
   }
 
   std::vector<grpc::Service*> GrpcServices() override { return {this}; }
-  void Stop() override { runner_.Stop(); }
+  void Stop() override {
+    cdc_.Stop();
+    runner_.Stop();
+  }
 
   grpc::Status Load(grpc::ServerContext*, const TaskRequest* req, strata::v1::TaskAccepted* resp) override {
     const DatasetSpec* d = spec_.Find(req->dataset());
@@ -246,6 +251,7 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
   std::vector<const Model*> models_;
   Metrics metrics_;
   TaskRunner runner_;
+  CdcApplier cdc_;
 };
 
 }  // namespace

@@ -371,7 +371,8 @@ FROM staging.orders o WHERE o.order_id IN (SELECT order_id FROM tmp_affected_ord
 ORDER BY o.order_id, o.updated_at DESC, o.ds DESC
 ON CONFLICT (order_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
   ordered_at = EXCLUDED.ordered_at, updated_at = EXCLUDED.updated_at, amount = EXCLUDED.amount
-WHERE (orders_current.customer_id, orders_current.status, orders_current.ordered_at,
+WHERE orders_current.updated_at <= EXCLUDED.updated_at  -- never behind what CDC already applied
+  AND (orders_current.customer_id, orders_current.status, orders_current.ordered_at,
        orders_current.updated_at, orders_current.amount)
       IS DISTINCT FROM
       (EXCLUDED.customer_id, EXCLUDED.status, EXCLUDED.ordered_at, EXCLUDED.updated_at,
