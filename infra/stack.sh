@@ -109,7 +109,7 @@ up() {
     echo "export STRATA_REDIS_URL=redis://127.0.0.1:$redis_port"
     echo "export STRATA_REDIS_PORT=$redis_port"
     echo "export STRATA_LAKE_ROOT=$DIR/lake"
-    echo "export STRATA_PIPELINE_SPEC=$ROOT/pipelines/demo.yaml"
+    echo "export STRATA_PIPELINE_SPEC=${STRATA_PIPELINE_SPEC:-$ROOT/pipelines/demo.yaml}"
     echo "export STRATA_SOURCE_HTTP=http://127.0.0.1:$sim_port"
     echo "export STRATA_WEBHOOK_URL=http://127.0.0.1:$webhook_port/hook"
     echo "export STRATA_WEBHOOK_PORT=$webhook_port"

@@ -38,7 +38,7 @@ CREATE TABLE shop.products (
 CREATE TABLE shop.orders (
   order_id bigint PRIMARY KEY, customer_id bigint NOT NULL REFERENCES shop.customers,
   status text NOT NULL CHECK (status IN ('open', 'shipped', 'delivered', 'cancelled')),
-  ordered_at timestamptz NOT NULL, updated_at timestamptz NOT NULL);
+  ordered_at timestamptz NOT NULL, updated_at timestamptz NOT NULL, note text);
 CREATE TABLE shop.order_items (
   order_id bigint NOT NULL REFERENCES shop.orders, line_no int NOT NULL, product_id bigint NOT NULL,
   quantity int NOT NULL, unit_price numeric(10,2) NOT NULL, updated_at timestamptz NOT NULL,
@@ -123,7 +123,7 @@ c AS (SELECT max(customer_id) AS n FROM shop.customers),
 new AS (SELECT m.m + g AS id, 1 + floor(random() * c.n)::bigint AS cust,
                :day + interval '12 hours' + random() * interval '11 hours 59 minutes' AS ts
         FROM m, c, generate_series(1, CASE WHEN :orders > 0 THEN :orders ELSE 15 + floor(random() * 16)::int END) g)
-INSERT INTO shop.orders SELECT id, cust, 'open', ts, ts FROM new ORDER BY id;
+INSERT INTO shop.orders SELECT id, cust, 'open', ts, ts, NULL FROM new ORDER BY id;
 
 WITH m AS (SELECT coalesce(max(review_id), 0) AS m FROM shop.reviews)
 INSERT INTO shop.reviews

@@ -54,7 +54,7 @@ std::string CdcDdl(const PipelineSpec& spec) {
     for (const auto& c : d.columns) cols += ", " + QuoteIdent(c.name) + " " + PgTypeName(c.type);
     ddl += "CREATE TABLE IF NOT EXISTS " + Changes(d) +
            " (lsn pg_lsn NOT NULL, seq integer NOT NULL, op char(1) NOT NULL, commit_time timestamptz NOT NULL, "
-           "applied_at timestamptz NOT NULL DEFAULT now()" + cols + ", unchanged text[], PRIMARY KEY (lsn, seq));\n";
+           "applied_at timestamptz NOT NULL DEFAULT clock_timestamp()" + cols + ", unchanged text[], PRIMARY KEY (lsn, seq));\n";
     ddl += "CREATE INDEX IF NOT EXISTS " + QuoteIdent(d.name + "_changes_key") + " ON " + Changes(d) + " (" +
            KeyList(d) + ", lsn DESC, seq DESC);\n";
     std::string ccols;

@@ -10,44 +10,10 @@ import urllib.request
 
 import psycopg2
 
-from strata_e2e import BIN, ENV, check, finish, free_port, metric_value, sim_advance, stratactl, wh
+from strata_e2e import (BIN, ENV, check, finish, free_port, gauge, metric_value, pid_of, set_pid, sim_advance, start,
+                        stratactl, wait_for, wh)
 
 DIR = ENV["STRATA_STACK_DIR"]
-
-
-def start(service, extra_env=None, log_name=None):
-    env = dict(os.environ, **(extra_env or {}))
-    log = open(os.path.join(DIR, "logs", log_name or f"{service}.log"), "a")
-    p = subprocess.Popen([f"{BIN}/strata-{service.replace('_', '-')}"], env=env, stdout=log, stderr=log,
-                         start_new_session=True)
-    return p.pid
-
-
-def set_pid(service, pid):
-    with open(os.path.join(DIR, "run", f"{service}.pid"), "w") as f:
-        f.write(str(pid))
-
-
-def pid_of(service):
-    return int(open(os.path.join(DIR, "run", f"{service}.pid")).read())
-
-
-def gauge(metrics_addr, name):
-    try:
-        text = urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=2).read().decode()
-        return metric_value(text, name, {})
-    except OSError:
-        return -1
-
-
-def wait_for(cond, seconds, what):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.2)
-    print(f"timed out waiting for {what}", flush=True)
-    return False
 
 
 def task_states(run_id):

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 
 import psycopg2
@@ -43,11 +44,52 @@ def sim_advance(ds):
     assert rc == 0, err
 
 
-def sim_control(malformed_every):
-    req = urllib.request.Request(
-        f"{ENV['STRATA_SOURCE_HTTP']}/control?malformed_every={malformed_every}", data=b"", method="POST")
+def sim_control(malformed_every=None, **knobs):
+    """Switches the simulator's faults: malformed_every, fail_next, throttle_next, truncate_next,
+    slow_next/slow_ms, repeat_page, shift_rows, rate_limit, extra_field. Returns its state."""
+    if malformed_every is not None:
+        knobs["malformed_every"] = malformed_every
+    qs = "&".join(f"{k}={v}" for k, v in knobs.items())
+    req = urllib.request.Request(f"{ENV['STRATA_SOURCE_HTTP']}/control?{qs}", data=b"", method="POST")
     with urllib.request.urlopen(req, timeout=5) as r:
         assert r.status == 200
+        return dict(line.split("=", 1) for line in r.read().decode().split())
+
+
+def start(service, extra_env=None, log_name=None):
+    """Starts a service binary of the stack in the background (logs appended to the stack's)."""
+    env = dict(os.environ, **(extra_env or {}))
+    log = open(os.path.join(ENV["STRATA_STACK_DIR"], "logs", log_name or f"{service}.log"), "a")
+    p = subprocess.Popen([f"{BIN}/strata-{service.replace('_', '-')}"], env=env, stdout=log, stderr=log,
+                         start_new_session=True)
+    return p.pid
+
+
+def set_pid(service, pid):
+    with open(os.path.join(ENV["STRATA_STACK_DIR"], "run", f"{service}.pid"), "w") as f:
+        f.write(str(pid))
+
+
+def pid_of(service):
+    return int(open(os.path.join(ENV["STRATA_STACK_DIR"], "run", f"{service}.pid")).read())
+
+
+def gauge(metrics_addr, name, labels=None):
+    try:
+        text = urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=2).read().decode()
+        return metric_value(text, name, labels or {})
+    except OSError:
+        return -1
+
+
+def wait_for(cond, seconds, what):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.1)
+    print(f"timed out waiting for {what}", flush=True)
+    return False
 
 
 def query(dsn, sql, params=None):

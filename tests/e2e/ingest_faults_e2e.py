@@ -1,0 +1,202 @@
+"""The HTTP connector against the simulator's injected faults, through a second ingest process
+(pipeline `faults`, tests/e2e/fixtures/ingest_faults.yaml) that shares the stack's bus, lake-export
+and lake: every pagination style, 500s, 429 with Retry-After, timeouts, truncated JSON, a page
+served twice, rows shifting between pages, a wrong token, schema drift, the rate limit, and
+kill -9 mid-extraction. Each extraction is judged by the lake partition it commits."""
+import csv
+import json
+import os
+import signal
+import time
+import uuid
+
+import grpc
+
+from strata_e2e import (ENV, check, finish, free_port, gauge, load_pb2, sim_control, src, start, wait_for, wh)
+
+pb = load_pb2()
+DIR = ENV["STRATA_STACK_DIR"]
+LAKE = ENV["STRATA_LAKE_ROOT"]
+SPEC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "ingest_faults.yaml")
+GRPC_ADDR = f"127.0.0.1:{free_port()}"
+METRICS = f"127.0.0.1:{free_port()}"
+LOG = os.path.join(DIR, "logs", "ingest_faults.log")
+DS = "2024-02-01"
+ENV_EXTRA = {"STRATA_PIPELINE_SPEC": SPEC, "STRATA_INGEST_GRPC": GRPC_ADDR, "STRATA_INGEST_METRICS": METRICS,
+             "STRATA_FAULTS_WRONG_TOKEN": "not-the-token"}
+
+
+def launch():
+    pid = start("ingest", ENV_EXTRA, log_name="ingest_faults.log")
+    ok = wait_for(lambda: gauge(METRICS, "strata_ingest_tasks_total") >= 0, 20, "faults ingest up")
+    assert ok, "the faults ingest did not start"
+    return pid
+
+
+def log_lines():
+    with open(LOG) as f:
+        return [json.loads(line) for line in f if line.startswith("{")]
+
+
+def extract(dataset, wait=True, seconds=60):
+    """Extract via gRPC; returns (outcome, message, rows, seconds) from ingest's own log."""
+    # Run ids sort by start time (lake-export drops batches of runs older than the committed one).
+    run_id = f"r{int(time.time() * 1000)}-{uuid.uuid4().hex[:4]}"
+    stub = grpc.insecure_channel(GRPC_ADDR).unary_unary(
+        "/strata.v1.Ingest/Extract", request_serializer=pb.TaskRequest.SerializeToString,
+        response_deserializer=pb.TaskAccepted.FromString)
+    t0 = time.time()
+    stub(pb.TaskRequest(pipeline="faults", dataset=dataset, ds=DS, run_id=run_id, task=f"extract.{dataset}",
+                        attempt=1), timeout=10)
+    if not wait:
+        return run_id
+    result = {}
+
+    def done():
+        for line in log_lines():
+            msg = line.get("msg", "")
+            if f"run_id={run_id}" in msg and (msg.startswith("extracted ") or msg.startswith("extract failed")):
+                result["msg"] = msg
+                return True
+        return False
+
+    wait_for(done, seconds, f"extraction {dataset} {run_id}")
+    return run_id, result.get("msg", "(no outcome)"), time.time() - t0
+
+
+def partition(dataset, run_id, seconds=20):
+    """Rows of the committed lake partition of `run_id` (None if it never commits)."""
+    path = os.path.join(LAKE, "bronze", dataset, f"dt={DS}", "_manifest.json")
+
+    def committed():
+        try:
+            return json.load(open(path))["run_id"] == run_id
+        except (OSError, ValueError, KeyError):
+            return False
+
+    if not wait_for(committed, seconds, f"partition {dataset} {run_id}"):
+        return None
+    m = json.load(open(path))
+    rows = []
+    for f in m["files"]:
+        with open(os.path.join(os.path.dirname(path), f["path"])) as fh:
+            r = csv.DictReader(fh)
+            rows.extend(r)
+    return m, rows
+
+
+def metric(name, labels=None):
+    return gauge(METRICS, name, labels)
+
+
+# --- the demo's watermark dataset: the warehouse equals the source ---------------------------------
+wm = wh("SELECT watermark->>'cursor' FROM ops.watermarks WHERE pipeline = 'demo' AND dataset = 'reviews'")
+check(len(wm) == 1, f"the demo's reviews watermark is stored ({wm})")
+facts = wh("SELECT count(*), sum(stars) FROM dwh.fact_review")[0]
+loaded_src = src("SELECT count(*), sum(stars) FROM shop.reviews WHERE updated_at <= %s", (wm[0][0],))[0] if wm else None
+check(facts == loaded_src, f"dwh.fact_review equals the source up to the watermark, overlaps removed by key: {facts} vs {loaded_src}")
+check(wh("SELECT count(*) FROM dwh.dim_state WHERE population > 0")[0][0] == 51, "the census API filled dim_state.population")
+
+SOURCE_IDS = sorted(r[0] for r in src("SELECT review_id FROM shop.reviews"))
+pid = launch()
+
+# --- every pagination style gets every row once ---------------------------------------------------
+for ds in ["rv_offset", "rv_link", "rv_cursor"]:
+    run_id, msg, _ = extract(ds)
+    got = partition(ds, run_id)
+    ids = sorted(int(r["review_id"]) for r in got[1]) if got else []
+    check(ids == SOURCE_IDS, f"{ds}: the lake holds each of the {len(SOURCE_IDS)} source reviews exactly once ({msg[:80]})")
+
+# --- 500s, 429 + Retry-After, truncated JSON, a timeout: retried, nothing lost --------------------
+retries0 = metric("strata_ingest_http_retries_total", {"dataset": "rv_cursor"})
+sim_control(fail_next=1, throttle_next=1, truncate_next=1)
+run_id, msg, took = extract("rv_cursor")
+got = partition("rv_cursor", run_id)
+check(got is not None and sorted(int(r["review_id"]) for r in got[1]) == SOURCE_IDS,
+      f"after a 500, a 429 and a truncated body every review arrives once ({msg[:80]})")
+check(metric("strata_ingest_http_retries_total", {"dataset": "rv_cursor"}) - retries0 == 3, "three requests were retried")
+check(took >= 1.0, f"the 429's Retry-After: 1 was honoured ({took:.2f} s)")
+sim_control(slow_next=1, slow_ms=2500)
+run_id, msg, _ = extract("rv_cursor")
+got = partition("rv_cursor", run_id)
+check(got is not None and len(got[1]) == len(SOURCE_IDS), f"a request that times out (1 s) is retried ({msg[:80]})")
+
+# --- bounded retries, then a clear failure without secrets ------------------------------------------
+sim_control(fail_next=10)
+run_id, msg, _ = extract("rv_cursor")
+sim_control(fail_next=0)
+check("extract failed" in msg and "GET http://" in msg and "/reviews?limit=50: HTTP 500 after 4 attempt(s)" in msg,
+      f"persistent 500s fail the task naming the URL, status and attempts: {msg[:200]}")
+check(partition("rv_cursor", run_id, seconds=2) is None, "a failed extraction commits no partition")
+run_id, msg, _ = extract("rv_badauth")
+check("HTTP 401 after 1 attempt(s)" in msg, f"a wrong token fails at once with 401: {msg[:160]}")
+token = ENV["STRATA_REVIEWS_TOKEN"]
+check(token not in open(LOG).read(), "the bearer token never appears in ingest's log")
+
+# --- a page served twice: duplicates dropped, the missing page re-read ---------------------------
+dups0 = metric("strata_ingest_duplicate_records_total", {"dataset": "biz"})
+relists0 = metric("strata_ingest_relists_total", {"dataset": "biz"})
+sim_control(repeat_page=1)
+run_id, msg, _ = extract("biz")
+got = partition("biz", run_id)
+ids = [r["id"] for r in got[1]] if got else []
+check(len(ids) == 35 and len(set(ids)) == 35, f"/businesses with a repeated page: 35 rows, 35 distinct ids (got {len(ids)})")
+check(metric("strata_ingest_relists_total", {"dataset": "biz"}) - relists0 == 1, "the listing was read again once")
+check(metric("strata_ingest_duplicate_records_total", {"dataset": "biz"}) - dups0 >= 10, "repeated records were dropped")
+
+# --- rows shifting between pages while paginating by offset ----------------------------------------
+relists0 = metric("strata_ingest_relists_total", {"dataset": "rv_offset"})
+sim_control(shift_rows=1)
+run_id, msg, _ = extract("rv_offset")
+got = partition("rv_offset", run_id)
+ids = sorted(set(int(r["review_id"]) for r in got[1])) if got else []
+check(ids == SOURCE_IDS, f"a row moving to the end mid-listing loses no other row ({len(ids)} of {len(SOURCE_IDS)})")
+check(metric("strata_ingest_relists_total", {"dataset": "rv_offset"}) - relists0 >= 1,
+      "the short count was detected and the listing re-read")
+
+# --- the API's rate limit: the client's token bucket stays under it ---------------------------------
+sim_control(rate_limit=10)
+retries0 = metric("strata_ingest_http_retries_total", {"dataset": "rv_offset"})
+run_id, msg, took = extract("rv_offset")
+pages = len(SOURCE_IDS) // 100 + 1
+check(partition("rv_offset", run_id) is not None, "extraction under a 10 req/s server limit succeeds")
+check(metric("strata_ingest_http_retries_total", {"dataset": "rv_offset"}) == retries0,
+      "paced at 8 req/s, no request hit the server's 429")
+check(took >= (pages - 1) / 8.0 - 0.2, f"{pages} pages at 8 req/s took {took:.2f} s")
+run_id, msg, _ = extract("rv_link")
+check(partition("rv_link", run_id) is not None, "an unpaced dataset is throttled by 429s and still completes")
+sim_control(rate_limit=0)
+
+# --- schema drift ---------------------------------------------------------------------------------
+sim_control(extra_field=1)
+run_id, msg, _ = extract("rv_drift_fail")
+check("schema drift in dataset 'rv_drift_fail': field 'language' appeared at cursor=(first) index=0 (schema_drift: fail)"
+      in msg, f"policy fail stops the extraction, naming the field and where: {msg[:200]}")
+run_id, msg, _ = extract("rv_drift_add")
+got = partition("rv_drift_add", run_id)
+check(got is not None and got[0]["columns"][-1] == "language" and {r["language"] for r in got[1]} == {"en"},
+      "policy add_column stages the new field as a column")
+check(wh("SELECT column_name FROM ops.schema_columns WHERE pipeline = 'faults' AND dataset = 'rv_drift_add'") ==
+      [("language",)], "the added column is remembered in ops.schema_columns")
+check(metric("strata_ingest_schema_drift_total", {"dataset": "rv_drift_add", "field": "language", "change": "appeared"}) == 1,
+      "the drift is counted once")
+sim_control(extra_field=0)
+run_id, msg, _ = extract("rv_drift_add")
+check(metric("strata_ingest_schema_drift_total", {"dataset": "rv_drift_add", "field": "language", "change": "vanished"}) == 0,
+      "a field added as a column is not reported vanished when it goes")
+check(metric("strata_ingest_schema_drift_total", {"dataset": "rv_drift_fail", "field": "language"}) == 1,
+      "the fail policy's drift is counted too")
+
+# --- kill -9 mid-extraction, then run again: exactly the source ----------------------------------
+run_killed = extract("rv_slow", wait=False)
+time.sleep(1.5)
+os.kill(pid, signal.SIGKILL)
+check(partition("rv_slow", run_killed, seconds=3) is None, "the killed extraction commits no partition")
+pid = launch()
+run_id, msg, _ = extract("rv_slow")
+got = partition("rv_slow", run_id)
+ids = [int(r["review_id"]) for r in got[1]] if got else []
+check(sorted(ids) == SOURCE_IDS, f"re-run after kill -9: the lake partition is exactly the source ({len(ids)} rows)")
+
+os.kill(pid, signal.SIGTERM)
+finish()
