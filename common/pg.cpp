@@ -72,6 +72,70 @@ long long CopyConn::ExecParams(const std::string& sql, const std::vector<std::st
   return rows;
 }
 
+std::vector<std::optional<std::string>> ParseCopyTextLine(const char* p, size_t len) {
+  if (len > 0 && p[len - 1] == '\n') --len;
+  std::vector<std::optional<std::string>> out;
+  std::string cur;
+  bool null_field = false;
+  for (size_t i = 0;; ++i) {
+    if (i == len || p[i] == '\t') {
+      if (null_field) out.emplace_back(std::nullopt);
+      else out.emplace_back(std::move(cur));
+      cur.clear();
+      null_field = false;
+      if (i == len) break;
+      continue;
+    }
+    if (p[i] != '\\' || i + 1 == len) {
+      cur.push_back(p[i]);
+      continue;
+    }
+    const char e = p[++i];
+    switch (e) {
+      case 'N':
+        null_field = cur.empty();
+        if (!null_field) cur += "\\N";
+        break;
+      case 't': cur.push_back('\t'); break;
+      case 'n': cur.push_back('\n'); break;
+      case 'r': cur.push_back('\r'); break;
+      case 'b': cur.push_back('\b'); break;
+      case 'f': cur.push_back('\f'); break;
+      case 'v': cur.push_back('\v'); break;
+      default: cur.push_back(e); break;  // \\ and any other escaped character
+    }
+  }
+  return out;
+}
+
+long long CopyConn::CopyOut(const std::string& copy_sql,
+                            const std::function<void(const std::vector<std::optional<std::string>>&)>& row) {
+  PGresult* r = PQexec(conn_, copy_sql.c_str());
+  if (PQresultStatus(r) != PGRES_COPY_OUT) {
+    const std::string why = PQresultErrorMessage(r);
+    PQclear(r);
+    throw EnvError("postgres COPY: " + why);
+  }
+  PQclear(r);
+  long long rows = 0;
+  for (;;) {
+    char* buf = nullptr;
+    const int n = PQgetCopyData(conn_, &buf, 0);
+    if (n == -1) break;
+    if (n < 0) throw EnvError(std::string("postgres COPY receive: ") + PQerrorMessage(conn_));
+    std::unique_ptr<char, decltype(&PQfreemem)> own(buf, &PQfreemem);
+    row(ParseCopyTextLine(buf, static_cast<size_t>(n)));
+    ++rows;
+  }
+  std::string why;
+  while ((r = PQgetResult(conn_)) != nullptr) {
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) why = PQresultErrorMessage(r);
+    PQclear(r);
+  }
+  if (!why.empty()) throw EnvError("postgres COPY: " + why);
+  return rows;
+}
+
 long long CopyConn::CopyIn(const std::string& copy_sql,
                            const std::function<size_t(char*, size_t)>& read) {
   PGresult* r = PQexec(conn_, copy_sql.c_str());

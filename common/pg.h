@@ -8,6 +8,8 @@
 #pragma once
 #include <functional>
 #include <memory>
+#include <optional>
+#include <vector>
 #include <pqxx/pqxx>
 #include <string>
 
@@ -33,10 +35,17 @@ class CopyConn {
   // `read(buf, cap)` returns the byte count written into buf. Returns the rows copied.
   long long CopyIn(const std::string& copy_sql,
                    const std::function<size_t(char* buf, size_t cap)>& read);
+  // Runs `copy_sql` (a COPY ... TO STDOUT in text format) and hands each row to `row`, fields
+  // decoded (backslash escapes undone; NULL as nullopt). Returns the rows read.
+  long long CopyOut(const std::string& copy_sql,
+                    const std::function<void(const std::vector<std::optional<std::string>>&)>& row);
 
  private:
   PGconn* conn_ = nullptr;
 };
+
+// Splits one line of COPY text format into fields ("\N" is NULL; \t \n \\ ... unescaped).
+std::vector<std::optional<std::string>> ParseCopyTextLine(const char* line, size_t len);
 
 // Quotes an identifier for SQL text (schema/table/column names from the pipeline spec).
 std::string QuoteIdent(const std::string& ident);

@@ -217,7 +217,7 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
     if (src.type == "postgres") {
       CheckQualified(src.table, sp + ".table");
       CheckIdent(src.cursor, sp + ".cursor");
-      one_of(src.incremental, sp + ".incremental", {"interval", "watermark"});
+      one_of(src.incremental, sp + ".incremental", {"interval", "watermark", "snapshot"});
     } else if (src.type == "http_json") {
       if (src.path.empty() || src.path[0] != '/') Fail(sp + ".path", "expected a path starting with /");
       one_of(src.format, sp + ".format", {"objects", "census"});

@@ -55,7 +55,9 @@ struct SourceSpec {
   // (incremental: interval), or after the stored (cursor, key) watermark (incremental: watermark).
   std::string table;
   std::string cursor;
-  std::string incremental = "interval";  // postgres: interval | watermark
+  // postgres: interval | watermark | snapshot (the whole table with COPY ... TO STDOUT in one
+  // repeatable-read snapshot, every run)
+  std::string incremental = "interval";
   // http_json: GET <source_http><path>, records under `records` (empty: the body is the array).
   std::string path;
   std::string date_param;  // by logical date: ?<date_param>=<ds>

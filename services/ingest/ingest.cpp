@@ -303,6 +303,26 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
 
   std::string ExtractPostgres(const TaskRequest& req, const DatasetSpec& d, Sink& sink) {
     if (config_.source_dsn.empty()) throw InputError("source_dsn (STRATA_SOURCE_DSN) is not configured");
+    if (d.source.incremental == "snapshot") {
+      CopyConn copy(DsnForTask(config_.source_dsn, req));
+      copy.Exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+      copy.Exec("SET LOCAL TIME ZONE 'UTC'");
+      std::vector<std::string> values(d.columns.size());
+      std::vector<bool> nulls(d.columns.size());
+      long long offset = 0;
+      copy.CopyOut("COPY (" + WatermarkSelect(d, nullptr) + ") TO STDOUT", [&](const auto& fields) {
+        if (fields.size() != d.columns.size())
+          throw InputError(d.source.table + " row=" + std::to_string(offset) + ": COPY returned " +
+                           std::to_string(fields.size()) + " fields, expected " + std::to_string(d.columns.size()));
+        for (size_t i = 0; i < fields.size(); ++i) {
+          nulls[i] = !fields[i];
+          values[i] = fields[i] ? *fields[i] : std::string();
+        }
+        sink.Good(values, nulls, d.source.table + " row=" + std::to_string(offset++));
+      });
+      copy.Exec("COMMIT");
+      return "";
+    }
     const bool by_watermark = d.source.incremental == "watermark";
     std::optional<Watermark> stored;
     if (by_watermark) stored = ReadWatermark(req, d);

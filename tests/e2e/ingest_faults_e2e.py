@@ -23,7 +23,7 @@ METRICS = f"127.0.0.1:{free_port()}"
 LOG = os.path.join(DIR, "logs", "ingest_faults.log")
 DS = "2024-02-01"
 ENV_EXTRA = {"STRATA_PIPELINE_SPEC": SPEC, "STRATA_INGEST_GRPC": GRPC_ADDR, "STRATA_INGEST_METRICS": METRICS,
-             "STRATA_FAULTS_WRONG_TOKEN": "not-the-token"}
+             "STRATA_FAULTS_WRONG_TOKEN": "not-the-token", "STRATA_BATCH_ROWS": "20"}
 
 
 def launch():
@@ -107,6 +107,13 @@ for ds in ["rv_offset", "rv_link", "rv_cursor"]:
     ids = sorted(int(r["review_id"]) for r in got[1]) if got else []
     check(ids == SOURCE_IDS, f"{ds}: the lake holds each of the {len(SOURCE_IDS)} source reviews exactly once ({msg[:80]})")
 
+# --- a PostgreSQL snapshot through COPY TO STDOUT ------------------------------------------------
+run_id, msg, _ = extract("products_snapshot")
+got = partition("products_snapshot", run_id)
+lake = sorted((int(r["product_id"]), r["name"], float(r["price"])) for r in got[1]) if got else []
+check(lake == sorted((p, n, float(pr)) for p, n, pr in src("SELECT product_id, name, price FROM shop.products")),
+      f"a snapshot extraction copies every product with its values ({len(lake)} rows)")
+
 # --- 500s, 429 + Retry-After, truncated JSON, a timeout: retried, nothing lost --------------------
 retries0 = metric("strata_ingest_http_retries_total", {"dataset": "rv_cursor"})
 sim_control(fail_next=1, throttle_next=1, truncate_next=1)
@@ -188,9 +195,14 @@ check(metric("strata_ingest_schema_drift_total", {"dataset": "rv_drift_fail", "f
       "the fail policy's drift is counted too")
 
 # --- kill -9 mid-extraction, then run again: exactly the source ----------------------------------
+# Pages slowed to 300 ms so the kill lands after some batches are on the bus and before the end.
+sim_control(slow_next=100000, slow_ms=300)
 run_killed = extract("rv_slow", wait=False)
-time.sleep(1.5)
+run_dir = os.path.join(LAKE, "bronze", "rv_slow", f"dt={DS}", f"run={run_killed}")
+check(wait_for(lambda: os.path.exists(os.path.join(run_dir, "part-00001.csv")), 20, "batches of the killed run"),
+      "the extraction to be killed has batches in the lake")
 os.kill(pid, signal.SIGKILL)
+sim_control(slow_next=0)
 check(partition("rv_slow", run_killed, seconds=3) is None, "the killed extraction commits no partition")
 pid = launch()
 run_id, msg, _ = extract("rv_slow")

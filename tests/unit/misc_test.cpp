@@ -4,6 +4,7 @@
 
 #include "common/errors.h"
 #include "common/http_client.h"
+#include "common/pg.h"
 #include "common/time_util.h"
 #include "services/quality/checks.h"
 #include "services/query/query.h"
@@ -130,6 +131,22 @@ TEST(SourceSim, MalformedRecordsRotateThroughFaults) {
   EXPECT_FALSE(p1["businesses"][7].contains("id"));     // 8th: missing key
   const auto p2 = nlohmann::json::parse(source_sim::BusinessesPage("2024-01-02", 2, opt, &status));
   EXPECT_TRUE(p2["businesses"][1].is_string());         // 12th: broken JSON
+}
+
+}  // namespace
+}  // namespace strata
+
+namespace strata {
+namespace {
+
+TEST(CopyText, FieldsNullsAndEscapes) {
+  const std::string line = "1\t\\N\ta\\tb\\\\c\\nd\t\n";
+  const auto f = ParseCopyTextLine(line.data(), line.size());
+  ASSERT_EQ(f.size(), 4u);
+  EXPECT_EQ(f[0], std::optional<std::string>("1"));
+  EXPECT_FALSE(f[1].has_value());
+  EXPECT_EQ(f[2], std::optional<std::string>("a\tb\\c\nd"));
+  EXPECT_EQ(f[3], std::optional<std::string>(""));
 }
 
 }  // namespace
