@@ -106,6 +106,9 @@ updates = {}
 stop = threading.Event()
 
 
+inserted, deleted = [], []
+
+
 def load():
     c = src_conn()
     rng = random.Random(7)
@@ -115,6 +118,14 @@ def load():
         with c.cursor() as cur:
             cur.execute("UPDATE shop.orders SET updated_at = updated_at + interval '1 second', "
                         "status = (ARRAY['open','shipped','delivered'])[1 + %s %% 3] WHERE order_id = %s", (n, oid))
+            if n % 20 == 0:  # an insert every 20 updates, and a delete of an earlier insert every 40
+                new = BASE + 1000 + n
+                cur.execute("INSERT INTO shop.orders (order_id, customer_id, status, ordered_at, updated_at) "
+                            "VALUES (%s, 1, 'open', '2030-01-01 15:00+00', '2030-01-01 15:00+00')", (new,))
+                inserted.append(new)
+                if n % 40 == 0 and len(inserted) > 1:
+                    cur.execute("DELETE FROM shop.orders WHERE order_id = %s", (inserted[-2],))
+                    deleted.append(inserted[-2])
         updates[oid] = updates.get(oid, 0) + 1
         n += 1
         time.sleep(0.002)
@@ -139,11 +150,34 @@ after = dict(wh("SELECT order_id, count(*) FROM raw.orders_changes WHERE order_i
 diff = {oid: after.get(oid, 0) - before.get(oid, 0) for oid in updates}
 check(diff == updates, "raw.orders_changes has every update exactly once (no loss, no duplicates) across the kills"
       + ("" if diff == updates else f": {[(o, diff[o], updates[o]) for o in updates if diff[o] != updates[o]][:5]}"))
+ops = wh("SELECT op, count(*) FROM raw.orders_changes WHERE order_id >= %s GROUP BY 1 ORDER BY 1", (BASE + 1000,))
+check(ops == [("c", len(inserted)), ("d", len(deleted))],
+      f"{len(inserted)} inserts and {len(deleted)} deletes made during the kills are each recorded once: {ops}")
 check(wait_for(lambda: gauge(ING, "strata_ingest_cdc_replication_lag_seconds") == 0, 10, "lag 0"),
       "replication lag is 0 once caught up")
 check(gauge(ING, "strata_ingest_cdc_slot_lag_bytes") >= 0, "slot lag in bytes is exposed")
 state = wh("SELECT applied_lsn <= acked_lsn OR applied_lsn > acked_lsn, snapshot_done FROM ops.cdc_state")
 check(state == [(True, True)], f"ops.cdc_state tracks the slot: {state}")
+
+# --- one ingest holds the slot; a second waits and takes over when the first dies ---------------------
+standby_metrics = f"127.0.0.1:{free_port()}"
+standby = start("ingest", {"STRATA_INGEST_GRPC": f"127.0.0.1:{free_port()}", "STRATA_INGEST_METRICS": standby_metrics},
+                log_name="ingest_standby.log")
+time.sleep(3)
+check(gauge(standby_metrics, "strata_ingest_cdc_up") == 0 and
+      "is in use by backend pid" in open(os.path.join(DIR, "logs", "ingest_standby.log")).read(),
+      "a second ingest waits while the slot is in use")
+os.kill(pid_of("ingest"), signal.SIGKILL)
+t0 = time.time()
+check(wait_for(lambda: gauge(standby_metrics, "strata_ingest_cdc_up") == 1, 15, "standby takes over"),
+      f"the second ingest streams {time.time() - t0:.1f} s after the first died")
+src_exec("UPDATE shop.orders SET status = 'open', updated_at = '2030-01-01 16:00+00' WHERE order_id = %s", (BASE + 3,))
+check(wait_for(converged, 10, "standby applies"), "changes flow through the standby")
+os.kill(standby, signal.SIGTERM)
+wait_for(lambda: src("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'strata_demo' AND active")[0][0] == 0,
+         10, "standby released the slot")
+set_pid("ingest", start("ingest"))
+check(wait_for(lambda: gauge(ING, "strata_ingest_cdc_up") == 1, 15, "stack ingest back"), "the stack's ingest streams again")
 
 # --- the batch path agrees --------------------------------------------------------------------
 cdc_view = mart()

@@ -23,7 +23,8 @@ METRICS = f"127.0.0.1:{free_port()}"
 LOG = os.path.join(DIR, "logs", "ingest_faults.log")
 DS = "2024-02-01"
 ENV_EXTRA = {"STRATA_PIPELINE_SPEC": SPEC, "STRATA_INGEST_GRPC": GRPC_ADDR, "STRATA_INGEST_METRICS": METRICS,
-             "STRATA_FAULTS_WRONG_TOKEN": "not-the-token", "STRATA_BATCH_ROWS": "20"}
+             "STRATA_FAULTS_WRONG_TOKEN": "not-the-token", "STRATA_BATCH_ROWS": "20",
+             "STRATA_BUS_HIGH_WATER": "10"}
 
 
 def launch():
@@ -113,6 +114,40 @@ got = partition("products_snapshot", run_id)
 lake = sorted((int(r["product_id"]), r["name"], float(r["price"])) for r in got[1]) if got else []
 check(lake == sorted((p, n, float(pr)) for p, n, pr in src("SELECT product_id, name, price FROM shop.products")),
       f"a snapshot extraction copies every product with its values ({len(lake)} rows)")
+
+# --- PostgreSQL incremental by watermark: rows after the stored (cursor, key), with overlap -----------
+wm_row = src("SELECT to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), order_id FROM shop.orders "
+             "ORDER BY updated_at, order_id OFFSET (SELECT count(*) / 2 FROM shop.orders) LIMIT 1")[0]
+wh_conn = __import__("psycopg2").connect(ENV["STRATA_PG_DSN"])
+wh_conn.autocommit = True
+wh_conn.cursor().execute(
+    "INSERT INTO ops.watermarks (pipeline, dataset, watermark, ds, run_id) VALUES ('faults', 'orders_wm', %s, %s, 'test') "
+    "ON CONFLICT (pipeline, dataset) DO UPDATE SET watermark = EXCLUDED.watermark",
+    (json.dumps({"cursor": wm_row[0], "key": [str(wm_row[1])]}), DS))
+run_id, msg, _ = extract("orders_wm")
+got = partition("orders_wm", run_id)
+want = src("SELECT order_id FROM shop.orders WHERE updated_at >= %s::timestamptz - interval '60 seconds' ORDER BY 1", (wm_row[0],))
+check(got is not None and sorted(int(r["order_id"]) for r in got[1]) == [w[0] for w in want],
+      f"a watermark extraction reads exactly the rows from watermark - 60 s on ({len(want)} of the table)")
+mx = src("SELECT to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), order_id FROM shop.orders "
+         "ORDER BY updated_at DESC, order_id DESC LIMIT 1")[0]
+check(got is not None and got[0].get("watermark") == {"cursor": mx[0], "key": [str(mx[1])]},
+      f"the new watermark is the largest (updated_at, order_id) extracted: {got[0].get('watermark') if got else None}")
+
+# --- backpressure: a stalled lake-export makes ingest wait at the high-water mark ------------------
+os.kill(int(open(os.path.join(DIR, "run", "lake_export.pid")).read()), signal.SIGSTOP)
+try:
+    run_bp = extract("rv_cursor", wait=False)
+    r = __import__("redis").Redis(port=int(ENV["STRATA_REDIS_PORT"]))
+    check(wait_for(lambda: metric("strata_ingest_batches_backpressure_active", {"stream": "strata:batches"}) == 1, 20,
+                   "backpressure"), "with lake-export stalled, the extraction waits at the high-water mark")
+    time.sleep(1)
+    check(r.xlen("strata:batches") <= 11, f"the batch stream stays at the mark ({r.xlen('strata:batches')} entries, mark 10)")
+finally:
+    os.kill(int(open(os.path.join(DIR, "run", "lake_export.pid")).read()), signal.SIGCONT)
+got = partition("rv_cursor", run_bp, seconds=60)
+check(got is not None and len(got[1]) == len(SOURCE_IDS), "once lake-export resumes, the extraction completes")
+check(metric("strata_ingest_batches_backpressure_active", {"stream": "strata:batches"}) == 0, "and the gauge drops")
 
 # --- 500s, 429 + Retry-After, truncated JSON, a timeout: retried, nothing lost --------------------
 retries0 = metric("strata_ingest_http_retries_total", {"dataset": "rv_cursor"})
