@@ -184,7 +184,8 @@ for s in ingest warehouse_loader; do
   echo $! >"$DIR/run/$s.pid"
 done
 for _ in $(seq 1 600); do
-  [ "$(psql "$STRATA_PG_DSN" -qAtc "SELECT snapshot_done AND applied_lsn >= acked_lsn FROM ops.cdc_state" 2>/dev/null)" = t ] && break
+  [ "$(psql "$STRATA_PG_DSN" -qAtc "SELECT snapshot_done FROM ops.cdc_state" 2>/dev/null)" = t ] &&
+    [ "$(redis-cli -p "$STRATA_REDIS_PORT" XLEN strata:cdc)" = 0 ] && break
   sleep 0.5
 done
 CDC_SECS=${STRATA_BENCH_CDC_SECONDS:-20}

@@ -75,6 +75,8 @@ down() {
 
 up() {
   [ -n "$BIN" ] || { echo "stack.sh up: --bin is required" >&2; exit 2; }
+  # Taken before `down`, which sources the previous stack's env file.
+  local spec=${STRATA_PIPELINE_SPEC:-$ROOT/pipelines/demo.yaml}
   down >/dev/null 2>&1 || true
   # Only this stack's own entries are replaced: DIR may hold other stacks (e.g. .strata/demo).
   mkdir -p "$DIR"
@@ -109,7 +111,7 @@ up() {
     echo "export STRATA_REDIS_URL=redis://127.0.0.1:$redis_port"
     echo "export STRATA_REDIS_PORT=$redis_port"
     echo "export STRATA_LAKE_ROOT=$DIR/lake"
-    echo "export STRATA_PIPELINE_SPEC=${STRATA_PIPELINE_SPEC:-$ROOT/pipelines/demo.yaml}"
+    echo "export STRATA_PIPELINE_SPEC=$spec"
     echo "export STRATA_SOURCE_HTTP=http://127.0.0.1:$sim_port"
     echo "export STRATA_WEBHOOK_URL=http://127.0.0.1:$webhook_port/hook"
     echo "export STRATA_WEBHOOK_PORT=$webhook_port"

@@ -381,13 +381,15 @@ struct CdcStreamer::Impl {
           }
           ++rows;
         }
-        if (batch.changes_size() >= spec.cdc.batch_changes) Publish(bus, batch, point);
+        // Only the snapshot's last batch carries its LSN: applied_lsn reaches the consistent
+        // point when the whole snapshot is in, not with its first batch.
+        if (batch.changes_size() >= spec.cdc.batch_changes) Publish(bus, batch, 0);
       }
       tx.exec("CLOSE strata_snap");
       changes.Add({{"dataset", name}, {"op", "r"}}).Increment(0);
     }
     tx.commit();
-    if (batch.changes_size() > 0 || rows == 0) Publish(bus, batch, point);
+    Publish(bus, batch, point);  // possibly empty: it marks the snapshot's end
     pqxx::work done(wh);
     done.exec_params("UPDATE ops.cdc_state SET snapshot_done = true WHERE slot = $1", spec.cdc.slot);
     done.commit();
@@ -422,6 +424,13 @@ struct CdcStreamer::Impl {
     batch.Clear();
   }
 
+  uint64_t AppliedLsn(pqxx::connection& wh) {
+    pqxx::work tx(wh);
+    const auto a = tx.exec_params1("SELECT applied_lsn::text FROM ops.cdc_state WHERE slot = $1", spec.cdc.slot);
+    tx.commit();
+    return ParseLsn(a[0].c_str());
+  }
+
   void Stream(ReplConn& repl, pqxx::connection& src, pqxx::connection& wh, Bus& bus, uint64_t start) {
     repl.StartCopyBoth("START_REPLICATION SLOT " + QuoteIdent(spec.cdc.slot) + " LOGICAL " + FormatLsn(start) +
                        " (proto_version '1', publication_names " + pqxx::work(src).quote(spec.cdc.publication) +
@@ -433,7 +442,9 @@ struct CdcStreamer::Impl {
     strata::v1::ChangeBatch pending;             // committed, not yet published
     uint64_t pending_end = 0;
     auto pending_since = Clock::now();
-    uint64_t published = start, applied = start, acked = start, idle_point = start;
+    // Everything before `start` is published (by an earlier streamer or the snapshot), but not
+    // necessarily applied yet: the slot moves past quiet WAL only once applied catches up.
+    uint64_t published = start, applied = AppliedLsn(wh), acked = start, idle_point = start;
     std::deque<std::pair<uint64_t, int64_t>> unapplied;  // (end_lsn, first commit us) per published batch
     auto last_feedback = Clock::now() - 1h, last_applied_poll = Clock::now(), last_heartbeat = Clock::now(),
          last_lag_poll = Clock::now() - 1h;
@@ -508,10 +519,10 @@ struct CdcStreamer::Impl {
         publish_pending();
       if (now - last_applied_poll >= 100ms) {
         last_applied_poll = now;
-        pqxx::work tx(wh);
-        const auto a = tx.exec_params1("SELECT applied_lsn::text FROM ops.cdc_state WHERE slot = $1", spec.cdc.slot);
-        tx.commit();
-        applied = std::max(applied, ParseLsn(a[0].c_str()));
+        applied = std::max(applied, AppliedLsn(wh));
+        // An empty stream means the loader has committed everything published (entries leave
+        // the stream only after their transaction commits), including a previous session's.
+        if (pending.changes_size() == 0 && applied < published && bus.Length(kCdcStream) == 0) applied = published;
         while (!unapplied.empty() && unapplied.front().first <= applied) unapplied.pop_front();
         repl_lag_g.Set(unapplied.empty() ? 0.0
                                          : std::max(0.0, (NowUnixMs() * 1000 - unapplied.front().second) / 1e6));

@@ -286,6 +286,20 @@ bool CursorLess(ColumnType type, const std::string& a, const std::string& b) {
   }
 }
 
+CursorKey MakeCursorKey(ColumnType type, const std::string& v) {
+  CursorKey k;
+  if (type == ColumnType::kTimestamp) {
+    k.numeric = true;
+    k.num = TimestampMicros(v);
+  } else if (type == ColumnType::kInt) {
+    k.numeric = true;
+    k.num = std::stoll(v);
+  } else {
+    k.text = v;
+  }
+  return k;
+}
+
 std::string CursorMinus(ColumnType type, const std::string& cursor, int seconds) {
   switch (type) {
     case ColumnType::kTimestamp: return FormatMicros(TimestampMicros(cursor) - int64_t{seconds} * 1000000);

@@ -97,6 +97,14 @@ namespace strata::ingest {
 int64_t TimestampMicros(const std::string& canonical);  // throws InputError
 std::string FormatMicros(int64_t micros);                // "YYYY-MM-DDTHH:MM:SS.ffffffZ"
 bool CursorLess(ColumnType type, const std::string& a, const std::string& b);
+// The sort key of one cursor value, computed once per record.
+struct CursorKey {
+  bool numeric = false;
+  int64_t num = 0;
+  std::string text;
+  bool operator<(const CursorKey& o) const { return numeric ? num < o.num : text < o.text; }
+};
+CursorKey MakeCursorKey(ColumnType type, const std::string& value);
 std::string CursorMinus(ColumnType type, const std::string& cursor, int seconds);
 
 }  // namespace strata::ingest

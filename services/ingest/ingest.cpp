@@ -496,6 +496,8 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
     for (const auto& e : extra) drift.Known(e);
     bool first_page = true;
     std::optional<Watermark> newest = stored;
+    CursorKey newest_key;
+    if (stored) newest_key = MakeCursorKey(cursor_type, stored->cursor);
 
     for (int pass = 1;; ++pass) {
       Paginator pager(s.pagination, base);
@@ -562,9 +564,13 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
               std::vector<std::string> kv;
               for (const auto& k : d.key)
                 if (k != s.since_field) kv.push_back(CoerceJson(rec.at(k), d.columns[static_cast<size_t>(d.ColumnIndex(k))].type).text);
-              if (cv.ok && (!newest || CursorLess(cursor_type, newest->cursor, cv.text) ||
-                            (!CursorLess(cursor_type, cv.text, newest->cursor) && newest->key < kv)))
-                newest = Watermark{cv.text, kv};
+              if (cv.ok) {
+                const CursorKey ck = MakeCursorKey(cursor_type, cv.text);
+                if (!newest || newest_key < ck || (!(ck < newest_key) && newest->key < kv)) {
+                  newest = Watermark{cv.text, kv};
+                  newest_key = ck;
+                }
+              }
             }
           }
         }

@@ -274,7 +274,7 @@ struct CdcApplier::Impl {
               : "(SELECT c.amount FROM marts.orders_current c WHERE c.order_id = o.order_id)";
     tx.exec("INSERT INTO marts.orders_current (order_id, customer_id, status, ordered_at, updated_at, amount) "
             "SELECT o.order_id, o.customer_id, o.status, o.ordered_at, o.updated_at, " + amount +
-            " FROM raw.orders_current o WHERE NOT o._deleted AND o.order_id IN (" + list + ") "
+            " FROM raw.orders_current o WHERE NOT o._deleted AND o.order_id IN (" + list + ") ORDER BY o.order_id "
             "ON CONFLICT (order_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, status = EXCLUDED.status, "
             "ordered_at = EXCLUDED.ordered_at, updated_at = EXCLUDED.updated_at, amount = EXCLUDED.amount "
             "WHERE orders_current.updated_at <= EXCLUDED.updated_at AND (orders_current.customer_id, orders_current.status, "
