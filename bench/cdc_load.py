@@ -49,7 +49,7 @@ w.execute("""SELECT count(*), extract(epoch FROM max(applied_at) - min(commit_ti
                     percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM applied_at - commit_time)),
                     max(extract(epoch FROM applied_at - commit_time))
              FROM raw.orders_changes WHERE op = 'u' AND commit_time >= %s""", (start_ts,))
-n, span, p50, p99, mx = w.fetchone()
-print(json.dumps({"target_rate": rate, "sent": sent, "offered_rate": sent / offered_secs, "applied": n,
+n, span, p50, p99, mx = (float(x) if x is not None else 0.0 for x in w.fetchone())
+print(json.dumps({"target_rate": rate, "sent": sent, "offered_rate": sent / offered_secs, "applied": int(n),
                   "sustained_rate": (n / span) if span else 0, "p50_ms": (p50 or 0) * 1000,
                   "p99_ms": (p99 or 0) * 1000, "max_ms": (mx or 0) * 1000}))
