@@ -5,6 +5,9 @@
 //   strata:events      progress facts (protobuf Event in field "event"); group "controller"
 //   strata:deadletter  records that could not be ingested: dataset, ds, run_id, reason,
 //                      position, record
+//   strata:cdc         change-data-capture micro-batches; group "warehouse-loader"
+//   strata:extract:<pipeline>  shards of sharded extractions; group "ingest" (every ingest
+//                      worker of that pipeline)
 // Delivery is at-least-once: a consumer acks an entry only after its output is durable and
 // reclaims (XAUTOCLAIM) entries a dead consumer left pending.
 //
@@ -30,6 +33,7 @@ inline constexpr const char* kBatchStream = "strata:batches";
 inline constexpr const char* kEventStream = "strata:events";
 inline constexpr const char* kDeadLetterStream = "strata:deadletter";
 inline constexpr const char* kCdcStream = "strata:cdc";  // ChangeBatch in field "batch"; group "warehouse-loader"
+inline constexpr const char* kExtractStream = "strata:extract";  // + ":<pipeline>"; ExtractShard in "shard"; group "ingest"
 inline constexpr const char* kPublishVersionKey = "strata:publish_version";
 
 struct RedisReply {

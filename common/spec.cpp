@@ -133,7 +133,7 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
     OnlyKeys(s, path + ".source",
              {"type", "table", "cursor", "incremental", "path", "date_param", "since_param", "since_field",
               "overlap_seconds", "records", "format", "params", "pagination", "auth", "rate_limit",
-              "timeout_ms", "max_attempts", "schema_drift", "table_id"});
+              "timeout_ms", "max_attempts", "schema_drift", "table_id", "shards"});
     SourceSpec& src = dataset.source;
     src.type = Str(s["type"], path + ".source.type");
     auto opt = [&](const YAML::Node& node, const std::string& at, const char* key, std::string& field) {
@@ -171,6 +171,7 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
     opt(s, sp, "table_id", src.table_id);
     opt(s, sp, "schema_drift", src.schema_drift);
     integer(s, sp, "timeout_ms", &src.timeout_ms, 1);
+    integer(s, sp, "shards", &src.shards, 1);
     integer(s, sp, "max_attempts", &src.max_attempts, 1);
     one_of(src.schema_drift, sp + ".schema_drift", {"ignore", "add_column", "fail"});
     if (const YAML::Node pr = s["params"]) {
@@ -218,6 +219,8 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
       CheckQualified(src.table, sp + ".table");
       CheckIdent(src.cursor, sp + ".cursor");
       one_of(src.incremental, sp + ".incremental", {"interval", "watermark", "snapshot"});
+      if (src.shards > 1 && src.incremental == "snapshot")
+        Fail(sp + ".shards", "snapshot extractions are not sharded (use incremental: interval or watermark)");
     } else if (src.type == "http_json") {
       if (src.path.empty() || src.path[0] != '/') Fail(sp + ".path", "expected a path starting with /");
       one_of(src.format, sp + ".format", {"objects", "census"});

@@ -58,6 +58,9 @@ struct SourceSpec {
   // postgres: interval | watermark | snapshot (the whole table with COPY ... TO STDOUT in one
   // repeatable-read snapshot, every run)
   std::string incremental = "interval";
+  // postgres: split the extraction into this many key-hash shards that any ingest worker may
+  // take from strata:extract, all reading one exported snapshot.
+  int shards = 1;
   // http_json: GET <source_http><path>, records under `records` (empty: the body is the array).
   std::string path;
   std::string date_param;  // by logical date: ?<date_param>=<ds>

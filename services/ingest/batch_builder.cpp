@@ -1,5 +1,7 @@
 #include "services/ingest/batch_builder.h"
 
+#include <stdexcept>
+
 namespace strata::ingest {
 
 BatchBuilder::BatchBuilder(const strata::v1::TaskRequest& req, std::vector<std::string> columns,
@@ -14,12 +16,12 @@ std::string BatchBuilder::BatchId(const std::string& run_id, const std::string& 
 
 strata::v1::Batch BatchBuilder::NewBatch(int seq) const {
   strata::v1::Batch b;
-  b.set_batch_id(BatchId(req_.run_id(), req_.dataset(), seq));
+  b.set_batch_id(BatchId(req_.run_id(), req_.dataset(), seq_base_ + seq));
   b.set_pipeline(req_.pipeline());
   b.set_dataset(req_.dataset());
   b.set_ds(req_.ds());
   b.set_run_id(req_.run_id());
-  b.set_seq(seq);
+  b.set_seq(seq_base_ + seq);
   for (const auto& c : columns_) b.add_columns(c);
   return b;
 }
@@ -39,6 +41,19 @@ void BatchBuilder::Add(const std::vector<std::string>& values, const std::vector
     held_ = std::move(current_);
     current_ = NewBatch(next_seq_++);
   }
+}
+
+void BatchBuilder::SetSeqBase(int base) {
+  if (rows_ > 0 || held_) throw std::logic_error("SetSeqBase after rows were added");
+  seq_base_ = base;
+  current_ = NewBatch(next_seq_ - 1);
+}
+
+int BatchBuilder::FinishShard() {
+  if (held_) emit_(*held_);
+  held_.reset();
+  if (current_.rows_size() > 0) emit_(current_);
+  return current_.rows_size() > 0 ? current_.seq() - seq_base_ + 1 : current_.seq() - seq_base_;
 }
 
 int BatchBuilder::Finish(const std::string& watermark) {

@@ -24,6 +24,10 @@ class BatchBuilder {
   // Emits the held batch marked last; returns the number of batches emitted in total.
   // `watermark` (may be empty) is set on the last batch.
   int Finish(const std::string& watermark = "");
+  // For one shard of a sharded extraction: seqs start at `base`; FinishShard() emits what is
+  // left without marking anything last and returns the shard's batch count.
+  void SetSeqBase(int base);
+  int FinishShard();
   long long rows() const { return rows_; }
 
   static std::string BatchId(const std::string& run_id, const std::string& dataset, int seq);
@@ -38,6 +42,7 @@ class BatchBuilder {
   strata::v1::Batch current_;
   std::optional<strata::v1::Batch> held_;
   int next_seq_ = 0;
+  int seq_base_ = 0;
   long long rows_ = 0;
 };
 

@@ -47,7 +47,7 @@ std::string Literal(const std::string& v) {
 
 }  // namespace
 
-std::string IncrementalSelect(const DatasetSpec& d, const Window& w) {
+std::string IncrementalSelect(const DatasetSpec& d, const Window& w, const std::string& extra_where) {
   static const std::regex kUtc(R"(^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$)");
   if (!std::regex_match(w.start, kUtc) || !std::regex_match(w.end, kUtc) || !(w.start < w.end))
     throw InputError("data interval: expected ISO-8601 UTC bounds start < end, got [" + w.start + ", " + w.end + ")");
@@ -57,10 +57,10 @@ std::string IncrementalSelect(const DatasetSpec& d, const Window& w) {
   const std::string table = QuoteQualified(d.source.table);
   // The window bounds are built from a validated date, so inlining them is safe.
   return "SELECT " + cols + " FROM " + table + " WHERE " + cursor + " >= '" + w.start + "' AND " + cursor +
-         " < '" + w.end + "' ORDER BY " + order;
+         " < '" + w.end + "'" + (extra_where.empty() ? "" : " AND " + extra_where) + " ORDER BY " + order;
 }
 
-std::string WatermarkSelect(const DatasetSpec& d, const Watermark* w) {
+std::string WatermarkSelect(const DatasetSpec& d, const Watermark* w, const std::string& extra_where) {
   std::string sql = "SELECT " + SelectList(d) + " FROM " + QuoteQualified(d.source.table);
   if (w) {
     const std::string cursor = QuoteIdent(d.source.cursor);
@@ -82,7 +82,14 @@ std::string WatermarkSelect(const DatasetSpec& d, const Watermark* w) {
       sql += " WHERE (" + lhs + ") > (" + rhs + ")";
     }
   }
+  if (!extra_where.empty()) sql += std::string(w ? " AND " : " WHERE ") + extra_where;
   return sql + " ORDER BY " + OrderBy(d);
+}
+
+std::string ShardPredicate(const DatasetSpec& d, int shard, int shards) {
+  std::string key;
+  for (const auto& k : d.key) key += (key.empty() ? "" : " || '|' || ") + QuoteIdent(k) + "::text";
+  return "(hashtext(" + key + ") & 2147483647) % " + std::to_string(shards) + " = " + std::to_string(shard);
 }
 
 std::string WatermarkJson(const Watermark& w) { return nlohmann::json{{"cursor", w.cursor}, {"key", w.key}}.dump(); }

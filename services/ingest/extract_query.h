@@ -22,7 +22,8 @@ Window DayWindow(const std::string& ds);
 std::string IncrementalSelect(const DatasetSpec& dataset, const std::string& ds);
 // The same over an explicit window (a schedule's data interval). Throws InputError unless both
 // bounds are ISO-8601 UTC timestamps ("2024-01-09T23:00:00Z").
-std::string IncrementalSelect(const DatasetSpec& dataset, const Window& window);
+std::string IncrementalSelect(const DatasetSpec& dataset, const Window& window,
+                              const std::string& extra_where = "");
 
 // A stored watermark: the largest (cursor, key...) a previous extraction delivered.
 struct Watermark {
@@ -32,7 +33,10 @@ struct Watermark {
 // Rows after the watermark, ordered by (cursor, key). With overlap_seconds > 0 the lower bound
 // is cursor >= watermark - overlap (rows re-read are deduplicated downstream by key); with 0 it
 // is the strict compound (cursor, key) > watermark. No watermark: every row.
-std::string WatermarkSelect(const DatasetSpec& dataset, const Watermark* watermark);
+std::string WatermarkSelect(const DatasetSpec& dataset, const Watermark* watermark,
+                            const std::string& extra_where = "");
+// Rows of shard `shard` of `shards`, by a hash of the key: every row is in exactly one shard.
+std::string ShardPredicate(const DatasetSpec& dataset, int shard, int shards);
 // The JSON form carried in Batch.watermark.
 std::string WatermarkJson(const Watermark& w);
 Watermark WatermarkFromJson(const std::string& json);

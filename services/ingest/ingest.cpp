@@ -7,7 +7,10 @@
 #include <prometheus/registry.h>
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -78,6 +81,10 @@ struct Metrics {
                       .Name("strata_ingest_rate_limit_wait_seconds_total")
                       .Help("Time spent waiting for the source's rate limit")
                       .Register(r)),
+        shards(prometheus::BuildCounter()
+                   .Name("strata_ingest_shards_total")
+                   .Help("Shards of sharded extractions this worker finished, by outcome")
+                   .Register(r)),
         backpressure(prometheus::BuildGauge()
                          .Name("strata_ingest_batches_backpressure_active")
                          .Help("1 while an extraction waits for strata:batches to drain below its high-water mark")
@@ -95,6 +102,7 @@ struct Metrics {
   prometheus::Family<prometheus::Counter>& duplicates;
   prometheus::Family<prometheus::Counter>& relists;
   prometheus::Family<prometheus::Counter>& rate_wait;
+  prometheus::Family<prometheus::Counter>& shards;
   prometheus::Family<prometheus::Gauge>& backpressure;
   prometheus::Family<prometheus::Histogram>& duration;
 };
@@ -180,6 +188,8 @@ class Sink {
   Bus& bus() { return bus_; }
 
   int Finish(const std::string& watermark = "") { return Builder().Finish(watermark); }
+  void SetSeqBase(int base) { Builder().SetSeqBase(base); }
+  int FinishShard() { return Builder().FinishShard(); }
   long long rows() const { return builder_ ? builder_->rows() : 0; }
   long long rejected() const { return rejected_; }
 
@@ -225,10 +235,13 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
       : config_(config), spec_(LoadPipelineSpec(config.pipeline_spec)), metrics_(registry),
         runner_(2), cdc_(config_, spec_, registry) {
     cdc_.Start();
+    shard_worker_ = std::thread([this] { ShardWorkerLoop(); });
   }
 
   std::vector<grpc::Service*> GrpcServices() override { return {this}; }
   void Stop() override {
+    stop_ = true;
+    if (shard_worker_.joinable()) shard_worker_.join();
     cdc_.Stop();
     runner_.Stop();
   }
@@ -255,6 +268,14 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
     Bus bus(config_.redis_url);
     strata::v1::Event ev;
     try {
+      if (dataset.source.type == "postgres" && dataset.source.shards > 1) {
+        const auto [rows, rejected] = ExtractSharded(req, dataset, bus);
+        metrics_.records.Add({{"dataset", dataset.name}, {"outcome", "accepted"}}).Increment(static_cast<double>(rows));
+        metrics_.records.Add({{"dataset", dataset.name}, {"outcome", "rejected"}}).Increment(static_cast<double>(rejected));
+        spdlog::info("extracted dataset={} ds={} run_id={} rows={} rejected={} shards={}", dataset.name, req.ds(),
+                     req.run_id(), rows, rejected, dataset.source.shards);
+        ev = TaskEvent(req, true, "", rows, rejected);
+      } else {
       Sink sink(bus, metrics_, req, dataset, config_.batch_rows, config_.bus_high_water);
       std::string watermark;
       if (dataset.source.type == "postgres") watermark = ExtractPostgres(req, dataset, sink);
@@ -266,6 +287,7 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
       spdlog::info("extracted dataset={} ds={} run_id={} rows={} rejected={} batches={}", dataset.name,
                    req.ds(), req.run_id(), sink.rows(), sink.rejected(), batches);
       ev = TaskEvent(req, true, "", sink.rows(), sink.rejected());
+      }
       metrics_.tasks.Add({{"outcome", "succeeded"}}).Increment();
     } catch (const std::exception& e) {
       spdlog::error("extract failed dataset={} ds={} run_id={} error={}", dataset.name, req.ds(),
@@ -279,6 +301,179 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
       PublishEvent(bus, "ingest", ev);
     } catch (const std::exception& e) {
       spdlog::error("cannot publish completion event task={} error={}", req.task(), e.what());
+    }
+  }
+
+  static constexpr int kShardSpan = 1000000;  // seqs per shard: shard i's batches are i * span + j
+
+  // Shards of this pipeline's datasets: only workers that loaded the same spec take them.
+  std::string ExtractStream() const { return std::string(kExtractStream) + ":" + spec_.name; }
+
+  static std::string ShardKey(const TaskRequest& req) {
+    return "strata:shards:" + req.run_id() + ":" + req.dataset() + ":" + std::to_string(req.attempt());
+  }
+
+  // The SELECT of one extraction (or one shard of it).
+  std::string PostgresSelect(const TaskRequest& req, const DatasetSpec& d, const Watermark* stored,
+                             const std::string& extra_where) {
+    if (d.source.incremental == "watermark") return WatermarkSelect(d, stored, extra_where);
+    const Window w = req.interval_start().empty() ? DayWindow(req.ds()) : Window{req.interval_start(), req.interval_end()};
+    return IncrementalSelect(d, w, extra_where);
+  }
+
+  // Coordinator of a sharded extraction: holds one repeatable-read snapshot open and exported
+  // while the shards (taken by any ingest worker from strata:extract) read it, then commits the
+  // partition's end marker listing every shard's batches.
+  std::pair<long long, long long> ExtractSharded(const TaskRequest& req, const DatasetSpec& d, Bus& bus) {
+    if (config_.source_dsn.empty()) throw InputError("source_dsn (STRATA_SOURCE_DSN) is not configured");
+    const int n = d.source.shards;
+    std::optional<Watermark> stored;
+    if (d.source.incremental == "watermark") stored = ReadWatermark(req, d);
+    auto conn = PgConnect(DsnForTask(config_.source_dsn, req));
+    pqxx::transaction<pqxx::isolation_level::repeatable_read, pqxx::readwrite_policy::read_only> tx(*conn);
+    const std::string snapshot = tx.exec1("SELECT pg_export_snapshot()")[0].c_str();
+    const std::string key = ShardKey(req);
+    bus.client().Command({"DEL", key});
+    for (int i = 0; i < n; ++i) {
+      strata::v1::ExtractShard item;
+      *item.mutable_task() = req;
+      item.set_shard(i);
+      item.set_shards(n);
+      item.set_snapshot(snapshot);
+      bus.Add(ExtractStream(), {{"shard", item.SerializeAsString()}, {"dataset", d.name}, {"run_id", req.run_id()}});
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(config_.task_timeout_seconds);
+    std::map<std::string, std::string> h;
+    for (;;) {
+      const RedisReply r = bus.client().Command({"HGETALL", key});
+      h.clear();
+      for (size_t i = 0; i + 1 < r.elements.size(); i += 2) h[r.elements[i].str] = r.elements[i + 1].str;
+      for (int i = 0; i < n; ++i)
+        if (auto f = h.find("failed_" + std::to_string(i)); f != h.end())
+          throw EnvError("shard " + std::to_string(i) + " of " + std::to_string(n) + ": " + f->second);
+      int done = 0;
+      for (int i = 0; i < n; ++i) done += h.count("batches_" + std::to_string(i)) ? 1 : 0;
+      if (done == n) break;
+      if (stop_ || std::chrono::steady_clock::now() > deadline)
+        throw EnvError(std::to_string(done) + " of " + std::to_string(n) + " shards finished before " +
+                       (stop_ ? "shutdown" : "the task timeout"));
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    tx.commit();  // the snapshot is no longer needed
+    long long rows = 0, rejected = 0;
+    strata::v1::Batch last;
+    last.set_pipeline(req.pipeline());
+    last.set_dataset(d.name);
+    last.set_ds(req.ds());
+    last.set_run_id(req.run_id());
+    last.set_seq(n * kShardSpan);
+    last.set_batch_id(BatchBuilder::BatchId(req.run_id(), d.name, n * kShardSpan));
+    last.set_last(true);
+    last.set_total_batches(n * kShardSpan + 1);
+    last.set_shard_span(kShardSpan);
+    for (const auto& c : d.columns) last.add_columns(c.name);
+    std::optional<Watermark> newest = stored;
+    const int ci = d.ColumnIndex(d.source.cursor);
+    const ColumnType ct = ci >= 0 ? d.columns[static_cast<size_t>(ci)].type : ColumnType::kText;
+    for (int i = 0; i < n; ++i) {
+      const std::string s = std::to_string(i);
+      last.add_shard_batches(std::stoi(h["batches_" + s]));
+      rows += std::stoll(h["rows_" + s]);
+      rejected += std::stoll(h["rejected_" + s]);
+      if (auto w = h.find("watermark_" + s); w != h.end() && !w->second.empty()) {
+        const Watermark sw = WatermarkFromJson(w->second);
+        if (!newest || MakeCursorKey(ct, newest->cursor) < MakeCursorKey(ct, sw.cursor) ||
+            (!(MakeCursorKey(ct, sw.cursor) < MakeCursorKey(ct, newest->cursor)) && newest->key < sw.key))
+          newest = sw;
+      }
+    }
+    if (d.source.incremental == "watermark" && newest) last.set_watermark(WatermarkJson(*newest));
+    bus.Add(kBatchStream, {{"batch", last.SerializeAsString()}, {"dataset", d.name}, {"ds", req.ds()}, {"run_id", req.run_id()}});
+    metrics_.batches.Add({{"dataset", d.name}}).Increment();
+    bus.client().Command({"EXPIRE", key, "86400"});
+    return {rows, rejected};
+  }
+
+  // Every ingest is a worker for sharded extractions: one shard at a time from strata:extract,
+  // reclaiming shards a dead worker left pending.
+  void ShardWorkerLoop() {
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    const std::string consumer = std::string(host) + "-" + std::to_string(getpid());
+    while (!stop_) {
+      try {
+        Bus bus(config_.redis_url);
+        bus.EnsureGroup(ExtractStream(), "ingest");
+        while (!stop_) {
+          auto entries = bus.AutoClaim(ExtractStream(), "ingest", consumer, config_.reclaim_idle_ms, 1);
+          if (entries.empty()) entries = bus.ReadGroup(ExtractStream(), "ingest", consumer, 1, 1000);
+          for (const auto& e : entries) {
+            strata::v1::ExtractShard item;
+            auto it = e.fields.find("shard");
+            if (it != e.fields.end() && item.ParseFromString(it->second)) RunShard(bus, item);
+            else spdlog::error("undecodable shard entry id={}", e.id);
+            bus.Ack(ExtractStream(), "ingest", e.id);
+            bus.Delete(ExtractStream(), e.id);
+          }
+        }
+      } catch (const std::exception& e) {
+        spdlog::warn("shard worker error={}", e.what());
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+      }
+    }
+  }
+
+  void RunShard(Bus& bus, const strata::v1::ExtractShard& item) {
+    const TaskRequest& req = item.task();
+    const std::string key = ShardKey(req);
+    const std::string s = std::to_string(item.shard());
+    const DatasetSpec* d = spec_.Find(req.dataset());
+    try {
+      if (!d || req.pipeline() != spec_.name)
+        throw InputError("dataset '" + req.dataset() + "' of pipeline '" + req.pipeline() + "' is not loaded here");
+      std::optional<Watermark> stored;
+      if (d->source.incremental == "watermark") stored = ReadWatermark(req, *d);
+      Sink sink(bus, metrics_, req, *d, config_.batch_rows, config_.bus_high_water);
+      sink.SetSeqBase(item.shard() * kShardSpan);
+      auto conn = PgConnect(DsnForTask(config_.source_dsn, req));
+      pqxx::transaction<pqxx::isolation_level::repeatable_read, pqxx::readwrite_policy::read_only> tx(*conn);
+      tx.exec("SET TRANSACTION SNAPSHOT " + tx.quote(item.snapshot()));
+      tx.exec("SET LOCAL TIME ZONE 'UTC'");
+      tx.exec("DECLARE strata_shard NO SCROLL CURSOR FOR " +
+              PostgresSelect(req, *d, stored ? &*stored : nullptr, ShardPredicate(*d, item.shard(), item.shards())));
+      const std::string fetch = "FETCH " + std::to_string(config_.batch_rows) + " FROM strata_shard";
+      std::vector<std::string> values(d->columns.size());
+      std::vector<bool> nulls(d->columns.size());
+      long long offset = 0;
+      bool any = false;
+      for (;;) {
+        const pqxx::result r = tx.exec(fetch);
+        if (r.empty()) break;
+        for (const auto& row : r) {
+          for (size_t i = 0; i < d->columns.size(); ++i) {
+            nulls[i] = row[static_cast<int>(i)].is_null();
+            values[i] = nulls[i] ? std::string() : row[static_cast<int>(i)].c_str();
+          }
+          sink.Good(values, nulls, d->source.table + " shard=" + s + " row=" + std::to_string(offset++));
+          any = true;
+        }
+      }
+      tx.commit();
+      const int batches = sink.FinishShard();
+      std::string wm;
+      if (d->source.incremental == "watermark" && any) {
+        const size_t ci = static_cast<size_t>(d->ColumnIndex(d->source.cursor));
+        wm = WatermarkJson({values[ci], KeyAfterCursor(*d, d->source.cursor, values)});
+      }
+      bus.client().Command({"HSET", key, "batches_" + s, std::to_string(batches), "rows_" + s, std::to_string(sink.rows()),
+                            "rejected_" + s, std::to_string(sink.rejected()), "watermark_" + s, wm});
+      metrics_.shards.Add({{"outcome", "done"}}).Increment();
+      spdlog::info("shard done dataset={} run_id={} shard={}/{} rows={} batches={}", req.dataset(), req.run_id(), s,
+                   item.shards(), sink.rows(), batches);
+    } catch (const std::exception& e) {
+      metrics_.shards.Add({{"outcome", "failed"}}).Increment();
+      spdlog::error("shard failed dataset={} run_id={} shard={} error={}", req.dataset(), req.run_id(), s, e.what());
+      bus.client().Command({"HSET", key, "failed_" + s, e.what()});
     }
   }
 
@@ -632,6 +827,8 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
   std::map<std::string, std::unique_ptr<TokenBucket>> buckets_;  // per dataset, shared by its tasks
   TaskRunner runner_;
   CdcStreamer cdc_;
+  std::atomic<bool> stop_{false};
+  std::thread shard_worker_;
 };
 
 }  // namespace

@@ -184,6 +184,11 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
     WriteFileAtomic(run_dir + "/" + part + ".meta", meta.dump());
     if (b.last()) {
       if (!b.watermark().empty()) WriteFileAtomic(run_dir + "/_watermark", b.watermark());
+      if (b.shard_batches_size() > 0) {
+        nlohmann::json shards = {{"span", b.shard_span()},
+                                 {"batches", std::vector<int>(b.shard_batches().begin(), b.shard_batches().end())}};
+        WriteFileAtomic(run_dir + "/_shards", shards.dump());
+      }
       WriteFileAtomic(run_dir + "/_total", std::to_string(b.total_batches()));
     }
     metrics_.rows.Add({{"dataset", b.dataset()}}).Increment(b.rows_size());
@@ -194,16 +199,29 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
     const std::string run_dir = dir + "/run=" + b.run_id();
     if (!fs::exists(run_dir + "/_total")) return;
     const int total = std::stoi(ReadFile(run_dir + "/_total"));
+    // The batches that make the partition: 0..total-1, or for a sharded extraction each shard's
+    // run of seqs and the final marker.
+    std::vector<int> seqs;
+    if (fs::exists(run_dir + "/_shards")) {
+      const auto sh = nlohmann::json::parse(ReadFile(run_dir + "/_shards"));
+      const int span = sh.at("span").get<int>();
+      const auto counts = sh.at("batches").get<std::vector<int>>();
+      for (size_t i = 0; i < counts.size(); ++i)
+        for (int j = 0; j < counts[i]; ++j) seqs.push_back(static_cast<int>(i) * span + j);
+      seqs.push_back(total - 1);
+    } else {
+      for (int seq = 0; seq < total; ++seq) seqs.push_back(seq);
+    }
     Manifest m;
     m.dataset = b.dataset();
     m.ds = b.ds();
     m.run_id = b.run_id();
     m.layer = kLayer;
-    for (int seq = 0; seq < total; ++seq) {
+    for (const int seq : seqs) {
       const std::string meta_path = run_dir + "/" + PartName(seq) + ".meta";
       if (!fs::exists(meta_path)) return;  // not complete yet
       const auto meta = nlohmann::json::parse(ReadFile(meta_path));
-      if (seq == 0) m.columns = meta.at("columns").get<std::vector<std::string>>();
+      if (m.columns.empty()) m.columns = meta.at("columns").get<std::vector<std::string>>();
       ManifestFile f;
       f.path = "run=" + b.run_id() + "/" + PartName(seq);
       f.rows = meta.at("rows").get<int64_t>();

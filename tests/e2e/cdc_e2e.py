@@ -210,8 +210,19 @@ check(gauge(ING, "strata_ingest_cdc_up") == 0 and gauge(ING, "strata_ingest_cdc_
       "cdc_up is 0 and a fatal error is counted")
 check(src("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'strata_demo'")[0][0] == 0,
       "no slot is silently recreated")
+# A slot recreated behind strata's back (it confirms WAL strata never saw) is refused too.
+os.kill(pid_of("ingest"), signal.SIGKILL)
+src_exec("UPDATE shop.customers SET updated_at = updated_at WHERE customer_id = 1")  # WAL strata never sees
+src_exec("SELECT pg_create_logical_replication_slot('strata_demo', 'pgoutput')")
+set_pid("ingest", start("ingest"))
+check(wait_for(lambda: log_has("replication slot 'strata_demo' confirms "), 20, "recreated slot error") and
+      log_has("past what strata acknowledged"), "a recreated slot is reported instead of silently skipping changes")
+check(gauge(ING, "strata_ingest_cdc_up") == 0, "and capture stays down")
 # The documented way back: forget the state, a fresh slot snapshots the tables again.
 os.kill(pid_of("ingest"), signal.SIGKILL)
+wait_for(lambda: src("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'strata_demo' AND active")[0][0] == 0,
+         10, "slot released")
+src_exec("SELECT pg_drop_replication_slot('strata_demo')")
 wh_conn = psycopg2.connect(ENV["STRATA_PG_DSN"])
 wh_conn.autocommit = True
 wh_conn.cursor().execute("DELETE FROM ops.cdc_state WHERE slot = 'strata_demo'")

@@ -39,7 +39,7 @@ def log_lines():
         return [json.loads(line) for line in f if line.startswith("{")]
 
 
-def extract(dataset, wait=True, seconds=60):
+def extract(dataset, wait=True, seconds=60, ds=DS):
     """Extract via gRPC; returns (outcome, message, rows, seconds) from ingest's own log."""
     # Run ids sort by start time (lake-export drops batches of runs older than the committed one).
     run_id = f"r{int(time.time() * 1000)}-{uuid.uuid4().hex[:4]}"
@@ -47,7 +47,7 @@ def extract(dataset, wait=True, seconds=60):
         "/strata.v1.Ingest/Extract", request_serializer=pb.TaskRequest.SerializeToString,
         response_deserializer=pb.TaskAccepted.FromString)
     t0 = time.time()
-    stub(pb.TaskRequest(pipeline="faults", dataset=dataset, ds=DS, run_id=run_id, task=f"extract.{dataset}",
+    stub(pb.TaskRequest(pipeline="faults", dataset=dataset, ds=ds, run_id=run_id, task=f"extract.{dataset}",
                         attempt=1), timeout=10)
     if not wait:
         return run_id
@@ -65,9 +65,9 @@ def extract(dataset, wait=True, seconds=60):
     return run_id, result.get("msg", "(no outcome)"), time.time() - t0
 
 
-def partition(dataset, run_id, seconds=20):
+def partition(dataset, run_id, seconds=20, ds=DS):
     """Rows of the committed lake partition of `run_id` (None if it never commits)."""
-    path = os.path.join(LAKE, "bronze", dataset, f"dt={DS}", "_manifest.json")
+    path = os.path.join(LAKE, "bronze", dataset, f"dt={ds}", "_manifest.json")
 
     def committed():
         try:
@@ -244,6 +244,46 @@ run_id, msg, _ = extract("rv_slow")
 got = partition("rv_slow", run_id)
 ids = [int(r["review_id"]) for r in got[1]] if got else []
 check(sorted(ids) == SOURCE_IDS, f"re-run after kill -9: the lake partition is exactly the source ({len(ids)} rows)")
+
+# --- several workers share a sharded extraction; a dead worker's shard is redone by another ----------
+SDS = "2024-01-03"
+want = sorted(src("SELECT order_id, line_no FROM shop.order_items WHERE updated_at >= %s AND updated_at < %s::date + 1",
+                  (SDS, SDS)))
+worker_b_metrics = f"127.0.0.1:{free_port()}"
+worker_b = start("ingest", dict(ENV_EXTRA, STRATA_INGEST_GRPC=f"127.0.0.1:{free_port()}",
+                                STRATA_INGEST_METRICS=worker_b_metrics), log_name="ingest_faults_b.log")
+wait_for(lambda: gauge(worker_b_metrics, "strata_ingest_tasks_total") >= 0, 20, "worker b up")
+run_id, msg, _ = extract("items_sharded", ds=SDS)
+got = partition("items_sharded", run_id, ds=SDS)
+keys = sorted((int(r["order_id"]), int(r["line_no"])) for r in got[1]) if got else []
+check(keys == want, f"4 shards over 2 workers: the partition is exactly the day's {len(want)} order lines ({len(keys)})")
+done = metric("strata_ingest_shards_total", {"outcome": "done"}) + gauge(worker_b_metrics, "strata_ingest_shards_total",
+                                                                       {"outcome": "done"})
+check(done == 4, f"each of the 4 shards was extracted once ({done})")
+# Hold the workers on a table lock so worker b is caught holding a shard, kill it, then let go.
+import psycopg2  # noqa: E402
+locker = psycopg2.connect(ENV["STRATA_SOURCE_DSN"])
+lcur = locker.cursor()
+lcur.execute("LOCK TABLE shop.order_items IN ACCESS EXCLUSIVE MODE")
+run_id = extract("items_sharded", wait=False, ds=SDS)
+r = __import__("redis").Redis(port=int(ENV["STRATA_REDIS_PORT"]))
+
+
+def b_holds_shard():
+    def text(v):
+        return v.decode() if isinstance(v, bytes) else str(v)
+
+    return any(text(c.get("name", c.get(b"name"))).endswith(f"-{worker_b}") and int(c.get("pending", c.get(b"pending"))) > 0
+               for c in r.xinfo_consumers("strata:extract:faults", "ingest"))
+
+
+check(wait_for(b_holds_shard, 20, "worker b holds a shard"), "worker b has taken a shard")
+os.kill(worker_b, signal.SIGKILL)
+locker.rollback()
+locker.close()
+got = partition("items_sharded", run_id, seconds=60, ds=SDS)
+keys = sorted((int(r["order_id"]), int(r["line_no"])) for r in got[1]) if got else []
+check(keys == want, f"after worker b died holding a shard, another worker redid it: exactly {len(want)} lines ({len(keys)})")
 
 os.kill(pid, signal.SIGTERM)
 finish()
