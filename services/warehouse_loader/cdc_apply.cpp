@@ -18,6 +18,7 @@
 #include "common/errors.h"
 #include "common/pg.h"
 #include "common/time_util.h"
+#include <pqxx/tablewriter>
 #include "strata.pb.h"
 
 namespace strata::loader {
@@ -28,6 +29,14 @@ constexpr const char* kGroup = "warehouse-loader";
 
 std::string Changes(const DatasetSpec& d) { return "raw." + QuoteIdent(d.name + "_changes"); }
 std::string Current(const DatasetSpec& d) { return "raw." + QuoteIdent(d.name + "_current"); }
+
+uint64_t LsnValue(const std::string& text) {
+  const size_t slash = text.find('/');
+  if (slash == std::string::npos) throw InputError("LSN \"" + text + "\": expected X/Y in hex");
+  return (std::stoull(text.substr(0, slash), nullptr, 16) << 32) | std::stoull(text.substr(slash + 1), nullptr, 16);
+}
+
+std::string Temp(const DatasetSpec& d) { return QuoteIdent("tmp_cdc_" + d.name); }
 
 std::string KeyList(const DatasetSpec& d) {
   std::string out;
@@ -96,15 +105,44 @@ struct CdcApplier::Impl {
         // Our own pending entries first (a restart), then others' orphans, then new ones.
         std::vector<StreamEntry> entries = bus.AutoClaim(kCdcStream, kGroup, consumer, config.reclaim_idle_ms, 16);
         if (entries.empty()) entries = bus.ReadGroup(kCdcStream, kGroup, consumer, 16, 500);
-        for (const auto& e : entries) {
-          if (stop) break;
-          HandleWithRetry(bus, *conn_holder, e);
-        }
+        ApplyEntries(bus, *conn_holder, entries);
       } catch (const std::exception& e) {
         spdlog::warn("cdc apply loop error={}", e.what());
         conn_holder.reset();
         std::this_thread::sleep_for(std::chrono::seconds(1));
       }
+    }
+  }
+
+  // Entries read together are applied in one transaction (fewer commits under load); if that
+  // fails, each is applied on its own so one bad batch cannot hold up the others.
+  void ApplyEntries(Bus& bus, pqxx::connection& conn, const std::vector<StreamEntry>& entries) {
+    if (entries.empty()) return;
+    std::vector<strata::v1::ChangeBatch> batches(entries.size());
+    bool decodable = true;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      auto it = entries[i].fields.find("batch");
+      decodable = decodable && it != entries[i].fields.end() && batches[i].ParseFromString(it->second);
+    }
+    if (decodable && entries.size() > 1) {
+      try {
+        std::vector<const strata::v1::ChangeBatch*> all;
+        for (const auto& b : batches) all.push_back(&b);
+        Apply(conn, all);
+        for (const auto& e : entries) {
+          bus.Ack(kCdcStream, kGroup, e.id);
+          bus.Delete(kCdcStream, e.id);
+        }
+        return;
+      } catch (const pqxx::broken_connection&) {
+        throw;
+      } catch (const std::exception& ex) {
+        spdlog::warn("cdc apply of {} batches together failed ({}); applying them one by one", entries.size(), ex.what());
+      }
+    }
+    for (const auto& e : entries) {
+      if (stop) break;
+      HandleWithRetry(bus, conn, e);
     }
   }
 
@@ -117,7 +155,7 @@ struct CdcApplier::Impl {
     }
     for (int attempt = 1;; ++attempt) {
       try {
-        Apply(conn, batch);
+        Apply(conn, {&batch});
         break;
       } catch (const pqxx::broken_connection&) {
         throw;  // reconnect; the entry stays pending and is reclaimed
@@ -143,11 +181,21 @@ struct CdcApplier::Impl {
     bus.Delete(kCdcStream, e.id);
   }
 
-  void Apply(pqxx::connection& conn, const strata::v1::ChangeBatch& batch) {
+  void Apply(pqxx::connection& conn, const std::vector<const strata::v1::ChangeBatch*>& batches) {
     pqxx::work tx(conn);
     tx.exec("SET LOCAL TIME ZONE 'UTC'");
     std::map<std::string, std::vector<const strata::v1::Change*>> by_dataset;
-    for (const auto& c : batch.changes()) by_dataset[c.dataset()].push_back(&c);
+    std::string end_lsn = "0/0", slot;
+    uint64_t end = 0;
+    for (const auto* batch : batches) {
+      for (const auto& c : batch->changes()) by_dataset[c.dataset()].push_back(&c);
+      slot = batch->slot();
+      const uint64_t e = LsnValue(batch->end_lsn());
+      if (e >= end) {
+        end = e;
+        end_lsn = batch->end_lsn();
+      }
+    }
     std::set<std::string> orders_touched;
     int64_t newest_us = 0;
     for (auto& [name, changes] : by_dataset) {
@@ -158,11 +206,11 @@ struct CdcApplier::Impl {
     }
     if (!orders_touched.empty() && Captures(spec, "orders") &&
         std::find(spec.models.begin(), spec.models.end(), "orders_current") != spec.models.end())
-      RefreshOrdersCurrent(tx, orders_touched);
+      RefreshOrdersCurrent(tx);
     tx.exec_params(
         "UPDATE ops.cdc_state SET applied_lsn = greatest(applied_lsn, $2::pg_lsn), applied_at = now(), "
         "last_commit_at = greatest(last_commit_at, to_timestamp($3::double precision / 1e6)) WHERE slot = $1",
-        batch.slot(), batch.end_lsn(), newest_us);
+        slot, end_lsn, newest_us);
     tx.commit();
     const int64_t now_us = NowUnixMs() * 1000;
     for (auto& [name, changes] : by_dataset) {
@@ -224,64 +272,102 @@ struct CdcApplier::Impl {
       if (orders_touched) orders_touched->insert(v[static_cast<size_t>(d.ColumnIndex("order_id"))].value_or(""));
       rows.push_back(std::move(v));
     }
-    // Every change, once.
+    // Every change, once: COPY into a per-session temp table, then set-based statements.
+    EnsureTemp(tx, d);
+    std::vector<std::string> copy_cols = {"lsn", "seq", "op", "commit_us"};
+    for (const auto& c : d.columns) copy_cols.push_back(c.name);
+    copy_cols.push_back("unchanged");
+    {
+      // libpqxx 6.4's stream_to takes tuples only; tablewriter takes ready COPY text lines.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+      pqxx::tablewriter out(tx, "tmp_cdc_" + d.name, copy_cols.begin(), copy_cols.end());
+#pragma GCC diagnostic pop
+      std::string line;
+      std::vector<const char*> fields(copy_cols.size());
+      std::string seq, us, unchanged;
+      for (size_t r = 0; r < rows.size(); ++r) {
+        const auto* c = changes[r];
+        seq = std::to_string(c->seq());
+        us = std::to_string(c->commit_unix_us());
+        unchanged.clear();
+        for (int u = 0; u < c->unchanged_size(); ++u) unchanged += (u ? "," : "{") + c->unchanged(u);
+        if (!unchanged.empty()) unchanged += "}";
+        fields[0] = c->lsn().c_str();
+        fields[1] = seq.c_str();
+        fields[2] = c->op().c_str();
+        fields[3] = us.c_str();
+        for (size_t i = 0; i < n; ++i) fields[4 + i] = rows[r][i] ? rows[r][i]->c_str() : nullptr;
+        fields[4 + n] = unchanged.empty() ? nullptr : unchanged.c_str();
+        line.clear();
+        for (size_t f = 0; f < fields.size(); ++f) {
+          if (f) line.push_back('\t');
+          if (!fields[f]) {
+            line += "\\N";
+            continue;
+          }
+          for (const char* p = fields[f]; *p; ++p) {
+            switch (*p) {
+              case '\\': line += "\\\\"; break;
+              case '\t': line += "\\t"; break;
+              case '\n': line += "\\n"; break;
+              case '\r': line += "\\r"; break;
+              default: line.push_back(*p);
+            }
+          }
+        }
+        out.write_raw_line(line);
+      }
+      out.complete();
+    }
     std::string cols;
     for (const auto& c : d.columns) cols += ", " + QuoteIdent(c.name);
-    const auto lit = [&tx](const std::optional<std::string>& v) { return v ? tx.quote(*v) : std::string("NULL"); };
-    std::string ins = "INSERT INTO " + Changes(d) + " (lsn, seq, op, commit_time" + cols + ", unchanged) VALUES ";
-    for (size_t r = 0; r < rows.size(); ++r) {
-      const auto* c = changes[r];
-      ins += (r ? ",(" : "(") + tx.quote(c->lsn()) + "::pg_lsn, " + std::to_string(c->seq()) + ", " + tx.quote(c->op()) +
-             ", to_timestamp(" + std::to_string(c->commit_unix_us()) + "::double precision / 1e6)";
-      for (size_t i = 0; i < n; ++i) ins += ", " + lit(rows[r][i]) + "::" + PgTypeName(d.columns[i].type);
-      std::string unchanged = "ARRAY[";
-      for (int u = 0; u < c->unchanged_size(); ++u) unchanged += (u ? "," : "") + tx.quote(c->unchanged(u));
-      ins += ", " + (c->unchanged_size() ? unchanged + "]::text[]" : std::string("NULL")) + ")";
-    }
-    tx.exec(ins + " ON CONFLICT (lsn, seq) DO NOTHING");
+    tx.exec("INSERT INTO " + Changes(d) + " (lsn, seq, op, commit_time" + cols + ", unchanged) SELECT lsn, seq, op, "
+            "to_timestamp(commit_us::double precision / 1e6)" + cols + ", unchanged FROM " + Temp(d) +
+            " ON CONFLICT (lsn, seq) DO NOTHING");
     // The latest version per key; a change older than what is there (a redelivery) loses.
-    std::map<std::string, size_t> last;
-    for (size_t r = 0; r < rows.size(); ++r) {
-      std::string key;
-      for (size_t k : key_idx) key += rows[r][k].value_or("") + '\x1f';
-      last[key] = r;
-    }
-    std::string up = "INSERT INTO " + Current(d) + " (" + cols.substr(2) + ", _lsn, _seq, _commit_time, _deleted) VALUES ";
-    bool first = true;
-    for (const auto& [key, r] : last) {
-      const auto* c = changes[r];
-      up += std::string(first ? "(" : ",(");
-      first = false;
-      for (size_t i = 0; i < n; ++i) up += (i ? ", " : "") + lit(rows[r][i]) + "::" + PgTypeName(d.columns[i].type);
-      up += ", " + tx.quote(c->lsn()) + "::pg_lsn, " + std::to_string(c->seq()) + ", to_timestamp(" +
-            std::to_string(c->commit_unix_us()) + "::double precision / 1e6), " + (c->op() == "d" ? "true" : "false") + ")";
-    }
     std::string set;
     for (const auto& c : d.columns) set += QuoteIdent(c.name) + " = CASE WHEN EXCLUDED._deleted THEN " + Current(d) + "." +
                                            QuoteIdent(c.name) + " ELSE EXCLUDED." + QuoteIdent(c.name) + " END, ";
-    tx.exec(up + " ON CONFLICT (" + KeyList(d) + ") DO UPDATE SET " + set +
+    tx.exec("INSERT INTO " + Current(d) + " (" + cols.substr(2) + ", _lsn, _seq, _commit_time, _deleted) "
+            "SELECT DISTINCT ON (" + KeyList(d) + ") " + cols.substr(2) + ", lsn, seq, "
+            "to_timestamp(commit_us::double precision / 1e6), op = 'd' FROM " + Temp(d) +
+            " ORDER BY " + KeyList(d) + ", lsn DESC, seq DESC"
+            " ON CONFLICT (" + KeyList(d) + ") DO UPDATE SET " + set +
             "_lsn = EXCLUDED._lsn, _seq = EXCLUDED._seq, _commit_time = EXCLUDED._commit_time, _deleted = EXCLUDED._deleted "
             "WHERE (" + Current(d) + "._lsn, " + Current(d) + "._seq) < (EXCLUDED._lsn, EXCLUDED._seq)");
   }
 
-  void RefreshOrdersCurrent(pqxx::work& tx, const std::set<std::string>& ids) {
-    std::string list;
-    for (const auto& id : ids) list += (list.empty() ? "" : ",") + tx.quote(id) + "::bigint";
+  static void EnsureTemp(pqxx::work& tx, const DatasetSpec& d) {
+    std::string tcols;
+    for (const auto& c : d.columns) tcols += ", " + QuoteIdent(c.name) + " " + PgTypeName(c.type);
+    tx.exec("CREATE TEMP TABLE IF NOT EXISTS " + Temp(d) +
+            " (lsn pg_lsn, seq integer, op char(1), commit_us bigint" + tcols + ", unchanged text[]) ON COMMIT DELETE ROWS");
+  }
+
+  // marts.orders_current for the orders this transaction's changes touched.
+  void RefreshOrdersCurrent(pqxx::work& tx) {
     const bool items = Captures(spec, "order_items");
+    std::string touched = "SELECT order_id FROM tmp_cdc_orders";
+    EnsureTemp(tx, *spec.Find("orders"));
+    if (items) {
+      EnsureTemp(tx, *spec.Find("order_items"));
+      touched += " UNION SELECT order_id FROM tmp_cdc_order_items";
+    }
     const std::string amount =
         items ? "(SELECT sum(i.quantity * i.unit_price)::numeric(14,2) FROM raw.order_items_current i "
                 "WHERE i.order_id = o.order_id AND NOT i._deleted)"
               : "(SELECT c.amount FROM marts.orders_current c WHERE c.order_id = o.order_id)";
     tx.exec("INSERT INTO marts.orders_current (order_id, customer_id, status, ordered_at, updated_at, amount) "
             "SELECT o.order_id, o.customer_id, o.status, o.ordered_at, o.updated_at, " + amount +
-            " FROM raw.orders_current o WHERE NOT o._deleted AND o.order_id IN (" + list + ") ORDER BY o.order_id "
+            " FROM raw.orders_current o WHERE NOT o._deleted AND o.order_id IN (" + touched + ") ORDER BY o.order_id "
             "ON CONFLICT (order_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, status = EXCLUDED.status, "
             "ordered_at = EXCLUDED.ordered_at, updated_at = EXCLUDED.updated_at, amount = EXCLUDED.amount "
             "WHERE orders_current.updated_at <= EXCLUDED.updated_at AND (orders_current.customer_id, orders_current.status, "
             "orders_current.ordered_at, orders_current.updated_at, orders_current.amount) IS DISTINCT FROM "
             "(EXCLUDED.customer_id, EXCLUDED.status, EXCLUDED.ordered_at, EXCLUDED.updated_at, EXCLUDED.amount)");
     tx.exec("DELETE FROM marts.orders_current c USING raw.orders_current o WHERE o.order_id = c.order_id AND o._deleted "
-            "AND o.order_id IN (" + list + ")");
+            "AND o.order_id IN (" + touched + ")");
   }
 
   const Config& config;
