@@ -1,6 +1,7 @@
 #include "common/time_util.h"
 
 #include <chrono>
+#include <regex>
 #include <cstdio>
 #include <ctime>
 
@@ -80,6 +81,26 @@ std::string NowIso() {
                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                 static_cast<int>(ms % 1000));
   return buf;
+}
+
+int64_t TimestampMicros(const std::string& s) {
+  static const std::regex kTs(
+      R"(^([0-9]{4}-[0-9]{2}-[0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?(Z|([+-])([0-9]{2}):?([0-9]{2})?)?$)");
+  std::smatch m;
+  if (!std::regex_match(s, m, kTs)) throw InputError("\"" + s + "\" is not a timestamp (YYYY-MM-DD HH:MM:SS[.ffffff][Z|+HH:MM])");
+  int64_t us = ParseDate(m[1].str(), "timestamp") * 86400LL;
+  us += std::stoll(m[2].str()) * 3600 + std::stoll(m[3].str()) * 60 + std::stoll(m[4].str());
+  if (m[7].matched) {
+    const int64_t off = std::stoll(m[8].str()) * 3600 + (m[9].matched ? std::stoll(m[9].str()) * 60 : 0);
+    us += m[7].str() == "+" ? -off : off;
+  }
+  us *= 1000000;
+  if (m[5].matched) {
+    std::string frac = m[5].str();
+    frac.resize(6, '0');
+    us += std::stoll(frac);
+  }
+  return us;
 }
 
 }  // namespace strata

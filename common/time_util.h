@@ -11,6 +11,9 @@ std::string FormatDate(int64_t days_since_epoch);
 std::string AddDays(const std::string& ds, int64_t days);
 bool IsValidDate(const std::string& ds);
 int64_t NowUnixMs();
+// Microseconds since the epoch of "YYYY-MM-DD[T ]HH:MM:SS[.ffffff][Z|±HH[:MM]]" (no offset: UTC).
+// Throws InputError.
+int64_t TimestampMicros(const std::string& timestamp);
 // Current UTC time as ISO-8601 with milliseconds.
 std::string NowIso();
 

@@ -7,12 +7,27 @@ PKGS=(
   build-essential cmake pkg-config ccache git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libpqxx-dev libpq-dev libhiredis-dev libcurl4-openssl-dev prometheus-cpp-dev
-  libyaml-cpp-dev libgumbo-dev libcli11-dev libspdlog-dev libfmt-dev libzstd-dev
+  libyaml-cpp-dev libgumbo-dev libcli11-dev libspdlog-dev libfmt-dev libzstd-dev thrift-compiler libthrift-dev libboost-dev libsnappy-dev
   nlohmann-json3-dev libcpp-httplib-dev libssl-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   postgresql-15 postgresql-client-15 redis-server redis-tools
   prometheus docker-compose chromium python3-grpcio python3-protobuf python3-psycopg2 python3-redis curl
 )
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# The independent Parquet reader the tests use (hyparquet, pinned by package-lock.json).
+npm_deps() {
+  if ! command -v npm >/dev/null; then
+    ${SUDO:-} apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  if [ ! -d "$ROOT/tests/parquet/node_modules/hyparquet" ]; then
+    (cd "$ROOT/tests/parquet" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "install-deps: npm packages for tests/parquet installed"
+  fi
+}
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -21,15 +36,15 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PKGS[@]} packages present"
+  npm_deps
   exit 0
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The Debian packages start system-wide daemons; strata runs its own private ones.
 $SUDO systemctl disable --now redis-server prometheus postgresql >/dev/null 2>&1 || true
+npm_deps
 echo "install-deps: done"

@@ -240,26 +240,6 @@ std::vector<std::string> DriftTracker::Vanished() const {
 
 namespace strata::ingest {
 
-int64_t TimestampMicros(const std::string& s) {
-  static const std::regex kTs(
-      R"(^([0-9]{4}-[0-9]{2}-[0-9]{2})[T ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?(Z|([+-])([0-9]{2}):?([0-9]{2})?)?$)");
-  std::smatch m;
-  if (!std::regex_match(s, m, kTs)) throw InputError("cursor value \"" + s + "\" is not a timestamp");
-  int64_t us = ParseDate(m[1].str(), "cursor value") * 86400LL;
-  us += std::stoll(m[2].str()) * 3600 + std::stoll(m[3].str()) * 60 + std::stoll(m[4].str());
-  if (m[7].matched) {
-    const int64_t off = std::stoll(m[8].str()) * 3600 + (m[9].matched ? std::stoll(m[9].str()) * 60 : 0);
-    us += m[7].str() == "+" ? -off : off;
-  }
-  us *= 1000000;
-  if (m[5].matched) {
-    std::string frac = m[5].str();
-    frac.resize(6, '0');
-    us += std::stoll(frac);
-  }
-  return us;
-}
-
 std::string FormatMicros(int64_t micros) {
   int64_t secs = micros / 1000000, frac = micros % 1000000;
   if (frac < 0) {

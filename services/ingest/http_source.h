@@ -94,7 +94,6 @@ namespace strata::ingest {
 
 // Cursor values (canonical text of the since_field's type) ordered and moved back by the
 // overlap window. Timestamps compare as instants, whatever their UTC offset.
-int64_t TimestampMicros(const std::string& canonical);  // throws InputError
 std::string FormatMicros(int64_t micros);                // "YYYY-MM-DDTHH:MM:SS.ffffffZ"
 bool CursorLess(ColumnType type, const std::string& a, const std::string& b);
 // The sort key of one cursor value, computed once per record.

@@ -4,6 +4,7 @@
 
 #include "common/errors.h"
 #include "common/spec.h"
+#include "common/time_util.h"
 #include "services/ingest/extract_query.h"
 #include "services/ingest/http_source.h"
 #include "services/source_sim/source_sim.h"

@@ -4,6 +4,7 @@
 
 #include "common/errors.h"
 #include "common/http_client.h"
+#include "common/parquet.h"
 #include "common/pg.h"
 #include "common/time_util.h"
 #include "services/quality/checks.h"
@@ -147,6 +148,37 @@ TEST(CopyText, FieldsNullsAndEscapes) {
   EXPECT_FALSE(f[1].has_value());
   EXPECT_EQ(f[2], std::optional<std::string>("a\tb\\c\nd"));
   EXPECT_EQ(f[3], std::optional<std::string>(""));
+}
+
+}  // namespace
+}  // namespace strata
+
+namespace strata {
+namespace {
+
+TEST(Parquet, BadValueNamesColumnAndRowAndWritesNothing) {
+  try {
+    EncodeParquet({{"id", ColumnType::kInt}, {"at", ColumnType::kTimestamp}},
+                  {{std::string("1"), std::string("2024-01-01T00:00:00Z")}, {std::string("2"), std::string("soon")}},
+                  ParquetCodec::kZstd);
+    FAIL() << "expected InputError";
+  } catch (const InputError& e) {
+    EXPECT_STREQ(e.what(), "parquet: column 'at' row 1: \"soon\" is not a timestamp");
+  }
+  EXPECT_THROW(EncodeParquet({{"id", ColumnType::kInt}}, {{std::string("1"), std::string("2")}}, ParquetCodec::kSnappy),
+               InputError);
+  EXPECT_THROW(ParseParquetCodec("lz4", "lake.compression"), InputError);
+}
+
+TEST(Parquet, FileIsFramedByMagicAndFooterLength) {
+  const std::string f = EncodeParquet({{"x", ColumnType::kText}}, {{std::string("a")}, {std::nullopt}},
+                                      ParquetCodec::kUncompressed);
+  ASSERT_GT(f.size(), 12u);
+  EXPECT_EQ(f.substr(0, 4), "PAR1");
+  EXPECT_EQ(f.substr(f.size() - 4), "PAR1");
+  const uint32_t footer = static_cast<uint8_t>(f[f.size() - 8]) | static_cast<uint8_t>(f[f.size() - 7]) << 8 |
+                          static_cast<uint8_t>(f[f.size() - 6]) << 16 | static_cast<uint32_t>(static_cast<uint8_t>(f[f.size() - 5])) << 24;
+  EXPECT_LT(footer, f.size() - 12);
 }
 
 }  // namespace
