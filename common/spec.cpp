@@ -122,7 +122,7 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
   for (size_t i = 0; i < ds.size(); ++i) {
     const std::string path = origin + ":datasets[" + std::to_string(i) + "]";
     const YAML::Node d = ds[i];
-    OnlyKeys(d, path, {"name", "source", "key", "columns"});
+    OnlyKeys(d, path, {"name", "source", "key", "columns", "silver"});
     DatasetSpec dataset;
     dataset.name = Str(d["name"], path + ".name");
     CheckIdent(dataset.name, path + ".name");
@@ -250,6 +250,11 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
       dataset.columns.push_back(col);
     }
     if (d["key"]) dataset.key = StrList(d["key"], path + ".key");
+    if (d["silver"]) {
+      dataset.silver = Str(d["silver"], path + ".silver");
+      if (dataset.silver != "none" && dataset.silver != "snappy" && dataset.silver != "zstd")
+        Fail(path + ".silver", "unknown Parquet compression '" + dataset.silver + "' (known: none, snappy, zstd)");
+    }
     for (const auto& k : dataset.key)
       if (dataset.ColumnIndex(k) < 0) Fail(path + ".key", "key column '" + k + "' is not a declared column");
     if (src.type == "postgres" && dataset.ColumnIndex(src.cursor) < 0)

@@ -89,6 +89,9 @@ struct DatasetSpec {
   SourceSpec source;
   std::vector<std::string> key;
   std::vector<Column> columns;
+  // When set (none | snappy | zstd), each loaded day is also written to the lake's silver layer
+  // as Parquet with this compression: typed, one row per key.
+  std::string silver;
   int ColumnIndex(const std::string& name) const;  // -1 if absent
 };
 

@@ -21,6 +21,7 @@
 #include "common/task_runner.h"
 #include "common/time_util.h"
 #include "services/warehouse_loader/cdc_apply.h"
+#include "services/warehouse_loader/lake_layers.h"
 #include "services/warehouse_loader/models.h"
 #include "strata.grpc.pb.h"
 
@@ -199,6 +200,14 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
           {req.pipeline(), d.name, manifest->watermark, req.ds(), manifest->run_id});
     }
     pg.Exec("COMMIT");
+    if (!d.silver.empty()) {
+      auto conn = PgConnect(DsnForTask(config_.warehouse_dsn, req));
+      pqxx::read_transaction tx(*conn);
+      tx.exec("SET LOCAL TIME ZONE 'UTC'");
+      const long long n = ExportSilver(tx, config_.lake_root, d, req.ds(), manifest->run_id,
+                                       ParseParquetCodec(d.silver, "datasets." + d.name + ".silver"));
+      spdlog::info("exported silver dataset={} ds={} rows={}", d.name, req.ds(), n);
+    }
     metrics_.rows.Add({{"dataset", d.name}}).Increment(static_cast<double>(copied));
     spdlog::info("loaded dataset={} ds={} run_id={} rows={}", d.name, req.ds(), manifest->run_id, copied);
     return copied;
@@ -243,6 +252,10 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
     tx.commit();
     spdlog::info("published version={} ds={} run_id={} tables={} rows={}", v[0][0].c_str(), req.ds(), req.run_id(),
                  tables.size(), rows);
+    // The published day's marts, exported to the lake's gold layer.
+    pqxx::read_transaction gold(*conn);
+    const long long exported = ExportGold(gold, config_.lake_root, req.ds(), req.run_id(), ParquetCodec::kZstd);
+    spdlog::info("exported gold ds={} rows={}", req.ds(), exported);
     return rows;
   }
 

@@ -1,0 +1,113 @@
+#include "services/warehouse_loader/lake_layers.h"
+
+#include <filesystem>
+
+#include "common/errors.h"
+#include "common/lake.h"
+#include "common/pg.h"
+#include "common/time_util.h"
+
+namespace strata::loader {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The canonical text the Parquet writer parses, per column type.
+std::string SelectExpr(const std::string& col, ColumnType t) {
+  switch (t) {
+    case ColumnType::kTimestamp: return "to_char(" + col + " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
+    case ColumnType::kBool: return "CASE WHEN " + col + " THEN 'true' WHEN NOT " + col + " THEN 'false' END";
+    case ColumnType::kFloat: return col + "::double precision::text";  // shortest exact text
+    default: return col + "::text";
+  }
+}
+
+ColumnType FromPg(const std::string& pg_type) {
+  if (pg_type == "bigint" || pg_type == "integer" || pg_type == "smallint") return ColumnType::kInt;
+  if (pg_type == "numeric" || pg_type == "double precision" || pg_type == "real") return ColumnType::kFloat;
+  if (pg_type == "date") return ColumnType::kDate;
+  if (pg_type == "boolean") return ColumnType::kBool;
+  if (pg_type.rfind("timestamp", 0) == 0) return ColumnType::kTimestamp;
+  return ColumnType::kText;
+}
+
+long long WritePartition(pqxx::transaction_base& tx, const std::string& root, const std::string& layer,
+                         const std::string& name, const std::string& ds, const std::string& run_id,
+                         const std::vector<ParquetColumn>& cols, const std::string& select, ParquetCodec codec) {
+  std::vector<ParquetRow> rows;
+  for (const auto& r : tx.exec_params(select, ds)) {
+    ParquetRow row(cols.size());
+    for (size_t i = 0; i < cols.size(); ++i)
+      if (!r[static_cast<int>(i)].is_null()) row[i] = std::string(r[static_cast<int>(i)].c_str());
+    rows.push_back(std::move(row));
+  }
+  const std::string file = EncodeParquet(cols, rows, codec);
+  const std::string dir = PartitionDir(root, layer, name, ds);
+  const std::string part = "run=" + run_id + "/part-00000.parquet";
+  WriteFileAtomic(dir + "/" + part, file);
+  Manifest m;
+  m.dataset = name;
+  m.ds = ds;
+  m.run_id = run_id;
+  m.layer = layer;
+  m.format = "parquet";
+  for (const auto& c : cols) m.columns.push_back(c.name);
+  m.files.push_back({part, static_cast<int64_t>(rows.size()), static_cast<int64_t>(file.size()), Crc32(file)});
+  m.rows = static_cast<int64_t>(rows.size());
+  m.committed_at = NowIso();
+  WriteFileAtomic(ManifestPath(dir), ManifestToJson(m));
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    const std::string n = entry.path().filename().string();
+    if (entry.is_directory() && n.rfind("run=", 0) == 0 && n != "run=" + run_id) fs::remove_all(entry.path(), ec);
+  }
+  return m.rows;
+}
+
+}  // namespace
+
+long long ExportSilver(pqxx::transaction_base& tx, const std::string& root, const DatasetSpec& d,
+                       const std::string& ds, const std::string& run_id, ParquetCodec codec) {
+  std::vector<ParquetColumn> cols;
+  std::string select;
+  for (const auto& c : d.columns) {
+    cols.push_back({c.name, c.type});
+    select += (select.empty() ? "" : ", ") + SelectExpr(QuoteIdent(c.name), c.type);
+  }
+  std::string keys;
+  for (const auto& k : d.key) keys += (keys.empty() ? "" : ", ") + QuoteIdent(k);
+  const std::string cursor = d.source.type == "postgres" ? d.source.cursor : d.source.since_field;
+  std::string sql = "SELECT " + select + " FROM staging." + QuoteIdent(d.name) + " WHERE ds = $1";
+  if (!keys.empty()) {
+    // One row per key: the latest version by the cursor when there is one.
+    sql = "SELECT DISTINCT ON (" + keys + ") " + select + " FROM staging." + QuoteIdent(d.name) + " WHERE ds = $1 ORDER BY " +
+          keys + (cursor.empty() ? "" : ", " + QuoteIdent(cursor) + " DESC NULLS LAST");
+  }
+  return WritePartition(tx, root, "silver", d.name, ds, run_id, cols, sql, codec);
+}
+
+long long ExportGold(pqxx::transaction_base& tx, const std::string& root, const std::string& ds,
+                     const std::string& run_id, ParquetCodec codec) {
+  const auto tables = tx.exec(
+      "SELECT t.table_name FROM information_schema.tables t WHERE t.table_schema = 'marts' AND t.table_type = 'BASE TABLE' "
+      "AND EXISTS (SELECT 1 FROM information_schema.columns c WHERE c.table_schema = 'marts' "
+      "AND c.table_name = t.table_name AND c.column_name = 'ds') ORDER BY 1");
+  long long rows = 0;
+  for (const auto& t : tables) {
+    const std::string table = t[0].c_str();
+    std::vector<ParquetColumn> cols;
+    std::string select;
+    for (const auto& c : tx.exec_params("SELECT column_name::text, data_type::text FROM information_schema.columns "
+                                        "WHERE table_schema = 'marts' AND table_name = $1 ORDER BY ordinal_position",
+                                        table)) {
+      cols.push_back({c[0].c_str(), FromPg(c[1].c_str())});
+      select += (select.empty() ? "" : ", ") + SelectExpr(QuoteIdent(c[0].c_str()), cols.back().type);
+    }
+    rows += WritePartition(tx, root, "gold", table, ds, run_id, cols,
+                           "SELECT " + select + " FROM marts." + QuoteIdent(table) + " WHERE ds = $1 ORDER BY 1, 2", codec);
+  }
+  return rows;
+}
+
+}  // namespace strata::loader
