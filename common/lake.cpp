@@ -31,6 +31,7 @@ std::string ManifestToJson(const Manifest& m) {
   j["run_id"] = m.run_id;
   j["layer"] = m.layer;
   j["format"] = m.format;
+  j["compression"] = m.compression;
   j["columns"] = m.columns;
   j["rows"] = m.rows;
   j["committed_at"] = m.committed_at;
@@ -50,6 +51,7 @@ Manifest ManifestFromJson(const std::string& text, const std::string& origin) {
     m.run_id = j.at("run_id").get<std::string>();
     m.layer = j.at("layer").get<std::string>();
     m.format = j.at("format").get<std::string>();
+    m.compression = j.value("compression", "none");
     m.columns = j.at("columns").get<std::vector<std::string>>();
     m.rows = j.at("rows").get<int64_t>();
     m.committed_at = j.value("committed_at", "");

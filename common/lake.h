@@ -23,7 +23,7 @@ struct ManifestFile {
 };
 
 struct Manifest {
-  std::string dataset, ds, run_id, layer = "bronze", format = "csv";
+  std::string dataset, ds, run_id, layer = "bronze", format = "csv", compression = "none";
   std::vector<std::string> columns;  // data columns, after the _ds,_run_id lineage columns
   std::vector<ManifestFile> files;
   int64_t rows = 0;

@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "common/cron.h"
+#include "common/lake_codec.h"
 #include "common/errors.h"
 #include "common/time_util.h"
 
@@ -122,7 +123,7 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
   for (size_t i = 0; i < ds.size(); ++i) {
     const std::string path = origin + ":datasets[" + std::to_string(i) + "]";
     const YAML::Node d = ds[i];
-    OnlyKeys(d, path, {"name", "source", "key", "columns", "silver"});
+    OnlyKeys(d, path, {"name", "source", "key", "columns", "silver", "bronze"});
     DatasetSpec dataset;
     dataset.name = Str(d["name"], path + ".name");
     CheckIdent(dataset.name, path + ".name");
@@ -250,6 +251,12 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
       dataset.columns.push_back(col);
     }
     if (d["key"]) dataset.key = StrList(d["key"], path + ".key");
+    if (const YAML::Node b = d["bronze"]) {
+      OnlyKeys(b, path + ".bronze", {"format", "compression"});
+      if (b["format"]) dataset.bronze_format = Str(b["format"], path + ".bronze.format");
+      if (b["compression"]) dataset.bronze_compression = Str(b["compression"], path + ".bronze.compression");
+      ParseLakeFormat(dataset.bronze_format, dataset.bronze_compression, path + ".bronze");
+    }
     if (d["silver"]) {
       dataset.silver = Str(d["silver"], path + ".silver");
       if (dataset.silver != "none" && dataset.silver != "snappy" && dataset.silver != "zstd")

@@ -92,6 +92,9 @@ struct DatasetSpec {
   // When set (none | snappy | zstd), each loaded day is also written to the lake's silver layer
   // as Parquet with this compression: typed, one row per key.
   std::string silver;
+  // Bronze part files: csv | ndjson, compressed none | gzip | zstd.
+  std::string bronze_format = "csv";
+  std::string bronze_compression = "none";
   int ColumnIndex(const std::string& name) const;  // -1 if absent
 };
 

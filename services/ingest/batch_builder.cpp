@@ -22,6 +22,8 @@ strata::v1::Batch BatchBuilder::NewBatch(int seq) const {
   b.set_ds(req_.ds());
   b.set_run_id(req_.run_id());
   b.set_seq(seq_base_ + seq);
+  b.set_lake_format(lake_format_);
+  b.set_lake_compression(lake_compression_);
   for (const auto& c : columns_) b.add_columns(c);
   return b;
 }
@@ -41,6 +43,13 @@ void BatchBuilder::Add(const std::vector<std::string>& values, const std::vector
     held_ = std::move(current_);
     current_ = NewBatch(next_seq_++);
   }
+}
+
+void BatchBuilder::SetLakeFormat(const std::string& format, const std::string& compression) {
+  lake_format_ = format;
+  lake_compression_ = compression;
+  current_.set_lake_format(format);
+  current_.set_lake_compression(compression);
 }
 
 void BatchBuilder::SetSeqBase(int base) {

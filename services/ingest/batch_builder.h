@@ -27,6 +27,8 @@ class BatchBuilder {
   // For one shard of a sharded extraction: seqs start at `base`; FinishShard() emits what is
   // left without marking anything last and returns the shard's batch count.
   void SetSeqBase(int base);
+  // How lake-export should write the batches (Batch.lake_format / lake_compression).
+  void SetLakeFormat(const std::string& format, const std::string& compression);
   int FinishShard();
   long long rows() const { return rows_; }
 
@@ -43,6 +45,7 @@ class BatchBuilder {
   std::optional<strata::v1::Batch> held_;
   int next_seq_ = 0;
   int seq_base_ = 0;
+  std::string lake_format_, lake_compression_;
   long long rows_ = 0;
 };
 

@@ -214,6 +214,7 @@ class Sink {
                                 {"run_id", b.run_id()}});
         m_.batches.Add({{"dataset", dataset_.name}}).Increment();
       });
+      builder_->SetLakeFormat(dataset_.bronze_format, dataset_.bronze_compression);
     }
     return *builder_;
   }
@@ -371,6 +372,8 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
     last.set_last(true);
     last.set_total_batches(n * kShardSpan + 1);
     last.set_shard_span(kShardSpan);
+    last.set_lake_format(d.bronze_format);
+    last.set_lake_compression(d.bronze_compression);
     for (const auto& c : d.columns) last.add_columns(c.name);
     std::optional<Watermark> newest = stored;
     const int ci = d.ColumnIndex(d.source.cursor);
@@ -658,10 +661,11 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
         return;
       }
       auto conn = PgConnect(DsnForTask(config_.warehouse_dsn, req));
+      RunDdl(*conn, "CREATE SCHEMA IF NOT EXISTS ops; "
+                    "CREATE TABLE IF NOT EXISTS ops.schema_columns (pipeline text NOT NULL, dataset text NOT NULL, "
+                    "column_name text NOT NULL, added_at timestamptz NOT NULL DEFAULT now(), "
+                    "PRIMARY KEY (pipeline, dataset, column_name))");
       pqxx::work tx(*conn);
-      tx.exec("CREATE TABLE IF NOT EXISTS ops.schema_columns (pipeline text NOT NULL, dataset text NOT NULL, "
-              "column_name text NOT NULL, added_at timestamptz NOT NULL DEFAULT now(), "
-              "PRIMARY KEY (pipeline, dataset, column_name))");
       tx.exec_params("INSERT INTO ops.schema_columns (pipeline, dataset, column_name) VALUES ($1, $2, $3) "
                      "ON CONFLICT DO NOTHING", req.pipeline(), d.name, field);
       tx.commit();

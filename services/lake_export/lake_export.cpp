@@ -22,6 +22,7 @@
 #include "common/errors.h"
 #include "common/events.h"
 #include "common/lake.h"
+#include "common/lake_codec.h"
 #include "common/time_util.h"
 #include "strata.grpc.pb.h"
 
@@ -33,10 +34,16 @@ namespace fs = std::filesystem;
 constexpr const char* kGroup = "lake-export";
 constexpr const char* kLayer = "bronze";
 
+// Part files are part-NNNNN<suffix> (.csv, .ndjson.zst, ...) with part-NNNNN.meta beside them.
 std::string PartName(int seq) {
   char buf[32];
-  std::snprintf(buf, sizeof buf, "part-%05d.csv", seq);
+  std::snprintf(buf, sizeof buf, "part-%05d", seq);
   return buf;
+}
+
+LakeFormat FormatOf(const strata::v1::Batch& b) {
+  return ParseLakeFormat(b.lake_format().empty() ? "csv" : b.lake_format(),
+                         b.lake_compression().empty() ? "none" : b.lake_compression(), "batch " + b.batch_id());
 }
 
 std::string ReadFile(const std::string& path) {
@@ -163,25 +170,38 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
 
   void WriteBatch(const strata::v1::Batch& b, const std::string& dir) {
     const std::string run_dir = dir + "/run=" + b.run_id();
-    std::string csv = "_ds,_run_id";
-    for (const auto& c : b.columns()) csv += "," + c;
-    csv += "\n";
-    for (const auto& row : b.rows()) {
-      AppendCsvField(csv, b.ds(), false);
-      csv.push_back(',');
-      AppendCsvField(csv, b.run_id(), false);
-      for (const auto& v : row.values()) {
-        csv.push_back(',');
-        AppendCsvField(csv, v.text(), v.kind_case() == strata::v1::Value::kNull);
-      }
-      csv.push_back('\n');
-    }
-    const std::string part = PartName(b.seq());
-    WriteFileAtomic(run_dir + "/" + part, csv);
-    nlohmann::json meta = {{"rows", b.rows_size()}, {"bytes", csv.size()}, {"crc32", Crc32(csv)}};
+    const LakeFormat f = FormatOf(b);
     std::vector<std::string> cols(b.columns().begin(), b.columns().end());
+    std::string text;
+    if (f.format == "csv") {
+      text = CsvHeader(cols);
+      for (const auto& row : b.rows()) {
+        AppendCsvField(text, b.ds(), false);
+        text.push_back(',');
+        AppendCsvField(text, b.run_id(), false);
+        for (const auto& v : row.values()) {
+          text.push_back(',');
+          AppendCsvField(text, v.text(), v.kind_case() == strata::v1::Value::kNull);
+        }
+        text.push_back('\n');
+      }
+    } else {
+      std::vector<const std::string*> values(cols.size());
+      for (const auto& row : b.rows()) {
+        for (size_t i = 0; i < cols.size() && i < static_cast<size_t>(row.values_size()); ++i)
+          values[i] = row.values(static_cast<int>(i)).kind_case() == strata::v1::Value::kNull
+                          ? nullptr
+                          : &row.values(static_cast<int>(i)).text();
+        AppendNdjsonLine(text, b.ds(), b.run_id(), cols, values);
+      }
+    }
+    const std::string data = CompressPart(f, std::move(text));
+    const std::string part = PartName(b.seq()) + f.Suffix();
+    WriteFileAtomic(run_dir + "/" + part, data);
+    nlohmann::json meta = {{"rows", b.rows_size()}, {"bytes", data.size()}, {"crc32", Crc32(data)}, {"file", part},
+                           {"format", f.format}, {"compression", f.compression}};
     meta["columns"] = cols;
-    WriteFileAtomic(run_dir + "/" + part + ".meta", meta.dump());
+    WriteFileAtomic(run_dir + "/" + PartName(b.seq()) + ".meta", meta.dump());
     if (b.last()) {
       if (!b.watermark().empty()) WriteFileAtomic(run_dir + "/_watermark", b.watermark());
       if (b.shard_batches_size() > 0) {
@@ -192,7 +212,7 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
       WriteFileAtomic(run_dir + "/_total", std::to_string(b.total_batches()));
     }
     metrics_.rows.Add({{"dataset", b.dataset()}}).Increment(b.rows_size());
-    metrics_.bytes.Add({{"dataset", b.dataset()}}).Increment(static_cast<double>(csv.size()));
+    metrics_.bytes.Add({{"dataset", b.dataset()}}).Increment(static_cast<double>(data.size()));
   }
 
   void TryCommit(Bus& bus, const strata::v1::Batch& b, const std::string& dir) {
@@ -221,9 +241,13 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
       const std::string meta_path = run_dir + "/" + PartName(seq) + ".meta";
       if (!fs::exists(meta_path)) return;  // not complete yet
       const auto meta = nlohmann::json::parse(ReadFile(meta_path));
-      if (m.columns.empty()) m.columns = meta.at("columns").get<std::vector<std::string>>();
+      if (m.columns.empty()) {
+        m.columns = meta.at("columns").get<std::vector<std::string>>();
+        m.format = meta.value("format", "csv");
+        m.compression = meta.value("compression", "none");
+      }
       ManifestFile f;
-      f.path = "run=" + b.run_id() + "/" + PartName(seq);
+      f.path = "run=" + b.run_id() + "/" + meta.value("file", PartName(seq) + ".csv");
       f.rows = meta.at("rows").get<int64_t>();
       f.bytes = meta.at("bytes").get<int64_t>();
       f.crc32 = meta.at("crc32").get<uint32_t>();

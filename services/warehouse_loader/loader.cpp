@@ -16,6 +16,7 @@
 #include "common/events.h"
 #include "common/governance.h"
 #include "common/lake.h"
+#include "common/lake_codec.h"
 #include "common/pg.h"
 #include "common/spec.h"
 #include "common/task_runner.h"
@@ -135,46 +136,28 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
       pg.Exec("ALTER TABLE " + table + " ADD COLUMN IF NOT EXISTS " + QuoteIdent(manifest->columns[i]) + " text");
     pg.ExecParams("DELETE FROM " + table + " WHERE ds = $1", {req.ds()});
 
-    // Stream every part file in order; drop each file's header line and verify its checksum.
+    // Stream every part file in order, decoded (and decompressed) to CSV, verifying each
+    // file's checksum.
+    const LakeFormat format = ParseLakeFormat(manifest->format, manifest->compression, "partition " + dir);
     size_t file_idx = 0;
-    std::ifstream in;
-    bool header_pending = false;
-    uLong crc = 0;
+    std::unique_ptr<PartReader> part;
     const auto open_next = [&]() -> bool {
-      if (in.is_open()) {
-        if (static_cast<uint32_t>(crc) != manifest->files[file_idx - 1].crc32)
+      if (part) {
+        if (part->crc32() != manifest->files[file_idx - 1].crc32)
           throw InputError("checksum mismatch in " + dir + "/" + manifest->files[file_idx - 1].path);
-        in.close();
+        part.reset();
       }
       if (file_idx >= manifest->files.size()) return false;
-      const std::string path = dir + "/" + manifest->files[file_idx++].path;
-      in.open(path, std::ios::binary);
-      if (!in) throw EnvError("cannot open " + path);
-      header_pending = true;
-      crc = crc32(0L, Z_NULL, 0);
+      part = std::make_unique<PartReader>(dir + "/" + manifest->files[file_idx++].path, format, manifest->columns);
       return true;
     };
     const long long copied = pg.CopyIn(
         "COPY " + table + " (" + collist + ") FROM STDIN (FORMAT csv)", [&](char* buf, size_t cap) -> size_t {
           for (;;) {
-            if (!in.is_open() && !open_next()) return 0;
-            in.read(buf, static_cast<std::streamsize>(cap));
-            size_t n = static_cast<size_t>(in.gcount());
-            if (n == 0) {
-              if (!open_next()) return 0;
-              continue;
-            }
-            crc = crc32(crc, reinterpret_cast<const Bytef*>(buf), static_cast<uInt>(n));
-            if (header_pending) {
-              const char* nl = static_cast<const char*>(memchr(buf, '\n', n));
-              if (!nl) throw InputError("header line longer than the read buffer in " + dir);
-              const size_t skip = static_cast<size_t>(nl - buf) + 1;
-              memmove(buf, buf + skip, n - skip);
-              n -= skip;
-              header_pending = false;
-              if (n == 0) continue;
-            }
-            return n;
+            if (!part && !open_next()) return 0;
+            const size_t n = part->Read(buf, cap);
+            if (n > 0) return n;
+            if (!open_next()) return 0;
           }
         });
     if (copied != manifest->rows)

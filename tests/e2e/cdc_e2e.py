@@ -3,6 +3,7 @@ deletes reach raw.orders_changes and marts.orders_current within seconds; kill -
 the warehouse-loader under a steady write load loses and doubles nothing; unchanged TOAST values
 keep their value; the batch path agrees; a dropped slot and a table without a replica identity are
 refused loudly. Test orders live on 2030-01-01 so the other tests' days are untouched."""
+import atexit
 import json
 import os
 import random
@@ -163,6 +164,7 @@ check(state == [(True, True)], f"ops.cdc_state tracks the slot: {state}")
 standby_metrics = f"127.0.0.1:{free_port()}"
 standby = start("ingest", {"STRATA_INGEST_GRPC": f"127.0.0.1:{free_port()}", "STRATA_INGEST_METRICS": standby_metrics},
                 log_name="ingest_standby.log")
+atexit.register(lambda: subprocess.run(["kill", "-9", str(standby)], capture_output=True))
 time.sleep(3)
 check(gauge(standby_metrics, "strata_ingest_cdc_up") == 0 and
       "is in use by backend pid" in open(os.path.join(DIR, "logs", "ingest_standby.log")).read(),
@@ -245,6 +247,7 @@ cdc: {slot: strata_nokey, publication: strata_nokey, datasets: [no_key]}
 spec.close()
 pid = start("ingest", {"STRATA_PIPELINE_SPEC": spec.name, "STRATA_INGEST_GRPC": f"127.0.0.1:{free_port()}",
                        "STRATA_INGEST_METRICS": f"127.0.0.1:{free_port()}"}, log_name="ingest_nokey.log")
+atexit.register(lambda: subprocess.run(["kill", "-9", str(pid)], capture_output=True))
 nokey_log = os.path.join(DIR, "logs", "ingest_nokey.log")
 check(wait_for(lambda: "shop.no_key (dataset 'no_key') has no usable replica identity (no primary key)" in open(nokey_log).read(),
                20, "replica identity refusal"), "a table without a primary key or replica identity is refused, by name")

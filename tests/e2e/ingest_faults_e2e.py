@@ -3,6 +3,7 @@
 and lake: every pagination style, 500s, 429 with Retry-After, timeouts, truncated JSON, a page
 served twice, rows shifting between pages, a wrong token, schema drift, the rate limit, and
 kill -9 mid-extraction. Each extraction is judged by the lake partition it commits."""
+import atexit
 import csv
 import json
 import os
@@ -27,8 +28,22 @@ ENV_EXTRA = {"STRATA_PIPELINE_SPEC": SPEC, "STRATA_INGEST_GRPC": GRPC_ADDR, "STR
              "STRATA_BUS_HIGH_WATER": "10"}
 
 
+SPAWNED = []
+
+
+@atexit.register
+def _reap():
+    """This test's own ingest processes never outlive it, whatever happens."""
+    for p in SPAWNED:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 def launch():
     pid = start("ingest", ENV_EXTRA, log_name="ingest_faults.log")
+    SPAWNED.append(pid)
     ok = wait_for(lambda: gauge(METRICS, "strata_ingest_tasks_total") >= 0, 20, "faults ingest up")
     assert ok, "the faults ingest did not start"
     return pid
@@ -252,6 +267,7 @@ want = sorted(src("SELECT order_id, line_no FROM shop.order_items WHERE updated_
 worker_b_metrics = f"127.0.0.1:{free_port()}"
 worker_b = start("ingest", dict(ENV_EXTRA, STRATA_INGEST_GRPC=f"127.0.0.1:{free_port()}",
                                 STRATA_INGEST_METRICS=worker_b_metrics), log_name="ingest_faults_b.log")
+SPAWNED.append(worker_b)
 wait_for(lambda: gauge(worker_b_metrics, "strata_ingest_tasks_total") >= 0, 20, "worker b up")
 run_id, msg, _ = extract("items_sharded", ds=SDS)
 got = partition("items_sharded", run_id, ds=SDS)
