@@ -322,6 +322,30 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
     return IncrementalSelect(d, w, extra_where);
   }
 
+  // Streams `select` through a server-side cursor into the sink, batch_rows at a time, so memory
+  // stays flat in the table's size. Returns the rows read; `last` ends as the final row's values
+  // (with rows ordered by (cursor, key), the new watermark).
+  long long StreamSelect(pqxx::transaction_base& tx, const DatasetSpec& d, const std::string& select,
+                         const std::string& where, Sink& sink, std::vector<std::string>& last) {
+    tx.exec("DECLARE strata_extract NO SCROLL CURSOR FOR " + select);
+    const std::string fetch = "FETCH " + std::to_string(config_.batch_rows) + " FROM strata_extract";
+    last.assign(d.columns.size(), std::string());
+    std::vector<bool> nulls(d.columns.size());
+    long long offset = 0;
+    for (;;) {
+      const pqxx::result r = tx.exec(fetch);
+      if (r.empty()) break;
+      for (const auto& row : r) {
+        for (size_t i = 0; i < d.columns.size(); ++i) {
+          nulls[i] = row[static_cast<int>(i)].is_null();
+          last[i] = nulls[i] ? std::string() : row[static_cast<int>(i)].c_str();
+        }
+        sink.Good(last, nulls, d.source.table + where + " row=" + std::to_string(offset++));
+      }
+    }
+    return offset;
+  }
+
   // Coordinator of a sharded extraction: holds one repeatable-read snapshot open and exported
   // while the shards (taken by any ingest worker from strata:extract) read it, then commits the
   // partition's end marker listing every shard's batches.
@@ -442,25 +466,11 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
       pqxx::transaction<pqxx::isolation_level::repeatable_read, pqxx::readwrite_policy::read_only> tx(*conn);
       tx.exec("SET TRANSACTION SNAPSHOT " + tx.quote(item.snapshot()));
       tx.exec("SET LOCAL TIME ZONE 'UTC'");
-      tx.exec("DECLARE strata_shard NO SCROLL CURSOR FOR " +
-              PostgresSelect(req, *d, stored ? &*stored : nullptr, ShardPredicate(*d, item.shard(), item.shards())));
-      const std::string fetch = "FETCH " + std::to_string(config_.batch_rows) + " FROM strata_shard";
-      std::vector<std::string> values(d->columns.size());
-      std::vector<bool> nulls(d->columns.size());
-      long long offset = 0;
-      bool any = false;
-      for (;;) {
-        const pqxx::result r = tx.exec(fetch);
-        if (r.empty()) break;
-        for (const auto& row : r) {
-          for (size_t i = 0; i < d->columns.size(); ++i) {
-            nulls[i] = row[static_cast<int>(i)].is_null();
-            values[i] = nulls[i] ? std::string() : row[static_cast<int>(i)].c_str();
-          }
-          sink.Good(values, nulls, d->source.table + " shard=" + s + " row=" + std::to_string(offset++));
-          any = true;
-        }
-      }
+      std::vector<std::string> values;
+      const long long read =
+          StreamSelect(tx, *d, PostgresSelect(req, *d, stored ? &*stored : nullptr, ShardPredicate(*d, item.shard(), item.shards())),
+                       " shard=" + s, sink, values);
+      const bool any = read > 0;
       tx.commit();
       const int batches = sink.FinishShard();
       std::string wm;
@@ -529,27 +539,9 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
     // either in this day's snapshot or the next day's, never both halves.
     pqxx::transaction<pqxx::isolation_level::repeatable_read, pqxx::readwrite_policy::read_only> tx(*conn);
     tx.exec("SET LOCAL TIME ZONE 'UTC'");
-    const std::string select =
-        by_watermark ? WatermarkSelect(d, stored ? &*stored : nullptr)
-        : req.interval_start().empty() ? IncrementalSelect(d, req.ds())
-                                       : IncrementalSelect(d, Window{req.interval_start(), req.interval_end()});
-    tx.exec("DECLARE strata_extract NO SCROLL CURSOR FOR " + select);
-    const std::string fetch = "FETCH " + std::to_string(config_.batch_rows) + " FROM strata_extract";
-    std::vector<std::string> values(d.columns.size());
-    std::vector<bool> nulls(d.columns.size());
+    std::vector<std::string> values;
+    const long long offset = StreamSelect(tx, d, PostgresSelect(req, d, stored ? &*stored : nullptr, ""), "", sink, values);
     const size_t cursor_idx = static_cast<size_t>(std::max(0, d.ColumnIndex(d.source.cursor)));
-    long long offset = 0;
-    for (;;) {
-      const pqxx::result r = tx.exec(fetch);
-      if (r.empty()) break;
-      for (const auto& row : r) {
-        for (size_t i = 0; i < d.columns.size(); ++i) {
-          nulls[i] = row[static_cast<int>(i)].is_null();
-          values[i] = nulls[i] ? std::string() : row[static_cast<int>(i)].c_str();
-        }
-        sink.Good(values, nulls, d.source.table + " row=" + std::to_string(offset++));
-      }
-    }
     tx.commit();
     if (!by_watermark) return "";
     // Rows arrive ordered by (cursor, key): the last one is the new watermark.
