@@ -7,23 +7,27 @@ PKGS=(
   build-essential cmake pkg-config ccache git
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   libpqxx-dev libpq-dev libhiredis-dev libcurl4-openssl-dev prometheus-cpp-dev
-  libyaml-cpp-dev libgumbo-dev libcli11-dev libspdlog-dev libfmt-dev libzstd-dev thrift-compiler libthrift-dev libboost-dev libsnappy-dev
+  libyaml-cpp-dev libgumbo-dev libcli11-dev libspdlog-dev libfmt-dev libzstd-dev thrift-compiler libthrift-dev libboost-dev libsnappy-dev libpugixml-dev
   nlohmann-json3-dev libcpp-httplib-dev libssl-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   postgresql-15 postgresql-client-15 redis-server redis-tools
-  prometheus docker-compose chromium python3-grpcio python3-protobuf python3-psycopg2 python3-redis curl
+  prometheus docker-compose chromium python3-grpcio python3-protobuf python3-psycopg2 python3-redis python3-botocore curl
 )
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-# The independent Parquet reader the tests use (hyparquet, pinned by package-lock.json).
+# What the tests take from npm, pinned by package-lock.json: an independent Parquet reader
+# (hyparquet) and an S3-compatible server (s3rver).
 npm_deps() {
   if ! command -v npm >/dev/null; then
     ${SUDO:-} apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
   fi
-  if [ ! -d "$ROOT/tests/parquet/node_modules/hyparquet" ]; then
-    (cd "$ROOT/tests/parquet" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-    echo "install-deps: npm packages for tests/parquet installed"
-  fi
+  local d
+  for d in parquet s3; do
+    if [ ! -d "$ROOT/tests/$d/node_modules" ]; then
+      (cd "$ROOT/tests/$d" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+      echo "install-deps: npm packages for tests/$d installed"
+    fi
+  done
 }
 
 SUDO=""
