@@ -74,32 +74,51 @@ std::optional<Manifest> ReadManifest(const std::string& dir) {
   return ManifestFromJson(ss.str(), path);
 }
 
-void WriteFileAtomic(const std::string& path, const std::string& data) {
+AtomicFile::AtomicFile(const std::string& path) : path_(path), tmp_(path + ".tmp." + std::to_string(getpid())) {
   const fs::path target(path);
   std::error_code ec;
   fs::create_directories(target.parent_path(), ec);
   if (ec) throw EnvError("mkdir " + target.parent_path().string() + ": " + ec.message());
-  const std::string tmp = path + ".tmp." + std::to_string(getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) throw EnvError("open " + tmp + ": " + std::strerror(errno));
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd_ < 0) throw EnvError("open " + tmp_ + ": " + std::strerror(errno));
+  crc_ = static_cast<uint32_t>(::crc32(0L, Z_NULL, 0));
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(tmp_.c_str());
+  }
+}
+
+void AtomicFile::Write(const char* data, size_t size) {
+  crc_ = static_cast<uint32_t>(::crc32(crc_, reinterpret_cast<const Bytef*>(data), static_cast<uInt>(size)));
+  bytes_ += size;
   size_t off = 0;
-  while (off < data.size()) {
-    const ssize_t n = ::write(fd, data.data() + off, data.size() - off);
-    if (n < 0) {
-      const int err = errno;
-      ::close(fd);
-      throw EnvError("write " + tmp + ": " + std::strerror(err));
-    }
+  while (off < size) {
+    const ssize_t n = ::write(fd_, data + off, size - off);
+    if (n < 0) throw EnvError("write " + tmp_ + ": " + std::strerror(errno));
     off += static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) throw EnvError("fsync " + tmp + ": " + std::strerror(errno));
-  if (::rename(tmp.c_str(), path.c_str()) != 0)
-    throw EnvError("rename " + tmp + " -> " + path + ": " + std::strerror(errno));
-  const int dfd = ::open(target.parent_path().c_str(), O_RDONLY | O_DIRECTORY);
+}
+
+void AtomicFile::Commit() {
+  const int fd = fd_;
+  fd_ = -1;
+  if (::fsync(fd) != 0 || ::close(fd) != 0) throw EnvError("fsync " + tmp_ + ": " + std::strerror(errno));
+  if (::rename(tmp_.c_str(), path_.c_str()) != 0)
+    throw EnvError("rename " + tmp_ + " -> " + path_ + ": " + std::strerror(errno));
+  const int dfd = ::open(fs::path(path_).parent_path().c_str(), O_RDONLY | O_DIRECTORY);
   if (dfd >= 0) {
     ::fsync(dfd);
     ::close(dfd);
   }
+}
+
+void WriteFileAtomic(const std::string& path, const std::string& data) {
+  AtomicFile f(path);
+  f.Write(data.data(), data.size());
+  f.Commit();
 }
 
 uint32_t Crc32(const std::string& data) {

@@ -41,6 +41,26 @@ Manifest ManifestFromJson(const std::string& text, const std::string& origin);
 // nullopt when the partition has no committed manifest.
 std::optional<Manifest> ReadManifest(const std::string& partition_dir);
 
+// A file written in pieces and made visible at once: a temp file beside `path`, fsync, rename,
+// directory fsync on Commit(); destroyed without Commit(), it leaves nothing. Throws EnvError.
+class AtomicFile {
+ public:
+  explicit AtomicFile(const std::string& path);
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  void Write(const char* data, size_t size);
+  void Commit();
+  uint32_t crc32() const { return crc_; }
+  int64_t bytes() const { return static_cast<int64_t>(bytes_); }
+
+ private:
+  std::string path_, tmp_;
+  int fd_ = -1;
+  uint32_t crc_ = 0;
+  size_t bytes_ = 0;
+};
+
 // Writes via a temp file, fsync, rename and directory fsync. Throws EnvError.
 void WriteFileAtomic(const std::string& path, const std::string& data);
 uint32_t Crc32(const std::string& data);

@@ -221,13 +221,16 @@ pq::SchemaElement Leaf(const ParquetColumn& c) {
 
 }  // namespace
 
-std::string EncodeParquet(const std::vector<ParquetColumn>& columns, const std::vector<ParquetRow>& rows,
-                          ParquetCodec codec, const std::string& created_by) {
+namespace {
+
+// Encodes one row group; `file` receives its bytes, which start at file offset `base`.
+pq::RowGroup EncodeRowGroup(const std::vector<ParquetColumn>& columns, const std::vector<ParquetRow>& rows,
+                            ParquetCodec codec, int64_t row_base, int64_t base, std::string& file) {
   // Encode (and validate) every value first: a bad value leaves nothing half-written.
   std::vector<Encoded> enc(columns.size());
   for (size_t r = 0; r < rows.size(); ++r) {
     if (rows[r].size() != columns.size())
-      throw InputError("parquet: row " + std::to_string(r) + " has " + std::to_string(rows[r].size()) +
+      throw InputError("parquet: row " + std::to_string(row_base + static_cast<int64_t>(r)) + " has " + std::to_string(rows[r].size()) +
                        " values for " + std::to_string(columns.size()) + " columns");
     for (size_t c = 0; c < columns.size(); ++c) {
       Encoded& e = enc[c];
@@ -236,7 +239,7 @@ std::string EncodeParquet(const std::vector<ParquetColumn>& columns, const std::
         continue;
       }
       e.def.push_back(1);
-      e.plain.push_back(PlainValue(columns[c], *rows[r][c], r));
+      e.plain.push_back(PlainValue(columns[c], *rows[r][c], static_cast<size_t>(row_base) + r));
       const size_t i = e.plain.size() - 1;
       if (!e.any || Less(columns[c].type, e.plain[i], e.plain[e.min_i])) e.min_i = i;
       if (!e.any || Less(columns[c].type, e.plain[e.max_i], e.plain[i])) e.max_i = i;
@@ -244,7 +247,6 @@ std::string EncodeParquet(const std::vector<ParquetColumn>& columns, const std::
     }
   }
 
-  std::string file = "PAR1";
   pq::RowGroup group;
   group.num_rows = static_cast<int64_t>(rows.size());
   group.total_byte_size = 0;
@@ -263,7 +265,7 @@ std::string EncodeParquet(const std::vector<ParquetColumn>& columns, const std::
   for (size_t c = 0; c < columns.size(); ++c) {
     const ParquetColumn& col = columns[c];
     Encoded& e = enc[c];
-    const int64_t chunk_start = static_cast<int64_t>(file.size());
+    const int64_t chunk_start = base + static_cast<int64_t>(file.size());
     int64_t uncompressed = 0, compressed = 0;
     pq::ColumnMetaData meta;
     meta.type = Leaf(col).type;
@@ -294,7 +296,7 @@ std::string EncodeParquet(const std::vector<ParquetColumn>& columns, const std::
         dh.num_values = static_cast<int32_t>(dict.size());
         dh.encoding = pq::Encoding::PLAIN;
         h.__set_dictionary_page_header(dh);
-        meta.__set_dictionary_page_offset(static_cast<int64_t>(file.size()));
+        meta.__set_dictionary_page_offset(base + static_cast<int64_t>(file.size()));
         write_page(h, raw, &uncompressed, &compressed);
       }
     }
@@ -328,7 +330,7 @@ std::string EncodeParquet(const std::vector<ParquetColumn>& columns, const std::
     pq::PageHeader h;
     h.type = pq::PageType::DATA_PAGE;
     h.__set_data_page_header(dp);
-    meta.data_page_offset = static_cast<int64_t>(file.size());
+    meta.data_page_offset = base + static_cast<int64_t>(file.size());
     write_page(h, raw, &uncompressed, &compressed);
 
     pq::Statistics st;
@@ -347,30 +349,74 @@ std::string EncodeParquet(const std::vector<ParquetColumn>& columns, const std::
     group.total_byte_size += uncompressed;
     group_compressed += compressed;
   }
-  group.__set_file_offset(4);
+  group.__set_file_offset(base);
   group.__set_total_compressed_size(group_compressed);
+  return group;
+}
 
+}  // namespace
+
+struct ParquetWriter::Meta {
+  std::vector<pq::RowGroup> groups;
+};
+
+ParquetWriter::ParquetWriter(std::vector<ParquetColumn> columns, ParquetCodec codec, Sink out, size_t row_group_rows,
+                             std::string created_by)
+    : columns_(std::move(columns)), codec_(codec), out_(std::move(out)), group_rows_(std::max<size_t>(1, row_group_rows)),
+      created_by_(std::move(created_by)), meta_(std::make_unique<Meta>()) {
+  out_("PAR1");
+  offset_ = 4;
+}
+
+ParquetWriter::~ParquetWriter() = default;
+
+void ParquetWriter::Add(ParquetRow row) {
+  pending_.push_back(std::move(row));
+  if (pending_.size() >= group_rows_) FlushGroup();
+}
+
+void ParquetWriter::FlushGroup() {
+  if (pending_.empty()) return;
+  std::string bytes;
+  meta_->groups.push_back(EncodeRowGroup(columns_, pending_, codec_, rows_, offset_, bytes));
+  rows_ += static_cast<int64_t>(pending_.size());
+  pending_.clear();
+  offset_ += static_cast<int64_t>(bytes.size());
+  out_(bytes);
+}
+
+void ParquetWriter::Finish() {
+  FlushGroup();
   pq::FileMetaData fm;
   fm.version = 1;
   pq::SchemaElement root;
   root.name = "schema";
-  root.__set_num_children(static_cast<int32_t>(columns.size()));
+  root.__set_num_children(static_cast<int32_t>(columns_.size()));
   fm.schema.push_back(root);
   std::vector<pq::ColumnOrder> orders;
-  for (const auto& c : columns) {
+  for (const auto& c : columns_) {
     fm.schema.push_back(Leaf(c));
     pq::ColumnOrder o;
     o.__set_TYPE_ORDER(pq::TypeDefinedOrder());
     orders.push_back(o);
   }
-  fm.num_rows = static_cast<int64_t>(rows.size());
-  fm.row_groups.push_back(group);
-  fm.__set_created_by(created_by);
+  fm.num_rows = rows_;
+  fm.row_groups = meta_->groups;
+  fm.__set_created_by(created_by_);
   fm.__set_column_orders(orders);
-  const std::string footer = Thrift(fm);
-  file += footer;
-  PutLe(file, footer.size(), 4);
-  file += "PAR1";
+  std::string footer = Thrift(fm);
+  PutLe(footer, footer.size(), 4);
+  footer += "PAR1";
+  out_(footer);
+}
+
+std::string EncodeParquet(const std::vector<ParquetColumn>& columns, const std::vector<ParquetRow>& rows,
+                          ParquetCodec codec, const std::string& created_by) {
+  std::string file;
+  ParquetWriter w(columns, codec, [&file](const std::string& b) { file += b; }, std::max<size_t>(1, rows.size()),
+                  created_by);
+  for (const auto& r : rows) w.Add(r);
+  w.Finish();
   return file;
 }
 

@@ -32,20 +32,35 @@ ColumnType FromPg(const std::string& pg_type) {
   return ColumnType::kText;
 }
 
+// The select with its $1 replaced by a quoted literal (cursor declarations take no parameters).
+std::string Substitute(std::string sql, const std::string& literal) {
+  for (size_t p = sql.find("$1"); p != std::string::npos; p = sql.find("$1", p + literal.size())) sql.replace(p, 2, literal);
+  return sql;
+}
+
 long long WritePartition(pqxx::transaction_base& tx, const std::string& root, const std::string& layer,
                          const std::string& name, const std::string& ds, const std::string& run_id,
                          const std::vector<ParquetColumn>& cols, const std::string& select, ParquetCodec codec) {
-  std::vector<ParquetRow> rows;
-  for (const auto& r : tx.exec_params(select, ds)) {
-    ParquetRow row(cols.size());
-    for (size_t i = 0; i < cols.size(); ++i)
-      if (!r[static_cast<int>(i)].is_null()) row[i] = std::string(r[static_cast<int>(i)].c_str());
-    rows.push_back(std::move(row));
-  }
-  const std::string file = EncodeParquet(cols, rows, codec);
+  // Rows stream from a server-side cursor into row groups on disk: memory holds one row group,
+  // whatever the partition's size.
   const std::string dir = PartitionDir(root, layer, name, ds);
   const std::string part = "run=" + run_id + "/part-00000.parquet";
-  WriteFileAtomic(dir + "/" + part, file);
+  AtomicFile file(dir + "/" + part);
+  ParquetWriter writer(cols, codec, [&file](const std::string& b) { file.Write(b.data(), b.size()); }, 50000);
+  tx.exec("DECLARE strata_layer NO SCROLL CURSOR FOR " + Substitute(select, tx.quote(ds)));
+  for (;;) {
+    const pqxx::result r = tx.exec("FETCH 10000 FROM strata_layer");
+    if (r.empty()) break;
+    for (const auto& row : r) {
+      ParquetRow out(cols.size());
+      for (size_t i = 0; i < cols.size(); ++i)
+        if (!row[static_cast<int>(i)].is_null()) out[i] = std::string(row[static_cast<int>(i)].c_str());
+      writer.Add(std::move(out));
+    }
+  }
+  tx.exec("CLOSE strata_layer");
+  writer.Finish();
+  file.Commit();
   Manifest m;
   m.dataset = name;
   m.ds = ds;
@@ -53,8 +68,8 @@ long long WritePartition(pqxx::transaction_base& tx, const std::string& root, co
   m.layer = layer;
   m.format = "parquet";
   for (const auto& c : cols) m.columns.push_back(c.name);
-  m.files.push_back({part, static_cast<int64_t>(rows.size()), static_cast<int64_t>(file.size()), Crc32(file)});
-  m.rows = static_cast<int64_t>(rows.size());
+  m.files.push_back({part, writer.rows(), file.bytes(), file.crc32()});
+  m.rows = writer.rows();
   m.committed_at = NowIso();
   WriteFileAtomic(ManifestPath(dir), ManifestToJson(m));
   std::error_code ec;

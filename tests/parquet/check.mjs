@@ -17,7 +17,7 @@ const check = (ok, what) => {
 }
 const norm = (v) => (typeof v === 'bigint' ? v.toString() : v === undefined ? null : v)
 
-for (const codec of ['none', 'snappy', 'zstd']) {
+for (const codec of ['none', 'snappy', 'zstd', 'groups']) {
   const bytes = readFileSync(`${dir}/${codec}.parquet`)
   const file = bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)
   const rows = await parquetReadObjects({ file, compressors, parsers })
@@ -35,16 +35,21 @@ for (const codec of ['none', 'snappy', 'zstd']) {
   const md = parquetMetadata(file)
   const cols = md.row_groups[0].columns.map((c) => c.meta_data)
   const byName = Object.fromEntries(cols.map((c) => [c.path_in_schema[0], c]))
+  // Statistics are per row group: fold them over the file.
+  const stat = (name, f) => md.row_groups.map((g) => g.columns.find((c) => c.meta_data.path_in_schema[0] === name).meta_data.statistics).reduce(f)
+  const sum = (a, b) => ({ null_count: Number(a.null_count) + Number(b.null_count) })
   check(md.created_by === 'strata' && Number(md.num_rows) === expected.length, `${codec}: footer num_rows and created_by`)
-  check(cols.every((c) => c.codec === { none: 'UNCOMPRESSED', snappy: 'SNAPPY', zstd: 'ZSTD' }[codec]), `${codec}: codec recorded per column`)
+  check(cols.every((c) => c.codec === { none: 'UNCOMPRESSED', snappy: 'SNAPPY', zstd: 'ZSTD', groups: 'ZSTD' }[codec]), `${codec}: codec recorded per column`)
+  check(md.row_groups.length === (codec === 'groups' ? 8 : 1), `${codec}: ${md.row_groups.length} row group(s)`)
   check(byName.category.encodings.includes('RLE_DICTIONARY') && byName.name.encodings.includes('PLAIN') &&
         !byName.name.encodings.includes('RLE_DICTIONARY'), `${codec}: repeated values dictionary-encoded, distinct ones PLAIN`)
   const nulls = expected.filter((e) => e.price === null).length
-  check(Number(byName.price.statistics.null_count) === nulls && Number(byName.never.statistics.null_count) === expected.length,
+  check(Number(stat('price', sum).null_count) === nulls && Number(stat('never', sum).null_count) === expected.length,
         `${codec}: null_count statistics (${nulls})`)
   const prices = expected.map((e) => e.price).filter((p) => p !== null)
-  check(byName.price.statistics.min_value === Math.min(...prices) && byName.price.statistics.max_value === Math.max(...prices),
-        `${codec}: min/max statistics of a DOUBLE column`)
+  const pmin = Math.min(...md.row_groups.map((g) => g.columns[1].meta_data.statistics.min_value))
+  const pmax = Math.max(...md.row_groups.map((g) => g.columns[1].meta_data.statistics.max_value))
+  check(pmin === Math.min(...prices) && pmax === Math.max(...prices), `${codec}: min/max statistics of a DOUBLE column`)
   check(String(byName.id.statistics.min_value) === '-9007199254740993', `${codec}: INT64 min statistic beyond 2^53`)
 }
 const empty = readFileSync(`${dir}/empty.parquet`)

@@ -62,6 +62,13 @@ int main(int argc, char** argv) {
                              {"zstd", strata::ParquetCodec::kZstd}}) {
     std::ofstream(dir + "/" + name + ".parquet", std::ios::binary) << strata::EncodeParquet(cols, rows, codec);
   }
+  {
+    // Streamed in row groups of 128 rows: the same values, 8 groups.
+    std::ofstream out(dir + "/groups.parquet", std::ios::binary);
+    strata::ParquetWriter w(cols, strata::ParquetCodec::kZstd, [&out](const std::string& b) { out << b; }, 128);
+    for (const auto& r : rows) w.Add(r);
+    w.Finish();
+  }
   std::ofstream(dir + "/empty.parquet", std::ios::binary) << strata::EncodeParquet(cols, {}, strata::ParquetCodec::kZstd);
   std::ofstream(dir + "/expected.json") << expected.dump();
   std::cout << "wrote 4 files, " << rows.size() << " rows each\n";
