@@ -19,6 +19,7 @@
 
 #include "common/bus.h"
 #include "common/errors.h"
+#include "common/ops_schema.h"
 #include "common/pg.h"
 #include "common/time_util.h"
 #include "services/ingest/extract_query.h"
@@ -284,11 +285,7 @@ struct CdcStreamer::Impl {
 
   std::optional<State> ReadState(pqxx::connection& wh) {
     // Serialised with every other service's DDL (RunDdl's advisory lock).
-    RunDdl(wh,
-           "CREATE SCHEMA IF NOT EXISTS ops; "
-           "CREATE TABLE IF NOT EXISTS ops.cdc_state (slot text PRIMARY KEY, acked_lsn pg_lsn NOT NULL, "
-           "applied_lsn pg_lsn NOT NULL DEFAULT '0/0', snapshot_done boolean NOT NULL DEFAULT false, "
-           "created_at timestamptz NOT NULL DEFAULT now(), applied_at timestamptz, last_commit_at timestamptz)");
+    RunDdl(wh, SharedOpsDdl());
     pqxx::work tx(wh);
     const auto r = tx.exec_params(
         "SELECT acked_lsn::text, applied_lsn::text, snapshot_done FROM ops.cdc_state WHERE slot = $1", spec.cdc.slot);

@@ -257,27 +257,25 @@ std::string FormatMicros(int64_t micros) {
   return buf;
 }
 
-bool CursorLess(ColumnType type, const std::string& a, const std::string& b) {
-  switch (type) {
-    case ColumnType::kTimestamp: return TimestampMicros(a) < TimestampMicros(b);
-    case ColumnType::kInt: return std::stoll(a) < std::stoll(b);
-    case ColumnType::kFloat: return std::stod(a) < std::stod(b);
-    default: return a < b;
-  }
-}
-
 CursorKey MakeCursorKey(ColumnType type, const std::string& v) {
   CursorKey k;
   if (type == ColumnType::kTimestamp) {
-    k.numeric = true;
+    k.kind = CursorKey::kInt;
     k.num = TimestampMicros(v);
   } else if (type == ColumnType::kInt) {
-    k.numeric = true;
+    k.kind = CursorKey::kInt;
     k.num = std::stoll(v);
+  } else if (type == ColumnType::kFloat) {
+    k.kind = CursorKey::kReal;
+    k.real = std::stod(v);
   } else {
     k.text = v;
   }
   return k;
+}
+
+bool CursorLess(ColumnType type, const std::string& a, const std::string& b) {
+  return MakeCursorKey(type, a) < MakeCursorKey(type, b);
 }
 
 std::string CursorMinus(ColumnType type, const std::string& cursor, int seconds) {

@@ -98,10 +98,13 @@ std::string FormatMicros(int64_t micros);                // "YYYY-MM-DDTHH:MM:SS
 bool CursorLess(ColumnType type, const std::string& a, const std::string& b);
 // The sort key of one cursor value, computed once per record.
 struct CursorKey {
-  bool numeric = false;
-  int64_t num = 0;
+  enum Kind { kText, kInt, kReal } kind = kText;
+  int64_t num = 0;  // kInt (timestamps as microseconds)
+  double real = 0;  // kReal
   std::string text;
-  bool operator<(const CursorKey& o) const { return numeric ? num < o.num : text < o.text; }
+  bool operator<(const CursorKey& o) const {
+    return kind == kInt ? num < o.num : kind == kReal ? real < o.real : text < o.text;
+  }
 };
 CursorKey MakeCursorKey(ColumnType type, const std::string& value);
 std::string CursorMinus(ColumnType type, const std::string& cursor, int seconds);

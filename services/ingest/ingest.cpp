@@ -25,6 +25,7 @@
 #include "common/errors.h"
 #include "common/events.h"
 #include "common/http_client.h"
+#include "common/ops_schema.h"
 #include "common/pg.h"
 #include "common/spec.h"
 #include "common/task_runner.h"
@@ -490,11 +491,21 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
     }
   }
 
+  // A warehouse connection for the task, with the shared ops tables in place (created once per
+  // process: ingest may run before the loader has set up the warehouse).
+  std::unique_ptr<pqxx::connection> OpsConnection(const TaskRequest& req) {
+    auto conn = PgConnect(DsnForTask(config_.warehouse_dsn, req));
+    if (!ops_ready_.load()) {
+      RunDdl(*conn, SharedOpsDdl());
+      ops_ready_ = true;
+    }
+    return conn;
+  }
+
   // The stored watermark of a watermark-incremental dataset, or nullopt before its first load.
   std::optional<Watermark> ReadWatermark(const TaskRequest& req, const DatasetSpec& d) {
-    auto conn = PgConnect(DsnForTask(config_.warehouse_dsn, req));
+    auto conn = OpsConnection(req);
     pqxx::read_transaction tx(*conn);
-    if (tx.exec1("SELECT to_regclass('ops.watermarks') IS NULL")[0].as<bool>()) return std::nullopt;
     const auto r = tx.exec_params("SELECT watermark FROM ops.watermarks WHERE pipeline = $1 AND dataset = $2",
                                   req.pipeline(), d.name);
     if (r.empty()) return std::nullopt;
@@ -625,9 +636,8 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
 
   // Columns added to a dataset by schema_drift: add_column, in the order they were first seen.
   std::vector<std::string> AddedColumns(const TaskRequest& req, const DatasetSpec& d) {
-    auto conn = PgConnect(DsnForTask(config_.warehouse_dsn, req));
+    auto conn = OpsConnection(req);
     pqxx::read_transaction tx(*conn);
-    if (tx.exec1("SELECT to_regclass('ops.schema_columns') IS NULL")[0].as<bool>()) return {};
     std::vector<std::string> out;
     for (const auto& row : tx.exec_params(
              "SELECT column_name FROM ops.schema_columns WHERE pipeline = $1 AND dataset = $2 ORDER BY added_at, column_name",
@@ -652,11 +662,7 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
         spdlog::warn("field '{}' of dataset {} is not a usable column name; not added", field, d.name);
         return;
       }
-      auto conn = PgConnect(DsnForTask(config_.warehouse_dsn, req));
-      RunDdl(*conn, "CREATE SCHEMA IF NOT EXISTS ops; "
-                    "CREATE TABLE IF NOT EXISTS ops.schema_columns (pipeline text NOT NULL, dataset text NOT NULL, "
-                    "column_name text NOT NULL, added_at timestamptz NOT NULL DEFAULT now(), "
-                    "PRIMARY KEY (pipeline, dataset, column_name))");
+      auto conn = OpsConnection(req);
       pqxx::work tx(*conn);
       tx.exec_params("INSERT INTO ops.schema_columns (pipeline, dataset, column_name) VALUES ($1, $2, $3) "
                      "ON CONFLICT DO NOTHING", req.pipeline(), d.name, field);
@@ -824,6 +830,7 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
   TaskRunner runner_;
   CdcStreamer cdc_;
   std::atomic<bool> stop_{false};
+  std::atomic<bool> ops_ready_{false};
   std::thread shard_worker_;
 };
 

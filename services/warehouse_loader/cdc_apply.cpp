@@ -53,10 +53,7 @@ bool Captures(const PipelineSpec& spec, const std::string& dataset) {
 std::string CdcDdl(const PipelineSpec& spec) {
   if (!spec.cdc.present) return "";
   std::string ddl =
-      "CREATE SCHEMA IF NOT EXISTS raw;\n"
-      "CREATE TABLE IF NOT EXISTS ops.cdc_state (slot text PRIMARY KEY, acked_lsn pg_lsn NOT NULL, "
-      "applied_lsn pg_lsn NOT NULL DEFAULT '0/0', snapshot_done boolean NOT NULL DEFAULT false, "
-      "created_at timestamptz NOT NULL DEFAULT now(), applied_at timestamptz, last_commit_at timestamptz);\n";
+      "CREATE SCHEMA IF NOT EXISTS raw;\n";  // ops.cdc_state: SharedOpsDdl()
   for (const auto& name : spec.cdc.datasets) {
     const DatasetSpec& d = *spec.Find(name);
     std::string cols;

@@ -17,6 +17,7 @@
 #include "common/governance.h"
 #include "common/lake.h"
 #include "common/lake_codec.h"
+#include "common/ops_schema.h"
 #include "common/pg.h"
 #include "common/spec.h"
 #include "common/task_runner.h"
@@ -54,7 +55,7 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
     auto conn = PgConnect(config_.warehouse_dsn);
     std::string ddl = WarehouseDdl();
     for (const auto& d : spec_.datasets) ddl += StagingDdl(d);
-    RunDdl(*conn, ddl + CdcDdl(spec_) + GovernanceDdl());
+    RunDdl(*conn, ddl + SharedOpsDdl() + CdcDdl(spec_) + GovernanceDdl());
     cdc_.Start();
   }
 

@@ -25,25 +25,6 @@ CREATE TABLE IF NOT EXISTS ops.loads (
   loaded_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (dataset, ds));
 
--- Watermark-incremental datasets: the largest (cursor, key) whose rows are loaded. Written with
--- the staging load, so a crash anywhere before it replays rows instead of skipping them.
-CREATE TABLE IF NOT EXISTS ops.watermarks (
-  pipeline text NOT NULL,
-  dataset text NOT NULL,
-  watermark jsonb NOT NULL,
-  ds date NOT NULL,
-  run_id text NOT NULL,
-  updated_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (pipeline, dataset));
-
--- Columns a source grew that schema_drift: add_column stages (as text) after the declared ones.
-CREATE TABLE IF NOT EXISTS ops.schema_columns (
-  pipeline text NOT NULL,
-  dataset text NOT NULL,
-  column_name text NOT NULL,
-  added_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (pipeline, dataset, column_name));
-
 CREATE TABLE IF NOT EXISTS dwh.dim_date (
   date_key integer PRIMARY KEY,
   date date NOT NULL UNIQUE,
