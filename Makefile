@@ -21,7 +21,7 @@ demo: build
 	@bash infra/demo.sh $(BUILD)/bin
 
 up: build
-	@infra/stack.sh up --dir .strata --bin $(BUILD)/bin
+	@infra/stack.sh up --dir .strata --bin $(BUILD)/bin $(STACK_ARGS)
 	@echo "stack running; . .strata/env   (make down to stop)"
 
 down:

@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "common/errors.h"
+#include "common/lake_store.h"
 
 namespace strata {
 
@@ -23,6 +24,17 @@ std::string PartitionDir(const std::string& root, const std::string& layer,
 }
 
 std::string ManifestPath(const std::string& dir) { return dir + "/_manifest.json"; }
+
+std::string PartitionKey(const std::string& layer, const std::string& dataset, const std::string& ds) {
+  return layer + "/" + dataset + "/dt=" + ds;
+}
+
+std::optional<Manifest> ReadManifest(LakeStore& store, const std::string& partition) {
+  const std::string key = ManifestPath(partition);
+  const auto text = store.Get(key);
+  if (!text) return std::nullopt;
+  return ManifestFromJson(*text, store.Where(key));
+}
 
 std::string ManifestToJson(const Manifest& m) {
   nlohmann::json j;

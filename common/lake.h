@@ -31,6 +31,13 @@ struct Manifest {
   std::string watermark;  // JSON; see Batch.watermark. Empty for other datasets.
 };
 
+class LakeStore;
+
+// A partition's key in a LakeStore: <layer>/<dataset>/dt=<ds>.
+std::string PartitionKey(const std::string& layer, const std::string& dataset, const std::string& ds);
+// nullopt when the partition has no committed manifest; InputError when it is malformed.
+std::optional<Manifest> ReadManifest(LakeStore& store, const std::string& partition);
+
 std::string PartitionDir(const std::string& root, const std::string& layer,
                          const std::string& dataset, const std::string& ds);
 std::string ManifestPath(const std::string& partition_dir);

@@ -80,8 +80,12 @@ struct PartReader::Codec {
 };
 
 PartReader::PartReader(const std::string& path, const LakeFormat& f, std::vector<std::string> columns)
-    : path_(path), f_(f), columns_(std::move(columns)), in_(path, std::ios::binary), codec_(std::make_unique<Codec>()) {
-  if (!in_) throw EnvError("cannot open " + path);
+    : PartReader(path, std::make_unique<std::ifstream>(path, std::ios::binary), f, std::move(columns)) {}
+
+PartReader::PartReader(const std::string& name, std::unique_ptr<std::istream> in, const LakeFormat& f,
+                       std::vector<std::string> columns)
+    : path_(name), f_(f), columns_(std::move(columns)), in_(std::move(in)), codec_(std::make_unique<Codec>()) {
+  if (!*in_) throw EnvError("cannot open " + name);
   crc_ = static_cast<uint32_t>(::crc32(0L, Z_NULL, 0));
   if (f_.compression == "gzip") {
     if (inflateInit2(&codec_->z, 16 + MAX_WBITS) != Z_OK) throw EnvError("gzip: inflateInit2");
@@ -97,8 +101,8 @@ PartReader::~PartReader() = default;
 bool PartReader::Refill() {
   if (eof_) return false;
   raw_.resize(256 * 1024);
-  in_.read(raw_.data(), static_cast<std::streamsize>(raw_.size()));
-  raw_.resize(static_cast<size_t>(in_.gcount()));
+  in_->read(raw_.data(), static_cast<std::streamsize>(raw_.size()));
+  raw_.resize(static_cast<size_t>(in_->gcount()));
   if (raw_.empty()) {
     eof_ = true;
     return false;
@@ -140,8 +144,8 @@ size_t PartReader::Read(char* buf, size_t cap) {
     // Plain CSV past its header goes from the file straight into the caller's buffer.
     if (f_.format == "csv" && f_.compression == "none" && header_skipped_ && out_pos_ >= out_.size() &&
         text_pos_ >= text_.size()) {
-      in_.read(buf, static_cast<std::streamsize>(cap));
-      const size_t n = static_cast<size_t>(in_.gcount());
+      in_->read(buf, static_cast<std::streamsize>(cap));
+      const size_t n = static_cast<size_t>(in_->gcount());
       crc_ = static_cast<uint32_t>(::crc32(crc_, reinterpret_cast<const Bytef*>(buf), static_cast<uInt>(n)));
       return n;
     }

@@ -36,6 +36,9 @@ std::string CompressPart(const LakeFormat& f, std::string text);
 class PartReader {
  public:
   PartReader(const std::string& path, const LakeFormat& f, std::vector<std::string> columns);
+  // From any stream (e.g. an object of an S3 lake); `name` is used in messages.
+  PartReader(const std::string& name, std::unique_ptr<std::istream> in, const LakeFormat& f,
+             std::vector<std::string> columns);
   ~PartReader();
   // Fills buf with CSV bytes (no header); 0 at the end of the file. Throws InputError on a
   // corrupt file, naming the path.
@@ -47,7 +50,7 @@ class PartReader {
   std::string path_;
   LakeFormat f_;
   std::vector<std::string> columns_;
-  std::ifstream in_;
+  std::unique_ptr<std::istream> in_;
   uint32_t crc_ = 0;
   std::string raw_, text_, out_;
   size_t text_pos_ = 0, out_pos_ = 0;

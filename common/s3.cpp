@@ -11,6 +11,7 @@
 #include <cstring>
 #include <ctime>
 #include <pugixml.hpp>
+#include <spdlog/spdlog.h>
 #include <thread>
 
 #include "common/errors.h"
@@ -186,7 +187,12 @@ S3Client::Response S3Client::Request(const std::string& method, const std::strin
     curl_easy_setopt(curl, CURLOPT_WRITEDATA, &resp.body);
     curl_easy_setopt(curl, CURLOPT_HEADERFUNCTION, OnHeader);
     curl_easy_setopt(curl, CURLOPT_HEADERDATA, &resp.headers);
-    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 60000L);
+    // A store that stops answering is noticed in seconds (no progress for stall_seconds), while
+    // a large part on a slow link still has time to finish.
+    curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(curl, CURLOPT_LOW_SPEED_TIME, static_cast<long>(c_.stall_seconds));
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 300000L);
     curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
     if (method == "PUT") {
       curl_easy_setopt(curl, CURLOPT_UPLOAD, 1L);
@@ -207,10 +213,12 @@ S3Client::Response S3Client::Request(const std::string& method, const std::strin
     const bool retry = rc != CURLE_OK || resp.status >= 500;
     if (!retry || attempt >= c_.max_attempts) {
       if (rc != CURLE_OK)
-        throw EnvError("s3 " + what + " " + c_.bucket + "/" + key + ": " + curl_easy_strerror(rc) + " after " +
+        throw EnvError("s3 " + what + " s3://" + c_.bucket + "/" + key + ": " + curl_easy_strerror(rc) + " after " +
                        std::to_string(attempt) + " attempt(s)");
       return resp;
     }
+    spdlog::warn("s3 {} s3://{}/{}: attempt {} of {} failed ({}), retrying", what, c_.bucket, key, attempt,
+                 c_.max_attempts, rc != CURLE_OK ? curl_easy_strerror(rc) : "HTTP " + std::to_string(resp.status));
     std::this_thread::sleep_for(std::chrono::milliseconds(100L << attempt));
   }
 }
@@ -219,7 +227,7 @@ namespace {
 [[noreturn]] void Fail(const std::string& what, const std::string& bucket, const std::string& key,
                        const S3Client::Response& r) {
   const std::string code = ErrorCode(r.body);
-  throw EnvError("s3 " + what + " " + bucket + "/" + key + ": HTTP " + std::to_string(r.status) +
+  throw EnvError("s3 " + what + " s3://" + bucket + "/" + key + ": HTTP " + std::to_string(r.status) +
                  (code.empty() ? "" : " " + code));
 }
 }  // namespace
@@ -242,31 +250,53 @@ void S3Client::Put(const std::string& key, const std::string& data) {
   if (r.status != 200) Fail("PUT", c_.bucket, key, r);
 }
 
-void S3Client::PutMultipart(const std::string& key, const std::string& data) {
+std::string S3Client::StartMultipart(const std::string& key) {
   const Response init = Request("POST", key, {{"uploads", ""}}, "", "initiate multipart");
   if (init.status != 200) Fail("initiate multipart", c_.bucket, key, init);
   pugi::xml_document doc;
   doc.load_string(init.body.c_str());
   const std::string upload_id = doc.child("InitiateMultipartUploadResult").child_value("UploadId");
   if (upload_id.empty()) throw EnvError("s3 initiate multipart " + c_.bucket + "/" + key + ": no UploadId in the reply");
+  return upload_id;
+}
+
+std::string S3Client::UploadPart(const std::string& key, const std::string& upload_id, int part, const std::string& data) {
+  const Response r = Request("PUT", key, {{"partNumber", std::to_string(part)}, {"uploadId", upload_id}}, data,
+                             "upload part " + std::to_string(part));
+  if (r.status != 200) Fail("upload part " + std::to_string(part), c_.bucket, key, r);
+  auto etag = r.headers.find("etag");
+  if (etag == r.headers.end()) throw EnvError("s3 upload part " + std::to_string(part) + " of " + key + ": no ETag");
+  return etag->second;
+}
+
+void S3Client::CompleteMultipart(const std::string& key, const std::string& upload_id,
+                                 const std::vector<std::string>& etags) {
+  std::string complete = "<CompleteMultipartUpload>";
+  for (size_t i = 0; i < etags.size(); ++i)
+    complete += "<Part><PartNumber>" + std::to_string(i + 1) + "</PartNumber><ETag>" + etags[i] + "</ETag></Part>";
+  complete += "</CompleteMultipartUpload>";
+  const Response done = Request("POST", key, {{"uploadId", upload_id}}, complete, "complete multipart");
+  // S3 may answer 200 with an <Error> body when completion fails late.
+  if (done.status != 200 || !ErrorCode(done.body).empty()) Fail("complete multipart", c_.bucket, key, done);
+}
+
+void S3Client::AbortMultipart(const std::string& key, const std::string& upload_id) {
   try {
-    std::string complete = "<CompleteMultipartUpload>";
-    int part = 1;
-    for (size_t off = 0; off < data.size(); off += c_.part_size, ++part) {
-      const std::string chunk = data.substr(off, c_.part_size);
-      const Response r = Request("PUT", key, {{"partNumber", std::to_string(part)}, {"uploadId", upload_id}}, chunk,
-                                 "upload part " + std::to_string(part));
-      if (r.status != 200) Fail("upload part " + std::to_string(part), c_.bucket, key, r);
-      auto etag = r.headers.find("etag");
-      if (etag == r.headers.end()) throw EnvError("s3 upload part " + std::to_string(part) + " of " + key + ": no ETag");
-      complete += "<Part><PartNumber>" + std::to_string(part) + "</PartNumber><ETag>" + etag->second + "</ETag></Part>";
-    }
-    complete += "</CompleteMultipartUpload>";
-    const Response done = Request("POST", key, {{"uploadId", upload_id}}, complete, "complete multipart");
-    // S3 may answer 200 with an <Error> body when completion fails late.
-    if (done.status != 200 || !ErrorCode(done.body).empty()) Fail("complete multipart", c_.bucket, key, done);
-  } catch (...) {
     Request("DELETE", key, {{"uploadId", upload_id}}, "", "abort multipart");
+  } catch (const std::exception&) {
+    // Best effort: the bucket's lifecycle rule for incomplete uploads is the backstop.
+  }
+}
+
+void S3Client::PutMultipart(const std::string& key, const std::string& data) {
+  const std::string upload_id = StartMultipart(key);
+  try {
+    std::vector<std::string> etags;
+    for (size_t off = 0; off < data.size(); off += c_.part_size)
+      etags.push_back(UploadPart(key, upload_id, static_cast<int>(etags.size()) + 1, data.substr(off, c_.part_size)));
+    CompleteMultipart(key, upload_id, etags);
+  } catch (...) {
+    AbortMultipart(key, upload_id);
     throw;
   }
 }

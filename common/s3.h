@@ -29,6 +29,7 @@ struct S3Config {
   size_t multipart_threshold = 8 * 1024 * 1024;
   size_t part_size = 5 * 1024 * 1024;  // S3's minimum for all but the last part
   int max_attempts = 4;
+  int stall_seconds = 10;  // a request that moves no byte for this long fails (and is retried)
 };
 
 std::string Sha256Hex(const std::string& data);
@@ -52,6 +53,14 @@ class S3Client {
   void Delete(const std::string& key);
   std::vector<std::string> List(const std::string& prefix);  // every key under prefix, all pages
   void CreateBucket();                                        // succeeds if it exists and is ours
+  const S3Config& config() const { return c_; }
+
+  // Multipart upload in steps, for writers that stream: parts (>= 5 MiB but the last) are
+  // numbered from 1; Complete takes their ETags in order; Abort is best effort.
+  std::string StartMultipart(const std::string& key);
+  std::string UploadPart(const std::string& key, const std::string& upload_id, int part, const std::string& data);
+  void CompleteMultipart(const std::string& key, const std::string& upload_id, const std::vector<std::string>& etags);
+  void AbortMultipart(const std::string& key, const std::string& upload_id);
 
   struct Response {
     long status = 0;

@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <fstream>
 #include <regex>
 #include <set>
@@ -99,11 +100,77 @@ int DatasetSpec::ColumnIndex(const std::string& n) const {
   return -1;
 }
 
+const DimensionSpec* PipelineSpec::FindDimension(const std::string& name) const {
+  for (const auto& d : dimensions)
+    if (d.name == name) return &d;
+  return nullptr;
+}
+
 const DatasetSpec* PipelineSpec::Find(const std::string& dataset) const {
   for (const auto& d : datasets)
     if (d.name == dataset) return &d;
   return nullptr;
 }
+
+namespace {
+
+DimensionSpec ParseDimension(const YAML::Node& n, const PipelineSpec& spec, const std::string& origin, size_t i) {
+  const std::string path = origin + ":dimensions[" + std::to_string(i) + "]";
+  OnlyKeys(n, path, {"name", "from", "key", "surrogate_key", "effective_from", "deleted", "scd1", "scd2",
+                     "unknown_key"});
+  DimensionSpec dim;
+  dim.name = Str(n["name"], path + ".name");
+  CheckIdent(dim.name, path + ".name");
+  for (const auto& other : spec.dimensions)
+    if (other.name == dim.name) Fail(path + ".name", "duplicate dimension '" + dim.name + "'");
+  if (std::find(spec.models.begin(), spec.models.end(), dim.name) == spec.models.end())
+    Fail(path + ".name", "dimension '" + dim.name + "' is declared but not listed in models (which sets the build order)");
+  dim.from = Str(n["from"], path + ".from");
+  const DatasetSpec* ds = spec.Find(dim.from);
+  if (!ds) Fail(path + ".from", "unknown dataset '" + dim.from + "'");
+  auto column = [&](const std::string& name, const std::string& at) -> const Column& {
+    const int idx = ds->ColumnIndex(name);
+    if (idx < 0) Fail(at, "'" + name + "' is not a column of dataset '" + dim.from + "'");
+    return ds->columns[idx];
+  };
+  dim.key = Str(n["key"], path + ".key");
+  const ColumnType key_type = column(dim.key, path + ".key").type;
+  if (key_type != ColumnType::kInt && key_type != ColumnType::kText)
+    Fail(path + ".key", "a natural key must be an int or text column");
+  dim.surrogate = n["surrogate_key"] ? Str(n["surrogate_key"], path + ".surrogate_key")
+                                     : (dim.name.rfind("dim_", 0) == 0 ? dim.name.substr(4) : dim.name) + "_key";
+  CheckIdent(dim.surrogate, path + ".surrogate_key");
+  dim.effective_from = Str(n["effective_from"], path + ".effective_from");
+  if (column(dim.effective_from, path + ".effective_from").type != ColumnType::kTimestamp)
+    Fail(path + ".effective_from", "'" + dim.effective_from + "' must be a timestamp column (the source's business time)");
+  if (n["deleted"]) {
+    dim.deleted = Str(n["deleted"], path + ".deleted");
+    const ColumnType t = column(dim.deleted, path + ".deleted").type;
+    if (t != ColumnType::kBool && t != ColumnType::kTimestamp)
+      Fail(path + ".deleted", "'" + dim.deleted + "' must be a bool or timestamp column");
+  }
+  if (n["scd1"]) dim.scd1 = StrList(n["scd1"], path + ".scd1");
+  if (n["scd2"]) dim.scd2 = StrList(n["scd2"], path + ".scd2");
+  if (dim.scd1.empty() && dim.scd2.empty()) Fail(path, "expected attribute columns in scd1 and/or scd2");
+  std::set<std::string> seen{dim.key, dim.effective_from, dim.deleted, dim.surrogate};
+  for (const auto* list : {&dim.scd1, &dim.scd2}) {
+    const std::string at = path + (list == &dim.scd1 ? ".scd1" : ".scd2");
+    for (const auto& c : *list) {
+      column(c, at);
+      if (!seen.insert(c).second) Fail(at, "column '" + c + "' is the key, the effective time, or listed twice");
+    }
+  }
+  for (const char* reserved : {"valid_from", "valid_to", "is_current", "version", "is_deleted", "is_inferred",
+                               "attributes_as_of"})
+    if (seen.count(reserved)) Fail(path, std::string("column name '") + reserved + "' is reserved for the dimension's history");
+  dim.unknown_key = n["unknown_key"] ? Str(n["unknown_key"], path + ".unknown_key")
+                                     : (key_type == ColumnType::kInt ? "-1" : "unknown");
+  if (key_type == ColumnType::kInt && !std::regex_match(dim.unknown_key, std::regex("-?[0-9]+")))
+    Fail(path + ".unknown_key", "expected an integer, got '" + dim.unknown_key + "'");
+  return dim;
+}
+
+}  // namespace
 
 PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origin) {
   YAML::Node root;
@@ -112,7 +179,7 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
   } catch (const YAML::Exception& e) {
     Fail(origin, std::string("not valid YAML: ") + e.what());
   }
-  OnlyKeys(root, origin, {"pipeline", "datasets", "models", "checks", "schedule", "cdc"});
+  OnlyKeys(root, origin, {"pipeline", "datasets", "dimensions", "models", "checks", "schedule", "cdc"});
   PipelineSpec spec;
   spec.name = Str(root["pipeline"], origin + ":pipeline");
   CheckIdent(spec.name, origin + ":pipeline");
@@ -274,6 +341,11 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
   }
 
   if (root["models"]) spec.models = StrList(root["models"], origin + ":models");
+
+  if (const YAML::Node dims = root["dimensions"]) {
+    if (!dims.IsSequence()) Fail(origin + ":dimensions", "expected a list");
+    for (size_t i = 0; i < dims.size(); ++i) spec.dimensions.push_back(ParseDimension(dims[i], spec, origin, i));
+  }
 
   if (const YAML::Node c = root["cdc"]) {
     const std::string path = origin + ":cdc";

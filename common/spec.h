@@ -146,14 +146,32 @@ struct CdcSpec {
   int batch_changes = 5000; // ...or this many changes
 };
 
+// A dimension declared in the spec and built by the loader from one staged dataset: natural key,
+// surrogate key, per-column SCD type, validity from the source's business time. The builder's
+// rules (change points, late changes, deletes, inferred members) are in
+// services/warehouse_loader/dimensions.h.
+struct DimensionSpec {
+  std::string name;            // table dwh.<name>, and its model name in `models`
+  std::string from;            // the dataset whose staged rows are the dimension's observations
+  std::string key;             // natural key column
+  std::string surrogate;       // surrogate key column; default <name without dim_>_key
+  std::string effective_from;  // timestamp column: when the observed state took effect
+  std::string deleted;         // optional bool (true) or timestamp (set) column marking deletion
+  std::vector<std::string> scd1;  // overwritten in every version
+  std::vector<std::string> scd2;  // a change starts a new version
+  std::string unknown_key;        // natural key of the unknown member (-1 / 'unknown')
+};
+
 struct PipelineSpec {
   std::string name;
   ScheduleSpec schedule;
   CdcSpec cdc;
   std::vector<DatasetSpec> datasets;
+  std::vector<DimensionSpec> dimensions;
   std::vector<std::string> models;
   std::vector<CheckSpec> checks;
   const DatasetSpec* Find(const std::string& dataset) const;
+  const DimensionSpec* FindDimension(const std::string& name) const;
 };
 
 PipelineSpec ParsePipelineSpec(const std::string& yaml_text, const std::string& origin);

@@ -3,21 +3,25 @@
 # loopback ports, the source simulator, and every service. Used by `make up/down/demo` and by
 # the test fixture.
 #
-#   infra/stack.sh up   --dir DIR --bin BIN_DIR [--start 2024-01-01] [--seed 42]
+#   infra/stack.sh up   --dir DIR --bin BIN_DIR [--start 2024-01-01] [--seed 42] [--lake local|s3]
 #   infra/stack.sh down --dir DIR
+#
+# --lake s3 keeps the lake in an S3-compatible store instead of DIR/lake: s3rver (npm, from
+# tests/s3) on a free port, bucket strata-lake, STRATA_LAKE_ROOT=s3://strata-lake/lake.
 #
 # `up` writes DIR/env (shell-sourceable): STRATA_PG_DSN, STRATA_SOURCE_DSN, STRATA_REDIS_URL,
 # STRATA_LAKE_ROOT, STRATA_SOURCE_HTTP, STRATA_<SERVICE>_GRPC / _METRICS, ... Logs go to DIR/logs.
 set -euo pipefail
 
 cmd=${1:-}; shift || true
-DIR=""; BIN=""; START=${STRATA_SIM_START:-2024-01-01}; SEED=${STRATA_SIM_SEED:-42}
+DIR=""; BIN=""; START=${STRATA_SIM_START:-2024-01-01}; SEED=${STRATA_SIM_SEED:-42}; LAKE=local
 while [ $# -gt 0 ]; do
   case "$1" in
     --dir) DIR=$2; shift 2 ;;
     --bin) BIN=$2; shift 2 ;;
     --start) START=$2; shift 2 ;;
     --seed) SEED=$2; shift 2 ;;
+    --lake) LAKE=$2; shift 2 ;;
     *) echo "stack.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -52,6 +56,7 @@ down() {
     stop_pid "$DIR/run/$s.pid" &
   done
   wait
+  stop_pid "$DIR/run/s3rver.pid"
   for s in controller query quality warehouse_loader lake_export ingest; do
     # A service that shut down cleanly on SIGTERM says so last.
     if [ -f "$DIR/logs/$s.log" ] && ! tail -n 3 "$DIR/logs/$s.log" | grep -q '"msg":"stopped"'; then
@@ -81,8 +86,9 @@ up() {
   # Only this stack's own entries are replaced: DIR may hold other stacks (e.g. .strata/demo).
   mkdir -p "$DIR"
   DIR=$(cd "$DIR" && pwd)
-  rm -rf "$DIR"/{run,logs,lake,redis,env,pgdir}
+  rm -rf "$DIR"/{run,logs,lake,redis,env,pgdir,s3}
   mkdir -p "$DIR"/{run,logs,lake,redis}
+  case "$LAKE" in local|s3) ;; *) echo "stack.sh: --lake must be local or s3, got $LAKE" >&2; exit 2 ;; esac
   # PostgreSQL's files live where the postgres user can reach them even when DIR's parents are
   # private (a CI checkout under /root, say).
   local pgdir
@@ -97,6 +103,19 @@ up() {
   as_pg "$PGBIN/pg_ctl" -D "$pgdir/data" -l "$pgdir/postgres.log" -w -t 60 start \
     -o "-p $pg_port -k $pgdir -c listen_addresses=127.0.0.1 -c wal_level=logical -c max_connections=200 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" >/dev/null
   local pg="host=127.0.0.1 port=$pg_port user=postgres"
+  local s3_port=""
+  if [ "$LAKE" = s3 ]; then
+    s3_port=$(free_port)
+    mkdir -p "$DIR/s3"
+    "$ROOT/tests/s3/node_modules/.bin/s3rver" --directory "$DIR/s3" --port "$s3_port" --address 127.0.0.1 \
+      --configure-bucket strata-lake --silent >"$DIR/logs/s3rver.log" 2>&1 &
+    echo $! >"$DIR/run/s3rver.pid"
+    for i in $(seq 1 100); do
+      curl -s -o /dev/null "http://127.0.0.1:$s3_port/" && break
+      [ "$i" -eq 100 ] && { echo "stack: s3rver did not start" >&2; cat "$DIR/logs/s3rver.log" >&2; exit 1; }
+      sleep 0.1
+    done
+  fi
   psql "$pg dbname=postgres" -qAtc "CREATE DATABASE warehouse" -c "CREATE DATABASE source" >/dev/null
 
   redis-server --port "$redis_port" --bind 127.0.0.1 --daemonize yes --dir "$DIR/redis" \
@@ -110,7 +129,14 @@ up() {
     echo "export STRATA_PG_PORT=$pg_port"
     echo "export STRATA_REDIS_URL=redis://127.0.0.1:$redis_port"
     echo "export STRATA_REDIS_PORT=$redis_port"
-    echo "export STRATA_LAKE_ROOT=$DIR/lake"
+    if [ "$LAKE" = s3 ]; then
+      echo "export STRATA_LAKE_ROOT=s3://strata-lake/lake"
+      echo "export STRATA_S3_ENDPOINT=http://127.0.0.1:$s3_port"
+      echo "export STRATA_S3_PORT=$s3_port"
+      echo "export AWS_ACCESS_KEY_ID=S3RVER AWS_SECRET_ACCESS_KEY=S3RVER"
+    else
+      echo "export STRATA_LAKE_ROOT=$DIR/lake"
+    fi
     echo "export STRATA_PIPELINE_SPEC=$spec"
     echo "export STRATA_SOURCE_HTTP=http://127.0.0.1:$sim_port"
     echo "export STRATA_WEBHOOK_URL=http://127.0.0.1:$webhook_port/hook"

@@ -10,8 +10,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <thread>
@@ -23,6 +21,7 @@
 #include "common/events.h"
 #include "common/lake.h"
 #include "common/lake_codec.h"
+#include "common/lake_store.h"
 #include "common/time_util.h"
 #include "strata.grpc.pb.h"
 
@@ -30,7 +29,6 @@ namespace strata::lake_export {
 
 namespace {
 
-namespace fs = std::filesystem;
 constexpr const char* kGroup = "lake-export";
 constexpr const char* kLayer = "bronze";
 
@@ -44,13 +42,6 @@ std::string PartName(int seq) {
 LakeFormat FormatOf(const strata::v1::Batch& b) {
   return ParseLakeFormat(b.lake_format().empty() ? "csv" : b.lake_format(),
                          b.lake_compression().empty() ? "none" : b.lake_compression(), "batch " + b.batch_id());
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 struct Metrics {
@@ -77,7 +68,7 @@ struct Metrics {
 class LakeExportImpl final : public Component, public strata::v1::LakeExport::Service {
  public:
   LakeExportImpl(const Config& config, prometheus::Registry& registry)
-      : config_(config), metrics_(registry),
+      : config_(config), store_(OpenLakeStore(config.lake_root)), metrics_(registry),
         consumer_("lake-export-" + std::to_string(::getpid())) {}
 
   std::vector<grpc::Service*> GrpcServices() override { return {this}; }
@@ -94,15 +85,14 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
                                  strata::v1::PartitionInfo* resp) override {
     if (!IsValidDate(req->ds()))
       return {grpc::StatusCode::INVALID_ARGUMENT, "ds: expected YYYY-MM-DD, got \"" + req->ds() + "\""};
-    const std::string dir = PartitionDir(config_.lake_root, req->layer().empty() ? kLayer : req->layer(),
-                                         req->dataset(), req->ds());
+    const std::string dir = PartitionKey(req->layer().empty() ? kLayer : req->layer(), req->dataset(), req->ds());
     try {
-      auto m = ReadManifest(dir);
+      auto m = ReadManifest(*store_, dir);
       if (!m) return grpc::Status::OK;
       resp->set_committed(true);
       resp->set_run_id(m->run_id);
       resp->set_rows(m->rows);
-      resp->set_manifest_path(ManifestPath(dir));
+      resp->set_manifest_path(store_->Where(ManifestPath(dir)));
       for (const auto& f : m->files) resp->add_files(f.path);
       return grpc::Status::OK;
     } catch (const std::exception& e) {
@@ -153,10 +143,10 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
       bus.Delete(kBatchStream, e.id);
       return;
     }
-    const std::string dir = PartitionDir(config_.lake_root, kLayer, b.dataset(), b.ds());
+    const std::string dir = PartitionKey(kLayer, b.dataset(), b.ds());
     // A batch of a run older than the committed one is stale: writing it would resurrect a
     // replaced partition. Run ids sort by start time.
-    std::optional<Manifest> committed = ReadManifest(dir);
+    std::optional<Manifest> committed = ReadManifest(*store_, dir);
     if (committed && committed->run_id > b.run_id()) {
       metrics_.batches.Add({{"outcome", "stale"}}).Increment();
     } else {
@@ -197,19 +187,19 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
     }
     const std::string data = CompressPart(f, std::move(text));
     const std::string part = PartName(b.seq()) + f.Suffix();
-    WriteFileAtomic(run_dir + "/" + part, data);
+    store_->Put(run_dir + "/" + part, data);
     nlohmann::json meta = {{"rows", b.rows_size()}, {"bytes", data.size()}, {"crc32", Crc32(data)}, {"file", part},
                            {"format", f.format}, {"compression", f.compression}};
     meta["columns"] = cols;
-    WriteFileAtomic(run_dir + "/" + PartName(b.seq()) + ".meta", meta.dump());
+    store_->Put(run_dir + "/" + PartName(b.seq()) + ".meta", meta.dump());
     if (b.last()) {
-      if (!b.watermark().empty()) WriteFileAtomic(run_dir + "/_watermark", b.watermark());
+      if (!b.watermark().empty()) store_->Put(run_dir + "/_watermark", b.watermark());
       if (b.shard_batches_size() > 0) {
         nlohmann::json shards = {{"span", b.shard_span()},
                                  {"batches", std::vector<int>(b.shard_batches().begin(), b.shard_batches().end())}};
-        WriteFileAtomic(run_dir + "/_shards", shards.dump());
+        store_->Put(run_dir + "/_shards", shards.dump());
       }
-      WriteFileAtomic(run_dir + "/_total", std::to_string(b.total_batches()));
+      store_->Put(run_dir + "/_total", std::to_string(b.total_batches()));
     }
     metrics_.rows.Add({{"dataset", b.dataset()}}).Increment(b.rows_size());
     metrics_.bytes.Add({{"dataset", b.dataset()}}).Increment(static_cast<double>(data.size()));
@@ -217,13 +207,14 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
 
   void TryCommit(Bus& bus, const strata::v1::Batch& b, const std::string& dir) {
     const std::string run_dir = dir + "/run=" + b.run_id();
-    if (!fs::exists(run_dir + "/_total")) return;
-    const int total = std::stoi(ReadFile(run_dir + "/_total"));
+    const auto total_text = store_->Get(run_dir + "/_total");
+    if (!total_text) return;
+    const int total = std::stoi(*total_text);
     // The batches that make the partition: 0..total-1, or for a sharded extraction each shard's
     // run of seqs and the final marker.
     std::vector<int> seqs;
-    if (fs::exists(run_dir + "/_shards")) {
-      const auto sh = nlohmann::json::parse(ReadFile(run_dir + "/_shards"));
+    if (const auto shards = store_->Get(run_dir + "/_shards")) {
+      const auto sh = nlohmann::json::parse(*shards);
       const int span = sh.at("span").get<int>();
       const auto counts = sh.at("batches").get<std::vector<int>>();
       for (size_t i = 0; i < counts.size(); ++i)
@@ -239,8 +230,9 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
     m.layer = kLayer;
     for (const int seq : seqs) {
       const std::string meta_path = run_dir + "/" + PartName(seq) + ".meta";
-      if (!fs::exists(meta_path)) return;  // not complete yet
-      const auto meta = nlohmann::json::parse(ReadFile(meta_path));
+      const auto meta_text = store_->Get(meta_path);
+      if (!meta_text) return;  // not complete yet
+      const auto meta = nlohmann::json::parse(*meta_text);
       if (m.columns.empty()) {
         m.columns = meta.at("columns").get<std::vector<std::string>>();
         m.format = meta.value("format", "csv");
@@ -255,18 +247,13 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
       m.files.push_back(f);
     }
     m.committed_at = NowIso();
-    if (fs::exists(run_dir + "/_watermark")) m.watermark = ReadFile(run_dir + "/_watermark");
-    WriteFileAtomic(ManifestPath(dir), ManifestToJson(m));
+    if (const auto wm = store_->Get(run_dir + "/_watermark")) m.watermark = *wm;
+    store_->Put(ManifestPath(dir), ManifestToJson(m));
     metrics_.commits.Add({{"dataset", b.dataset()}}).Increment();
     spdlog::info("committed partition dataset={} ds={} run_id={} rows={} files={}", m.dataset, m.ds,
                  m.run_id, m.rows, m.files.size());
     // Older runs' files are unreachable now that the manifest names this run.
-    std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(dir, ec)) {
-      const std::string name = entry.path().filename().string();
-      if (entry.is_directory() && name.rfind("run=", 0) == 0 && name.substr(4) < b.run_id())
-        fs::remove_all(entry.path(), ec);
-    }
+    RemoveOtherRuns(*store_, dir, b.run_id(), /*older_only=*/true);
     strata::v1::Event ev;
     ev.set_kind("partition_committed");
     ev.set_pipeline(b.pipeline());
@@ -275,11 +262,12 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
     ev.set_run_id(b.run_id());
     ev.set_task("export." + b.dataset());
     ev.set_rows(m.rows);
-    ev.set_message(ManifestPath(dir));
+    ev.set_message(store_->Where(ManifestPath(dir)));
     PublishEvent(bus, "lake_export", ev);
   }
 
   Config config_;
+  std::unique_ptr<LakeStore> store_;
   Metrics metrics_;
   std::string consumer_;
   std::atomic<bool> stop_{false};

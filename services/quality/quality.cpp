@@ -14,6 +14,7 @@
 #include "common/governance.h"
 #include "common/http_client.h"
 #include "common/lake.h"
+#include "common/lake_store.h"
 #include "common/pg.h"
 #include "common/spec.h"
 #include "common/task_runner.h"
@@ -376,7 +377,7 @@ class QualityImpl final : public Component, public strata::v1::Quality::Service 
     const auto src = tx.exec_params("SELECT rows FROM ops.task_runs WHERE run_id = $1 AND task = $2",
                                     req.run_id(), "extract." + d.name);
     const long long source = src.empty() ? -1 : src[0][0].as<long long>();
-    const auto m = ReadManifest(PartitionDir(config_.lake_root, "bronze", d.name, req.ds()));
+    const auto m = ReadManifest(*OpenLakeStore(config_.lake_root), PartitionKey("bronze", d.name, req.ds()));
     const long long lake = m ? m->rows : -1;
     const long long staging =
         tx.exec_params("SELECT count(*) FROM staging." + QuoteIdent(d.name) + " WHERE ds = $1", req.ds())[0][0]

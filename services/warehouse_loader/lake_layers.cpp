@@ -1,15 +1,11 @@
 #include "services/warehouse_loader/lake_layers.h"
 
-#include <filesystem>
-
 #include "common/errors.h"
 #include "common/lake.h"
 #include "common/pg.h"
 #include "common/time_util.h"
 
 namespace strata::loader {
-
-namespace fs = std::filesystem;
 
 namespace {
 
@@ -38,15 +34,15 @@ std::string Substitute(std::string sql, const std::string& literal) {
   return sql;
 }
 
-long long WritePartition(pqxx::transaction_base& tx, const std::string& root, const std::string& layer,
+long long WritePartition(pqxx::transaction_base& tx, LakeStore& lake, const std::string& layer,
                          const std::string& name, const std::string& ds, const std::string& run_id,
                          const std::vector<ParquetColumn>& cols, const std::string& select, ParquetCodec codec) {
   // Rows stream from a server-side cursor into row groups on disk: memory holds one row group,
   // whatever the partition's size.
-  const std::string dir = PartitionDir(root, layer, name, ds);
+  const std::string dir = PartitionKey(layer, name, ds);
   const std::string part = "run=" + run_id + "/part-00000.parquet";
-  AtomicFile file(dir + "/" + part);
-  ParquetWriter writer(cols, codec, [&file](const std::string& b) { file.Write(b.data(), b.size()); }, 50000);
+  const std::unique_ptr<ObjectWriter> file = lake.Create(dir + "/" + part);
+  ParquetWriter writer(cols, codec, [&file](const std::string& b) { file->Write(b.data(), b.size()); }, 50000);
   tx.exec("DECLARE strata_layer NO SCROLL CURSOR FOR " + Substitute(select, tx.quote(ds)));
   for (;;) {
     const pqxx::result r = tx.exec("FETCH 10000 FROM strata_layer");
@@ -60,7 +56,7 @@ long long WritePartition(pqxx::transaction_base& tx, const std::string& root, co
   }
   tx.exec("CLOSE strata_layer");
   writer.Finish();
-  file.Commit();
+  file->Commit();
   Manifest m;
   m.dataset = name;
   m.ds = ds;
@@ -68,21 +64,17 @@ long long WritePartition(pqxx::transaction_base& tx, const std::string& root, co
   m.layer = layer;
   m.format = "parquet";
   for (const auto& c : cols) m.columns.push_back(c.name);
-  m.files.push_back({part, writer.rows(), file.bytes(), file.crc32()});
+  m.files.push_back({part, writer.rows(), file->bytes(), file->crc32()});
   m.rows = writer.rows();
   m.committed_at = NowIso();
-  WriteFileAtomic(ManifestPath(dir), ManifestToJson(m));
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    const std::string n = entry.path().filename().string();
-    if (entry.is_directory() && n.rfind("run=", 0) == 0 && n != "run=" + run_id) fs::remove_all(entry.path(), ec);
-  }
+  lake.Put(ManifestPath(dir), ManifestToJson(m));
+  RemoveOtherRuns(lake, dir, run_id, /*older_only=*/false);
   return m.rows;
 }
 
 }  // namespace
 
-long long ExportSilver(pqxx::transaction_base& tx, const std::string& root, const DatasetSpec& d,
+long long ExportSilver(pqxx::transaction_base& tx, LakeStore& lake, const DatasetSpec& d,
                        const std::string& ds, const std::string& run_id, ParquetCodec codec) {
   std::vector<ParquetColumn> cols;
   std::string select;
@@ -99,10 +91,10 @@ long long ExportSilver(pqxx::transaction_base& tx, const std::string& root, cons
     sql = "SELECT DISTINCT ON (" + keys + ") " + select + " FROM staging." + QuoteIdent(d.name) + " WHERE ds = $1 ORDER BY " +
           keys + (cursor.empty() ? "" : ", " + QuoteIdent(cursor) + " DESC NULLS LAST");
   }
-  return WritePartition(tx, root, "silver", d.name, ds, run_id, cols, sql, codec);
+  return WritePartition(tx, lake, "silver", d.name, ds, run_id, cols, sql, codec);
 }
 
-long long ExportGold(pqxx::transaction_base& tx, const std::string& root, const std::string& ds,
+long long ExportGold(pqxx::transaction_base& tx, LakeStore& lake, const std::string& ds,
                      const std::string& run_id, ParquetCodec codec) {
   const auto tables = tx.exec(
       "SELECT t.table_name FROM information_schema.tables t WHERE t.table_schema = 'marts' AND t.table_type = 'BASE TABLE' "
@@ -119,7 +111,7 @@ long long ExportGold(pqxx::transaction_base& tx, const std::string& root, const 
       cols.push_back({c[0].c_str(), FromPg(c[1].c_str())});
       select += (select.empty() ? "" : ", ") + SelectExpr(QuoteIdent(c[0].c_str()), cols.back().type);
     }
-    rows += WritePartition(tx, root, "gold", table, ds, run_id, cols,
+    rows += WritePartition(tx, lake, "gold", table, ds, run_id, cols,
                            "SELECT " + select + " FROM marts." + QuoteIdent(table) + " WHERE ds = $1 ORDER BY 1, 2", codec);
   }
   return rows;

@@ -2,13 +2,14 @@
 //   silver/<dataset>/dt=<ds>/   the day's staged rows, typed, one row per key (the latest by the
 //                               dataset's cursor), for datasets with `silver:` in the spec
 //   gold/<mart>/dt=<ds>/        the day's rows of every mart with a `ds` column, after publish
-// Each partition is one run directory plus a manifest written by atomic rename, exactly like
-// bronze (common/lake.h): a reader sees the previous partition or the new one; re-exporting a
+// Each partition is one run directory plus a manifest committed last, exactly like bronze
+// (common/lake.h), on the local or S3 lake (common/lake_store.h): a reader sees the previous partition or the new one; re-exporting a
 // date replaces it, and older run directories are removed once the new manifest is durable.
 #pragma once
 #include <pqxx/pqxx>
 #include <string>
 
+#include "common/lake_store.h"
 #include "common/parquet.h"
 #include "common/spec.h"
 
@@ -16,11 +17,11 @@ namespace strata::loader {
 
 // Writes silver/<d>/dt=<ds>/ from staging (inside `tx`, so it sees what the load committed).
 // Returns the rows written.
-long long ExportSilver(pqxx::transaction_base& tx, const std::string& lake_root, const DatasetSpec& d,
+long long ExportSilver(pqxx::transaction_base& tx, LakeStore& lake, const DatasetSpec& d,
                        const std::string& ds, const std::string& run_id, ParquetCodec codec);
 
 // Writes gold/<mart>/dt=<ds>/ for every marts table with a ds column. Returns the rows written.
-long long ExportGold(pqxx::transaction_base& tx, const std::string& lake_root, const std::string& ds,
+long long ExportGold(pqxx::transaction_base& tx, LakeStore& lake, const std::string& ds,
                      const std::string& run_id, ParquetCodec codec);
 
 }  // namespace strata::loader

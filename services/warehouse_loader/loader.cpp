@@ -16,6 +16,7 @@
 #include "common/events.h"
 #include "common/governance.h"
 #include "common/lake.h"
+#include "common/lake_store.h"
 #include "common/lake_codec.h"
 #include "common/ops_schema.h"
 #include "common/pg.h"
@@ -50,10 +51,10 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
  public:
   LoaderImpl(const Config& config, prometheus::Registry& registry)
       : config_(config), spec_(LoadPipelineSpec(config.pipeline_spec)),
-        models_(ResolveModels(spec_.models)), metrics_(registry), runner_(2), cdc_(config_, spec_, registry) {
+        models_(ResolveModels(spec_)), metrics_(registry), runner_(2), cdc_(config_, spec_, registry) {
     if (config_.warehouse_dsn.empty()) throw InputError("warehouse_dsn (STRATA_PG_DSN) is not configured");
     auto conn = PgConnect(config_.warehouse_dsn);
-    std::string ddl = WarehouseDdl();
+    std::string ddl = WarehouseDdl(spec_);
     for (const auto& d : spec_.datasets) ddl += StagingDdl(d);
     RunDdl(*conn, ddl + SharedOpsDdl() + CdcDdl(spec_) + GovernanceDdl());
     cdc_.Start();
@@ -112,8 +113,11 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
   }
 
   long long LoadPartition(const TaskRequest& req, const DatasetSpec& d) {
-    const std::string dir = PartitionDir(config_.lake_root, "bronze", d.name, req.ds());
-    const auto manifest = ReadManifest(dir);
+    // One store per task: tasks run on several threads.
+    const std::unique_ptr<LakeStore> store = OpenLakeStore(config_.lake_root);
+    const std::string key = PartitionKey("bronze", d.name, req.ds());
+    const std::string dir = store->Where(key);
+    const auto manifest = ReadManifest(*store, key);
     if (!manifest) throw InputError("no committed lake partition at " + dir);
     // The declared columns first; anything after them is a field the source grew
     // (schema_drift: add_column), staged as text.
@@ -149,7 +153,8 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
         part.reset();
       }
       if (file_idx >= manifest->files.size()) return false;
-      part = std::make_unique<PartReader>(dir + "/" + manifest->files[file_idx++].path, format, manifest->columns);
+      const std::string file = key + "/" + manifest->files[file_idx++].path;
+      part = std::make_unique<PartReader>(store->Where(file), store->Open(file), format, manifest->columns);
       return true;
     };
     const long long copied = pg.CopyIn(
@@ -188,7 +193,7 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
       auto conn = PgConnect(DsnForTask(config_.warehouse_dsn, req));
       pqxx::read_transaction tx(*conn);
       tx.exec("SET LOCAL TIME ZONE 'UTC'");
-      const long long n = ExportSilver(tx, config_.lake_root, d, req.ds(), manifest->run_id,
+      const long long n = ExportSilver(tx, *store, d, req.ds(), manifest->run_id,
                                        ParseParquetCodec(d.silver, "datasets." + d.name + ".silver"));
       spdlog::info("exported silver dataset={} ds={} rows={}", d.name, req.ds(), n);
     }
@@ -203,7 +208,8 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
     tx.exec("SET LOCAL TIME ZONE 'UTC'");
     // One builder per warehouse at a time: models of two dates touch the same keys.
     tx.exec("SELECT pg_advisory_xact_lock(7400002)");
-    for (const Model* m : models_) {
+    for (const Model& model : models_) {
+      const Model* m = &model;
       const auto start = std::chrono::steady_clock::now();
       RunModel(tx, *m, req.ds());
       spdlog::info("built model={} ds={} seconds={:.3f}", m->name, req.ds(),
@@ -238,14 +244,14 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
                  tables.size(), rows);
     // The published day's marts, exported to the lake's gold layer.
     pqxx::read_transaction gold(*conn);
-    const long long exported = ExportGold(gold, config_.lake_root, req.ds(), req.run_id(), ParquetCodec::kZstd);
+    const long long exported = ExportGold(gold, *OpenLakeStore(config_.lake_root), req.ds(), req.run_id(), ParquetCodec::kZstd);
     spdlog::info("exported gold ds={} rows={}", req.ds(), exported);
     return rows;
   }
 
   Config config_;
   PipelineSpec spec_;
-  std::vector<const Model*> models_;
+  std::vector<Model> models_;
   Metrics metrics_;
   TaskRunner runner_;
   CdcApplier cdc_;

@@ -4,10 +4,13 @@
 
 #include "common/errors.h"
 #include "common/pg.h"
+#include "services/warehouse_loader/dimensions.h"
 
 namespace strata::loader {
 
-std::string WarehouseDdl() {
+std::string WarehouseDdl(const PipelineSpec& spec) {
+  std::string dims;
+  for (const auto& d : spec.dimensions) dims += DimensionDdl(d, *spec.Find(d.from));
   return R"SQL(
 CREATE SCHEMA IF NOT EXISTS raw;
 CREATE SCHEMA IF NOT EXISTS staging;
@@ -36,34 +39,6 @@ CREATE TABLE IF NOT EXISTS dwh.dim_date (
   day_name text NOT NULL,
   month_name text NOT NULL,
   is_weekend boolean NOT NULL);
-
-CREATE TABLE IF NOT EXISTS dwh.dim_customer (
-  customer_key bigserial PRIMARY KEY,
-  customer_id bigint NOT NULL,
-  name text, email text, address text, city text, state text, segment text,
-  valid_from timestamptz NOT NULL,
-  valid_to timestamptz NOT NULL DEFAULT 'infinity',
-  is_current boolean NOT NULL,
-  UNIQUE (customer_id, valid_from),
-  CHECK (valid_from < valid_to));
-CREATE UNIQUE INDEX IF NOT EXISTS dim_customer_one_current
-  ON dwh.dim_customer (customer_id) WHERE is_current;
-ALTER TABLE dwh.dim_customer ADD COLUMN IF NOT EXISTS version integer NOT NULL DEFAULT 1;
--- A broken history is impossible, not just unlikely: no two versions of a customer may overlap.
-CREATE EXTENSION IF NOT EXISTS btree_gist;
-DO $$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'dim_customer_no_overlap') THEN
-    ALTER TABLE dwh.dim_customer ADD CONSTRAINT dim_customer_no_overlap
-      EXCLUDE USING gist (customer_id WITH =, tstzrange(valid_from, valid_to) WITH &&);
-  END IF;
-END $$;
-
-CREATE TABLE IF NOT EXISTS dwh.dim_product (
-  product_key bigserial PRIMARY KEY,
-  product_id bigint NOT NULL UNIQUE,
-  name text, category text,
-  price numeric(12,2),
-  updated_at timestamptz);
 
 CREATE TABLE IF NOT EXISTS dwh.dim_state (
   state_key bigserial PRIMARY KEY,
@@ -161,19 +136,13 @@ CREATE TABLE IF NOT EXISTS serving.product_daily_sales (LIKE marts.product_daily
 CREATE TABLE IF NOT EXISTS serving.business_review_changes (LIKE marts.business_review_changes INCLUDING ALL);
 CREATE TABLE IF NOT EXISTS serving.rating_by_price_level (LIKE marts.rating_by_price_level INCLUDING ALL);
 
--- Unknown members: facts whose dimension row is missing point here instead of nowhere.
-INSERT INTO dwh.dim_customer (customer_key, customer_id, name, valid_from, valid_to, is_current)
-  VALUES (0, -1, 'unknown', '-infinity', 'infinity', true) ON CONFLICT DO NOTHING;
-INSERT INTO dwh.dim_product (product_key, product_id, name) VALUES (0, -1, 'unknown')
-  ON CONFLICT DO NOTHING;
-
 INSERT INTO dwh.dim_date
 SELECT to_char(d, 'YYYYMMDD')::int, d::date, extract(year FROM d)::int, extract(quarter FROM d)::int,
        extract(month FROM d)::int, extract(day FROM d)::int, extract(isodow FROM d)::int,
        trim(to_char(d, 'Day')), trim(to_char(d, 'Month')), extract(isodow FROM d) >= 6
 FROM generate_series('2015-01-01'::date, '2035-12-31'::date, interval '1 day') AS d
 ON CONFLICT DO NOTHING;
-)SQL";
+)SQL" + dims;
 }
 
 std::string StagingDdl(const DatasetSpec& d) {
@@ -215,69 +184,6 @@ DELETE FROM marts.business_stars)SQL",
 INSERT INTO marts.business_stars (business_id, reviews, avg_stars)
 SELECT business_id, count(*), round(avg(stars), 2) FROM dwh.fact_review GROUP BY business_id)SQL"}},
 
-      // SCD1: the latest staged version of each product touched on ds overwrites in place.
-      {"dim_product",
-       {R"SQL(
-INSERT INTO dwh.dim_product (product_id, name, category, price, updated_at)
-SELECT DISTINCT ON (p.product_id) p.product_id, p.name, p.category, p.price::numeric(12,2), p.updated_at
-FROM staging.products p
-WHERE p.product_id IN (SELECT product_id FROM staging.products WHERE ds = $1)
-ORDER BY p.product_id, p.updated_at DESC, p.ds DESC
-ON CONFLICT (product_id) DO UPDATE SET name = EXCLUDED.name, category = EXCLUDED.category,
-  price = EXCLUDED.price, updated_at = EXCLUDED.updated_at
-  WHERE (dim_product.name, dim_product.category, dim_product.price, dim_product.updated_at)
-        IS DISTINCT FROM (EXCLUDED.name, EXCLUDED.category, EXCLUDED.price, EXCLUDED.updated_at))SQL"}},
-
-      // SCD2: the history of each customer touched on ds is the union of the versions the
-      // dimension already holds and the versions staged (a staged row wins on the same
-      // valid_from), each valid until the next. Versions are never dropped because a later
-      // re-extraction no longer sees them: incremental sources only show a row's latest state,
-      // so the dimension is the durable record of history. Rows that stop being current are
-      // closed before new current rows are inserted so the one-current-row index holds at
-      // every statement.
-      {"dim_customer",
-       {R"SQL(
-CREATE TEMP TABLE tmp_customer_versions ON COMMIT DROP AS
-WITH affected AS (SELECT DISTINCT customer_id FROM staging.customers WHERE ds = $1),
-staged AS (
-  SELECT DISTINCT ON (c.customer_id, c.updated_at)
-         c.customer_id, c.name, c.email, c.address, c.city, c.state, c.segment,
-         c.updated_at AS valid_from, 0 AS precedence
-  FROM staging.customers c WHERE c.customer_id IN (SELECT customer_id FROM affected)
-  ORDER BY c.customer_id, c.updated_at, c.ds DESC),
-known AS (
-  SELECT d.customer_id, d.name, d.email, d.address, d.city, d.state, d.segment, d.valid_from, 1
-  FROM dwh.dim_customer d WHERE d.customer_id IN (SELECT customer_id FROM affected)),
-hist AS (
-  SELECT DISTINCT ON (customer_id, valid_from) * FROM (SELECT * FROM staged UNION ALL SELECT * FROM known) u
-  ORDER BY customer_id, valid_from, precedence)
-SELECT customer_id, name, email, address, city, state, segment, valid_from,
-       coalesce(lead(valid_from) OVER w, 'infinity'::timestamptz) AS valid_to,
-       (row_number() OVER w)::int AS version
-FROM hist WINDOW w AS (PARTITION BY customer_id ORDER BY valid_from))SQL",
-        R"SQL(
-UPDATE dwh.dim_customer d SET valid_to = v.valid_to, is_current = false, version = v.version
-FROM tmp_customer_versions v
-WHERE v.customer_id = d.customer_id AND v.valid_from = d.valid_from
-  AND v.valid_to <> 'infinity' AND (d.is_current OR d.valid_to <> v.valid_to OR d.version <> v.version))SQL",
-        R"SQL(
-INSERT INTO dwh.dim_customer (customer_id, name, email, address, city, state, segment,
-                              valid_from, valid_to, is_current, version)
-SELECT customer_id, name, email, address, city, state, segment, valid_from, valid_to,
-       valid_to = 'infinity', version
-FROM tmp_customer_versions
-ORDER BY customer_id, valid_from
-ON CONFLICT (customer_id, valid_from) DO UPDATE SET
-  name = EXCLUDED.name, email = EXCLUDED.email, address = EXCLUDED.address, city = EXCLUDED.city,
-  state = EXCLUDED.state, segment = EXCLUDED.segment, valid_to = EXCLUDED.valid_to,
-  is_current = EXCLUDED.is_current, version = EXCLUDED.version
-WHERE (dim_customer.name, dim_customer.email, dim_customer.address, dim_customer.city,
-       dim_customer.state, dim_customer.segment, dim_customer.valid_to, dim_customer.is_current,
-       dim_customer.version)
-      IS DISTINCT FROM
-      (EXCLUDED.name, EXCLUDED.email, EXCLUDED.address, EXCLUDED.city, EXCLUDED.state,
-       EXCLUDED.segment, EXCLUDED.valid_to, EXCLUDED.is_current, EXCLUDED.version))SQL"}},
-
       // Facts: every line of every order touched on ds (new orders, or later status changes
       // of older ones) is merged by (order_id, line_no), keyed to the customer version valid
       // at order time.
@@ -292,7 +198,11 @@ UNION SELECT order_id FROM staging.order_items WHERE ds = $1
 -- product get theirs once it exists. So dates may be built in any order.
 UNION SELECT o.order_id FROM staging.orders o
       WHERE o.customer_id IN (SELECT customer_id FROM staging.customers WHERE ds = $1)
-UNION SELECT f.order_id FROM dwh.fact_sales f WHERE f.product_key = 0)SQL",
+-- Lines on the unknown product, or on a product row whose validity (completed from an inferred
+-- member) no longer covers the order, are looked up again.
+UNION SELECT f.order_id FROM dwh.fact_sales f JOIN dwh.dim_product p USING (product_key)
+      WHERE f.product_key = 0 OR NOT (f.ordered_at >= p.valid_from AND f.ordered_at < p.valid_to))SQL",
+        // (the inferred members of dim_customer and dim_product are inserted here; see ResolveModels)
         R"SQL(
 INSERT INTO dwh.fact_sales (order_id, line_no, date_key, customer_key, product_key, quantity,
                             unit_price, amount, ordered_at)
@@ -313,6 +223,7 @@ JOIN ord o USING (order_id)
 LEFT JOIN dwh.dim_customer c ON c.customer_id = o.customer_id
      AND o.ordered_at >= c.valid_from AND o.ordered_at < c.valid_to
 LEFT JOIN dwh.dim_product p ON p.product_id = i.product_id
+     AND o.ordered_at >= p.valid_from AND o.ordered_at < p.valid_to
 ORDER BY i.order_id, i.line_no
 ON CONFLICT (order_id, line_no) DO UPDATE SET date_key = EXCLUDED.date_key,
   customer_key = EXCLUDED.customer_key, product_key = EXCLUDED.product_key,
@@ -404,17 +315,41 @@ GROUP BY price_level)SQL"}},
   return kModels;
 }
 
-std::vector<const Model*> ResolveModels(const std::vector<std::string>& names) {
-  std::vector<const Model*> out;
-  for (const auto& n : names) {
+std::vector<Model> ResolveModels(const PipelineSpec& spec) {
+  std::vector<Model> out;
+  for (const auto& name : spec.models) {
+    if (const DimensionSpec* dim = spec.FindDimension(name)) {
+      out.push_back({name, DimensionStatements(*dim, *spec.Find(dim->from))});
+      continue;
+    }
     const Model* found = nullptr;
     for (const auto& m : AllModels())
-      if (m.name == n) found = &m;
-    if (!found)
-      throw InputError("models: unknown model '" + n +
-                       "' (known: dim_state, dim_product, dim_customer, fact_sales, daily_sales, "
-                       "orders_current, business_daily, reviews)");
-    out.push_back(found);
+      if (m.name == name) found = &m;
+    if (!found) {
+      std::string known;
+      for (const auto& m : AllModels()) known += (known.empty() ? "" : ", ") + m.name;
+      throw InputError("models: unknown model '" + name + "' (built in: " + known +
+                       "; or declare it under dimensions)");
+    }
+    Model model = *found;
+    if (name == "fact_sales") {
+      // Early-arriving facts: a customer or product not loaded yet gets an inferred member.
+      std::vector<std::string> inferred;
+      for (auto [dim_name, key, keys_query] :
+           {std::tuple<const char*, const char*, const char*>{
+                "dim_customer", "customer_id",
+                "SELECT o.customer_id FROM staging.orders o WHERE o.order_id IN (SELECT order_id FROM tmp_affected_orders)"},
+            {"dim_product", "product_id",
+             "SELECT i.product_id FROM staging.order_items i WHERE i.order_id IN (SELECT order_id FROM tmp_affected_orders)"}}) {
+        const DimensionSpec* dim = spec.FindDimension(dim_name);
+        if (!dim || dim->key != key)
+          throw InputError(std::string("models: fact_sales needs a dimension '") + dim_name + "' keyed by " + key +
+                           " declared under dimensions");
+        inferred.push_back(InferredMembersSql(*dim, keys_query));
+      }
+      model.statements.insert(model.statements.begin() + 1, inferred.begin(), inferred.end());
+    }
+    out.push_back(std::move(model));
   }
   return out;
 }

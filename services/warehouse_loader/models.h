@@ -14,8 +14,8 @@ class transaction_base;
 
 namespace strata::loader {
 
-// Schemas, ops/dwh/marts tables, the date dimension and the unknown members.
-std::string WarehouseDdl();
+// Schemas, the declared dimensions, ops/dwh/marts tables and the date dimension.
+std::string WarehouseDdl(const PipelineSpec& spec);
 // staging.<dataset> with ds, run_id and the dataset's typed columns.
 std::string StagingDdl(const DatasetSpec& dataset);
 
@@ -24,9 +24,11 @@ struct Model {
   std::vector<std::string> statements;  // run in order in one transaction; $1 is ds
 };
 
-// Built-in models, in dependency order. Throws InputError for a name it does not know.
+// Built-in models (facts, marts), in dependency order.
 const std::vector<Model>& AllModels();
-std::vector<const Model*> ResolveModels(const std::vector<std::string>& names);
+// The spec's `models`, in its order: declared dimensions and built-in models. Throws
+// InputError for a name that is neither, or a built-in whose dimensions are not declared.
+std::vector<Model> ResolveModels(const PipelineSpec& spec);
 
 // Runs one model's statements for `ds` (validated YYYY-MM-DD) inside the caller's transaction.
 void RunModel(pqxx::transaction_base& tx, const Model& model, const std::string& ds);

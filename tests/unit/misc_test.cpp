@@ -10,7 +10,6 @@
 #include "services/quality/checks.h"
 #include "services/query/query.h"
 #include "services/source_sim/source_sim.h"
-#include "services/warehouse_loader/models.h"
 
 namespace strata {
 namespace {
@@ -99,13 +98,6 @@ TEST(Quality, FailingRowsSqlPerKind) {
             "SELECT * FROM marts.daily_sales WHERE ds = '2024-01-02' AND revenue < 0");
   c.kind = "freshness";
   EXPECT_FALSE(quality::FailingRowsSql(c, "'2024-01-02'", quote).has_value());
-}
-
-TEST(Models, ResolveInOrderAndRejectUnknown) {
-  const auto models = loader::ResolveModels({"dim_customer", "fact_sales"});
-  ASSERT_EQ(models.size(), 2u);
-  EXPECT_EQ(models[1]->name, "fact_sales");
-  EXPECT_THROW(loader::ResolveModels({"dim_unicorn"}), InputError);
 }
 
 TEST(SourceSim, BusinessPagesAreDeterministicAndPaginated) {

@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
       Check(false, "unknown credentials are refused");
     } catch (const strata::EnvError& e) {
       const std::string msg = e.what();
-      Check(msg.find("s3 PUT " + a[2] + "/x: HTTP 403 InvalidAccessKeyId") == 0 && msg.find("not-the-secret") == std::string::npos,
+      Check(msg.find("s3 PUT s3://" + a[2] + "/x: HTTP 403 InvalidAccessKeyId") == 0 && msg.find("not-the-secret") == std::string::npos,
             "unknown credentials fail with S3's error code and without the secret: " + msg);
     }
     strata::S3Config down = Config("http://127.0.0.1:1", a[2]);

@@ -30,9 +30,15 @@ class ModelsTest : public ::testing::Test {
       tx.exec("CREATE DATABASE strata_pgtest");
     }
     conn_ = std::make_unique<pqxx::connection>(AdminDsn() + " dbname=strata_pgtest");
-    const PipelineSpec spec = LoadPipelineSpec(std::getenv("STRATA_PIPELINE_SPEC"));
-    std::string ddl = WarehouseDdl();
-    for (const auto& d : spec.datasets) ddl += StagingDdl(d);
+    UseSpec(LoadPipelineSpec(std::getenv("STRATA_PIPELINE_SPEC")),
+            {"dim_product", "dim_customer", "fact_sales", "daily_sales", "orders_current"});
+  }
+
+  void UseSpec(PipelineSpec spec, std::vector<std::string> models) {
+    spec.models = std::move(models);
+    spec_ = std::move(spec);
+    std::string ddl = WarehouseDdl(spec_);
+    for (const auto& d : spec_.datasets) ddl += StagingDdl(d);
     RunDdl(*conn_, ddl);
   }
 
@@ -46,8 +52,7 @@ class ModelsTest : public ::testing::Test {
   void Build(const std::string& ds) {
     pqxx::work tx(*conn_);
     tx.exec("SET LOCAL TIME ZONE 'UTC'");
-    for (const Model* m : ResolveModels({"dim_product", "dim_customer", "fact_sales", "daily_sales", "orders_current"}))
-      RunModel(tx, *m, ds);
+    for (const Model& m : ResolveModels(spec_)) RunModel(tx, m, ds);
     tx.commit();
   }
 
@@ -96,6 +101,7 @@ INSERT INTO staging.order_items VALUES
   }
 
   std::unique_ptr<pqxx::connection> conn_;
+  PipelineSpec spec_;
 };
 
 TEST_F(ModelsTest, Scd2HistoryFactKeysAndMarts) {
@@ -115,7 +121,8 @@ TEST_F(ModelsTest, Scd2HistoryFactKeysAndMarts) {
             "2024-01-01|1|6|15.00\n2024-01-02|1|1|3.00\n");
   EXPECT_EQ(Query("SELECT order_id, status, amount FROM marts.orders_current ORDER BY 1"),
             "10|shipped|15.00\n11|open|3.00\n");
-  EXPECT_EQ(Query("SELECT product_id, price FROM dwh.dim_product WHERE product_id > 0"), "1|3.00\n");  // SCD1
+  EXPECT_EQ(Query("SELECT product_id, price, valid_from, version FROM dwh.dim_product WHERE product_id > 0"),
+            "1|3|2024-01-01 00:01:00+00|1\n");  // SCD1: overwritten, one version since it was first seen
 }
 
 TEST_F(ModelsTest, RebuildingAnyDateKeepsTheWarehouseIdentical) {
@@ -188,7 +195,7 @@ TEST_F(ModelsTest, Scd2MatchesAReferenceModelOverRandomHistories) {
           at = day0 + day * 86400LL + static_cast<long long>(rng() % 86400);
         }
         if (ref[customer].count(at)) continue;  // one version per instant
-        const std::string addr = "addr-" + std::to_string(customer) + "-" + std::to_string(rng() % 1000);
+        const std::string addr = "addr-" + std::to_string(customer) + "-" + std::to_string(rng() % 3);
         ref[customer][at] = addr;
         values += std::string(values.empty() ? "" : ",") + "('" + ds + "', 'r', " + std::to_string(customer) +
                   ", 'n', 'e', '" + addr + "', 'c', 's', 'seg', to_timestamp(" + std::to_string(day0) +
@@ -204,13 +211,16 @@ TEST_F(ModelsTest, Scd2MatchesAReferenceModelOverRandomHistories) {
     }
     // Expected rows, in the same shape the query below prints.
     std::string expected;
-    for (const auto& [customer, versions] : ref) {
-      long long n = 0;
-      for (auto it = versions.begin(); it != versions.end(); ++it) {
-        auto next = std::next(it);
-        expected += std::to_string(customer) + "|" + it->second + "|" + std::to_string(it->first) + "|" +
-                    (next == versions.end() ? "infinity" : std::to_string(next->first)) + "|" +
-                    (next == versions.end() ? "t" : "f") + "|" + std::to_string(++n) + "\n";
+    for (const auto& [customer, observed] : ref) {
+      // A version starts only where the address (type 2) changes.
+      std::vector<std::pair<long long, std::string>> versions;
+      for (const auto& [at, addr] : observed)
+        if (versions.empty() || versions.back().second != addr) versions.emplace_back(at, addr);
+      for (size_t i = 0; i < versions.size(); ++i) {
+        const bool last = i + 1 == versions.size();
+        expected += std::to_string(customer) + "|" + versions[i].second + "|" + std::to_string(versions[i].first) + "|" +
+                    (last ? "infinity" : std::to_string(versions[i + 1].first)) + "|" + (last ? "t" : "f") + "|" +
+                    std::to_string(i + 1) + "\n";
       }
     }
     ASSERT_EQ(Query("SELECT customer_id, address, extract(epoch FROM valid_from)::bigint, "
@@ -231,6 +241,159 @@ TEST_F(ModelsTest, OverlappingVersionsAreRejectedByTheDatabase) {
   EXPECT_THROW(Exec("INSERT INTO dwh.dim_customer (customer_id, name, valid_from, valid_to, is_current) "
                     "VALUES (1, 'x', '2024-02-01 00:00+00', 'infinity', true)"),
                pqxx::sql_error);  // a second current row
+}
+
+}  // namespace
+}  // namespace strata::loader
+
+// Deletions, type-1 columns and inferred members, on a dimension declared for this test.
+namespace strata::loader {
+namespace {
+
+const char* kPeopleSpec = R"(
+pipeline: people
+datasets:
+  - name: people
+    source: {type: postgres, table: src.people, cursor: changed_at}
+    key: [id]
+    columns:
+      - {name: id, type: int}
+      - {name: name, type: text}
+      - {name: tier, type: text}
+      - {name: email, type: text}
+      - {name: gone, type: bool}
+      - {name: changed_at, type: timestamp}
+models: [dim_person]
+dimensions:
+  - {name: dim_person, from: people, key: id, effective_from: changed_at, deleted: gone,
+     scd2: [name, tier], scd1: [email]}
+)";
+
+struct Obs {
+  std::string name, tier, email;
+  bool gone = false;
+};
+
+// The reference: from every observation of a key, in business-time order, the versions a
+// type-2 dimension must hold.
+std::string ExpectedPeople(const std::map<int, std::map<long long, Obs>>& ref) {
+  std::string out;
+  for (const auto& [id, observed] : ref) {
+    std::string email, as_of = "NULL";
+    for (const auto& [at, o] : observed)
+      if (!o.gone) email = o.email, as_of = std::to_string(at);
+    struct Start {
+      long long at;
+      const Obs* o;
+    };
+    std::vector<Start> starts;
+    for (const auto& [at, o] : observed) {
+      const std::string sig = o.gone ? "deleted" : o.name + "|" + o.tier;
+      const std::string prev = starts.empty() ? "" : (starts.back().o->gone ? "deleted" : starts.back().o->name + "|" + starts.back().o->tier);
+      if (starts.empty() || sig != prev) starts.push_back({at, &o});
+    }
+    int version = 0;
+    for (size_t i = 0; i < starts.size(); ++i) {
+      if (starts[i].o->gone) continue;
+      const bool last = i + 1 == starts.size();
+      out += std::to_string(id) + "|" + starts[i].o->name + "|" + starts[i].o->tier + "|" + email + "|" +
+             std::to_string(starts[i].at) + "|" + (last ? "infinity" : std::to_string(starts[i + 1].at)) + "|" +
+             (last ? "t" : "f") + "|" + (!last && starts[i + 1].o->gone ? "t" : "f") + "|" + std::to_string(++version) +
+             "|" + as_of + "\n";
+    }
+  }
+  return out;
+}
+
+TEST_F(ModelsTest, DeclaredDimensionMatchesAReferenceModelWithDeletesAndTypeOneColumns) {
+  UseSpec(ParsePipelineSpec(kPeopleSpec, "people.yaml"), {"dim_person"});
+  std::mt19937 rng(7);
+  std::map<int, std::map<long long, Obs>> ref;
+  const long long day0 = 1704067200;
+  for (int day = 0; day < 15; ++day) {
+    const std::string ds = "2024-01-" + std::string(day + 1 < 10 ? "0" : "") + std::to_string(day + 1);
+    std::string values;
+    for (int id = 1; id <= 10; ++id) {
+      const int changes = static_cast<int>(rng() % 4);
+      for (int k = 0; k < changes; ++k) {
+        const long long at = (day > 0 && rng() % 4 == 0)
+                                 ? day0 + static_cast<long long>(rng() % static_cast<unsigned>(day * 86400))
+                                 : day0 + day * 86400LL + static_cast<long long>(rng() % 86400);
+        if (ref[id].count(at)) continue;
+        Obs o{"n" + std::to_string(rng() % 2), "t" + std::to_string(rng() % 2), "e" + std::to_string(rng() % 5),
+              rng() % 6 == 0};
+        ref[id][at] = o;
+        values += std::string(values.empty() ? "" : ",") + "('" + ds + "', 'r', " + std::to_string(id) + ", '" + o.name +
+                  "', '" + o.tier + "', '" + o.email + "', " + (o.gone ? "true" : "false") + ", to_timestamp(" +
+                  std::to_string(at) + "))";
+      }
+    }
+    if (!values.empty()) Exec("INSERT INTO staging.people VALUES " + values);
+    Build(ds);
+    if (day > 2 && rng() % 3 == 0) {
+      const std::string before = Query("SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM dwh.dim_person t");
+      Build("2024-01-0" + std::to_string(1 + rng() % 3));
+      ASSERT_EQ(Query("SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM dwh.dim_person t"), before)
+          << "re-running an earlier day changed dim_person after " << ds;
+    }
+    ASSERT_EQ(Query("SELECT id, name, tier, email, extract(epoch FROM valid_from)::bigint, "
+                    "CASE WHEN valid_to = 'infinity' THEN 'infinity' ELSE extract(epoch FROM valid_to)::bigint::text END, "
+                    "is_current, is_deleted, version, extract(epoch FROM attributes_as_of)::bigint "
+                    "FROM dwh.dim_person WHERE person_key <> 0 ORDER BY id, valid_from"),
+              ExpectedPeople(ref))
+        << "after day " << ds;
+  }
+  // The property is not vacuous: the run deleted keys, brought some back, and collapsed no-op changes.
+  EXPECT_NE(Query("SELECT count(*) FROM dwh.dim_person WHERE is_deleted"), "0\n");
+  EXPECT_EQ(Query("SELECT count(*) FROM (SELECT id FROM dwh.dim_person WHERE is_current GROUP BY 1 HAVING count(*) > 1) x"),
+            "0\n");
+}
+
+TEST_F(ModelsTest, DeletionClosesTheVersionAndAReturnStartsANewOne) {
+  UseSpec(ParsePipelineSpec(kPeopleSpec, "people.yaml"), {"dim_person"});
+  Exec(R"(INSERT INTO staging.people VALUES
+    ('2024-01-01', 'r1', 7, 'Ann', 'gold', 'a@x', false, '2024-01-01 10:00+00'),
+    ('2024-01-02', 'r2', 7, 'Ann', 'gold', 'a@x', true,  '2024-01-02 11:00+00'))");
+  Build("2024-01-01");
+  Build("2024-01-02");
+  EXPECT_EQ(Query("SELECT name, valid_from, valid_to, is_current, is_deleted FROM dwh.dim_person WHERE id = 7"),
+            "Ann|2024-01-01 10:00:00+00|2024-01-02 11:00:00+00|f|t\n");
+  Exec("INSERT INTO staging.people VALUES ('2024-01-03', 'r3', 7, 'Ann', 'gold', 'ann@y', false, '2024-01-03 12:00+00')");
+  Build("2024-01-03");
+  EXPECT_EQ(Query("SELECT email, valid_from, valid_to, is_current, is_deleted, version FROM dwh.dim_person WHERE id = 7 "
+                  "ORDER BY valid_from"),
+            "ann@y|2024-01-01 10:00:00+00|2024-01-02 11:00:00+00|f|t|1\n"
+            "ann@y|2024-01-03 12:00:00+00|infinity|t|f|2\n");
+}
+
+TEST_F(ModelsTest, EarlyArrivingFactGetsAnInferredMemberCompletedInPlace) {
+  // Order 20 of customer 5 arrives on day 1; customer 5 is only extracted on day 2.
+  Exec(R"(
+INSERT INTO staging.products VALUES ('2024-01-01', 'r1', 1, 'Pen', 'office', 2.5, '2024-01-01 00:01:00+00');
+INSERT INTO staging.orders VALUES ('2024-01-01', 'r1', 20, 5, 'open', '2024-01-01 13:00+00', '2024-01-01 13:00+00'),
+                                  ('2024-01-01', 'r1', 21, 6, 'open', '2024-01-01 14:00+00', '2024-01-01 14:00+00');
+INSERT INTO staging.order_items VALUES ('2024-01-01', 'r1', 20, 1, 1, 1, 2.5, '2024-01-01 13:00+00'),
+                                       ('2024-01-01', 'r1', 21, 1, 1, 1, 2.5, '2024-01-01 14:00+00');)");
+  Build("2024-01-01");
+  EXPECT_EQ(Query("SELECT customer_id, name, valid_from, valid_to, is_current, is_inferred FROM dwh.dim_customer "
+                  "WHERE customer_id > 0 ORDER BY 1"),
+            "5|NULL|-infinity|infinity|t|t\n6|NULL|-infinity|infinity|t|t\n");
+  const std::string inferred_key = Query("SELECT customer_key FROM dwh.dim_customer WHERE customer_id = 5");
+  EXPECT_EQ(Query("SELECT customer_key FROM dwh.fact_sales WHERE order_id = 20"), inferred_key);
+  // Customer 5 existed before the order; customer 6 only registered after placing it.
+  Exec(R"(INSERT INTO staging.customers VALUES
+    ('2024-01-02', 'r2', 5, 'Eve', 'e@x', 'E street', 'Fairview', 'NY', 'consumer', '2024-01-01 09:00+00', '2024-01-01 09:00+00'),
+    ('2024-01-02', 'r2', 6, 'Gus', 'g@x', 'G street', 'Bristol', 'OH', 'consumer', '2024-01-01 20:00+00', '2024-01-01 20:00+00'))");
+  Build("2024-01-02");
+  EXPECT_EQ(Query("SELECT customer_id, name, valid_from, valid_to, is_current, is_inferred FROM dwh.dim_customer "
+                  "WHERE customer_id > 0 ORDER BY 1"),
+            "5|Eve|2024-01-01 09:00:00+00|infinity|t|f\n6|Gus|2024-01-01 20:00:00+00|infinity|t|f\n");
+  EXPECT_EQ(Query("SELECT customer_key FROM dwh.dim_customer WHERE customer_id = 5"), inferred_key)
+      << "the inferred row is completed in place";
+  // Order 20 keeps its key; order 21 predates customer 6's first version, so it is re-keyed to unknown.
+  EXPECT_EQ(Query("SELECT f.order_id, c.customer_id, c.name FROM dwh.fact_sales f JOIN dwh.dim_customer c "
+                  "USING (customer_key) ORDER BY 1"),
+            "20|5|Eve\n21|-1|unknown\n");
 }
 
 }  // namespace

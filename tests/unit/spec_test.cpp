@@ -84,5 +84,52 @@ TEST(Spec, ErrorsNameFileAndPath) {
             std::string::npos);
 }
 
+TEST(Spec, DimensionsDeclaredWithTheirChecks) {
+  const std::string base = R"(
+pipeline: p
+datasets:
+  - name: people
+    source: {type: postgres, table: src.people, cursor: changed_at}
+    key: [id]
+    columns:
+      - {name: id, type: int}
+      - {name: name, type: text}
+      - {name: email, type: text}
+      - {name: gone, type: bool}
+      - {name: born, type: date}
+      - {name: changed_at, type: timestamp}
+models: [dim_person]
+dimensions:
+  - {name: dim_person, from: people, key: id, effective_from: changed_at, deleted: gone, scd2: [name], scd1: [email]}
+)";
+  const PipelineSpec s = ParsePipelineSpec(base, "p.yaml");
+  ASSERT_EQ(s.dimensions.size(), 1u);
+  const DimensionSpec& d = *s.FindDimension("dim_person");
+  EXPECT_EQ(d.surrogate, "person_key");
+  EXPECT_EQ(d.unknown_key, "-1");
+  EXPECT_EQ(d.deleted, "gone");
+  EXPECT_EQ(d.scd2, std::vector<std::string>{"name"});
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string y = base;
+    y.replace(y.find(from), from.size(), to);
+    return ErrorOf(y);
+  };
+  EXPECT_EQ(with("effective_from: changed_at", "effective_from: born"),
+            "p.yaml:dimensions[0].effective_from: 'born' must be a timestamp column (the source's business time)");
+  EXPECT_EQ(with("scd1: [email]", "scd1: [mail]"), "p.yaml:dimensions[0].scd1: 'mail' is not a column of dataset 'people'");
+  EXPECT_EQ(with("scd1: [email]", "scd1: [name]"),
+            "p.yaml:dimensions[0].scd2: column 'name' is the key, the effective time, or listed twice");
+  EXPECT_EQ(with("from: people", "from: persons"), "p.yaml:dimensions[0].from: unknown dataset 'persons'");
+  EXPECT_EQ(with("models: [dim_person]", "models: []"),
+            "p.yaml:dimensions[0].name: dimension 'dim_person' is declared but not listed in models (which sets the "
+            "build order)");
+  EXPECT_EQ(with("deleted: gone", "deleted: name"), "p.yaml:dimensions[0].deleted: 'name' must be a bool or timestamp column");
+  EXPECT_EQ(with(", scd2: [name], scd1: [email]", ""), "p.yaml:dimensions[0]: expected attribute columns in scd1 and/or scd2");
+  EXPECT_EQ(with("key: id,", "key: born,"), "p.yaml:dimensions[0].key: a natural key must be an int or text column");
+  EXPECT_EQ(with("scd2: [name]", "scd2: [name], colour: blue"),
+            "p.yaml:dimensions[0].colour: unknown key (known: deleted, effective_from, from, key, name, scd1, scd2, "
+            "surrogate_key, unknown_key)");
+}
+
 }  // namespace
 }  // namespace strata

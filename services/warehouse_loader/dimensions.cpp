@@ -1,0 +1,195 @@
+#include "services/warehouse_loader/dimensions.h"
+
+#include <functional>
+
+#include "common/pg.h"
+
+namespace strata::loader {
+namespace {
+
+std::string Literal(const std::string& v) {
+  std::string out = "'";
+  for (char c : v) {
+    if (c == '\'') out += '\'';
+    out += c;
+  }
+  return out + "'";
+}
+
+std::string Join(const std::vector<std::string>& cols, const std::function<std::string(const std::string&)>& f,
+                 const std::string& sep = ", ") {
+  std::string out;
+  for (const auto& c : cols) out += (out.empty() ? "" : sep) + f(c);
+  return out;
+}
+
+struct Names {
+  std::string table, staging, k, sk, e;
+  std::vector<std::string> c2, c1, attrs;  // attrs = c2 then c1
+  std::string deleted_expr;                // over staging alias s
+  std::function<std::string(const std::string&)> type;
+};
+
+Names NamesOf(const DimensionSpec& dim, const DatasetSpec& from) {
+  Names n;
+  n.table = "dwh." + QuoteIdent(dim.name);
+  n.staging = "staging." + QuoteIdent(from.name);
+  n.k = QuoteIdent(dim.key);
+  n.sk = QuoteIdent(dim.surrogate);
+  n.e = QuoteIdent(dim.effective_from);
+  for (const auto& c : dim.scd2) n.c2.push_back(QuoteIdent(c));
+  for (const auto& c : dim.scd1) n.c1.push_back(QuoteIdent(c));
+  n.attrs = n.c2;
+  n.attrs.insert(n.attrs.end(), n.c1.begin(), n.c1.end());
+  if (dim.deleted.empty()) {
+    n.deleted_expr = "false";
+  } else {
+    const ColumnType t = from.columns[from.ColumnIndex(dim.deleted)].type;
+    n.deleted_expr = t == ColumnType::kBool ? "coalesce(s." + QuoteIdent(dim.deleted) + ", false)"
+                                            : "s." + QuoteIdent(dim.deleted) + " IS NOT NULL";
+  }
+  n.type = [&from](const std::string& quoted) {
+    const std::string bare = quoted.substr(1, quoted.size() - 2);
+    return std::string(PgTypeName(from.columns[from.ColumnIndex(bare)].type));
+  };
+  return n;
+}
+
+}  // namespace
+
+std::string DimensionDdl(const DimensionSpec& dim, const DatasetSpec& from) {
+  const Names n = NamesOf(dim, from);
+  const std::string key_type = PgTypeName(from.columns[from.ColumnIndex(dim.key)].type);
+  std::string sql = "CREATE TABLE IF NOT EXISTS " + n.table + " (\n  " + n.sk + " bigserial PRIMARY KEY,\n  " + n.k +
+                    " " + key_type + " NOT NULL,\n";
+  for (const auto& c : n.attrs) sql += "  " + c + " " + n.type(c) + ",\n";
+  sql += R"(  valid_from timestamptz NOT NULL,
+  valid_to timestamptz NOT NULL DEFAULT 'infinity',
+  is_current boolean NOT NULL,
+  version integer NOT NULL DEFAULT 1,
+  is_deleted boolean NOT NULL DEFAULT false,
+  is_inferred boolean NOT NULL DEFAULT false,
+  attributes_as_of timestamptz,  -- business time of the observation the type-1 columns come from
+  CHECK (valid_from < valid_to),
+  CHECK (is_current = (valid_to = 'infinity')),
+  UNIQUE ()" + n.k + ", valid_from));\n";
+  // Columns added to the spec later are added to the table (history before them stays NULL).
+  for (const char* meta : {"version integer NOT NULL DEFAULT 1", "is_deleted boolean NOT NULL DEFAULT false",
+                           "is_inferred boolean NOT NULL DEFAULT false", "attributes_as_of timestamptz"})
+    sql += "ALTER TABLE " + n.table + " ADD COLUMN IF NOT EXISTS " + meta + ";\n";
+  for (const auto& c : n.attrs) sql += "ALTER TABLE " + n.table + " ADD COLUMN IF NOT EXISTS " + c + " " + n.type(c) + ";\n";
+  sql += "CREATE UNIQUE INDEX IF NOT EXISTS " + QuoteIdent(dim.name + "_one_current") + " ON " + n.table + " (" + n.k +
+         ") WHERE is_current;\n";
+  sql += "CREATE EXTENSION IF NOT EXISTS btree_gist;\n";
+  sql += "DO $$ BEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = " + Literal(dim.name + "_no_overlap") +
+         ") THEN\n    ALTER TABLE " + n.table + " ADD CONSTRAINT " + QuoteIdent(dim.name + "_no_overlap") +
+         " EXCLUDE USING gist (" + n.k + " WITH =, tstzrange(valid_from, valid_to) WITH &&);\n  END IF;\nEND $$;\n";
+  // The unknown member: text attributes say so, the rest stay NULL.
+  std::string cols = n.sk + ", " + n.k, vals = "0, " + (key_type == std::string("text") ? Literal(dim.unknown_key)
+                                                                                      : dim.unknown_key);
+  for (const auto& c : n.attrs)
+    if (n.type(c) == std::string("text")) cols += ", " + c, vals += ", 'unknown'";
+  sql += "INSERT INTO " + n.table + " (" + cols + ", valid_from, valid_to, is_current) VALUES (" + vals +
+         ", '-infinity', 'infinity', true) ON CONFLICT DO NOTHING;\n";
+  return sql;
+}
+
+std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const DatasetSpec& from) {
+  const Names n = NamesOf(dim, from);
+  const std::string obs = QuoteIdent("tmp_" + dim.name + "_obs"), ver = QuoteIdent("tmp_" + dim.name + "_versions");
+  auto nulls = [&](const std::string& c) { return "NULL::" + n.type(c); };
+  const std::string attrs_s = n.attrs.empty() ? "" : ", " + Join(n.attrs, [](const std::string& c) { return "s." + c; });
+  const std::string attrs_d = n.attrs.empty() ? "" : ", " + Join(n.attrs, [](const std::string& c) { return "d." + c; });
+  const std::string attrs_null = n.attrs.empty() ? "" : ", " + Join(n.attrs, nulls);
+  // What separates two versions: the type-2 columns and whether the key is deleted.
+  const std::string signature =
+      "ROW(" + Join(n.c2, [](const std::string& c) { return "CASE WHEN deleted THEN NULL ELSE " + c + " END"; }) +
+      (n.c2.empty() ? "" : ", ") + "deleted)::text";
+  const std::string history_cols = n.k + ", " + (n.attrs.empty() ? "" : Join(n.attrs, [](const std::string& c) { return c; }) + ", ") +
+                                   "valid_from, valid_to, is_current, is_deleted, version, attributes_as_of";
+  const std::string v_cols = "v.k, " + (n.attrs.empty() ? "" : Join(n.attrs, [](const std::string& c) { return "v." + c; }) + ", ") +
+                             "v.valid_from, v.valid_to, v.is_current, v.is_deleted, v.version, v.attributes_as_of";
+  const std::string d_cols = "d." + n.k + ", " + (n.attrs.empty() ? "" : Join(n.attrs, [](const std::string& c) { return "d." + c; }) + ", ") +
+                             "d.valid_from, d.valid_to, d.is_current, d.is_deleted, d.version, d.attributes_as_of";
+  const std::string set_cols = (n.attrs.empty() ? "" : Join(n.attrs, [](const std::string& c) { return c + " = v." + c; }) + ", ") +
+                               "valid_to = v.valid_to, is_current = v.is_current, is_deleted = v.is_deleted, "
+                               "version = v.version, attributes_as_of = v.attributes_as_of";
+
+  std::vector<std::string> out;
+  // 1. Observations of the keys staged on ds: every staged state (the latest load wins for one
+  //    instant), the versions already held, and the deletions already recorded.
+  out.push_back("CREATE TEMP TABLE " + obs + " ON COMMIT DROP AS\n"
+                "WITH affected AS (SELECT DISTINCT " + n.k + " FROM " + n.staging + " WHERE ds = $1 AND " + n.k + " IS NOT NULL),\n"
+                "staged AS (\n"
+                "  SELECT DISTINCT ON (s." + n.k + ", s." + n.e + ") s." + n.k + " AS k, s." + n.e + " AS t, " +
+                n.deleted_expr + " AS deleted" + attrs_s + ", 0 AS precedence\n"
+                "  FROM " + n.staging + " s WHERE s." + n.k + " IN (SELECT " + n.k + " FROM affected) AND s." + n.e + " IS NOT NULL\n"
+                "  ORDER BY s." + n.k + ", s." + n.e + ", s.ds DESC, s.run_id DESC, s::text),\n"
+                "known AS (\n"
+                "  SELECT d." + n.k + ", d.valid_from, false" + attrs_d + ", 1 FROM " + n.table + " d\n"
+                "  WHERE d." + n.k + " IN (SELECT " + n.k + " FROM affected) AND d." + n.sk + " <> 0 AND NOT d.is_inferred\n"
+                "  UNION ALL\n"
+                "  SELECT d." + n.k + ", d.valid_to, true" + attrs_null + ", 1 FROM " + n.table + " d\n"
+                "  WHERE d." + n.k + " IN (SELECT " + n.k + " FROM affected) AND d." + n.sk + " <> 0 AND d.is_deleted)\n"
+                "SELECT DISTINCT ON (k, t) * FROM (SELECT * FROM staged UNION ALL SELECT * FROM known) u\n"
+                "ORDER BY k, t, precedence");
+
+  // 2. The derived history: a version starts where the signature changes and lasts until the
+  //    next start; a start that is a deletion ends the version before it and is no version.
+  std::string t1_cols = n.c1.empty() ? "" : ", " + Join(n.c1, [](const std::string& c) { return "t1." + c; });
+  std::string c2_cols = n.c2.empty() ? "" : ", " + Join(n.c2, [](const std::string& c) { return "sp." + c; });
+  std::string c1_only = n.c1.empty() ? "" : ", " + Join(n.c1, [](const std::string& c) { return c; });
+  std::string c1_d = n.c1.empty() ? "" : ", " + Join(n.c1, [](const std::string& c) { return "d." + c; });
+  out.push_back("CREATE TEMP TABLE " + ver + " ON COMMIT DROP AS\n"
+                "WITH marked AS (\n"
+                "  SELECT o.*, lag(" + signature + ") OVER w AS prev_sig, " + signature + " AS sig,\n"
+                "         row_number() OVER w AS n FROM " + obs + " o WINDOW w AS (PARTITION BY k ORDER BY t)),\n"
+                "spans AS (\n"
+                "  SELECT m.*, lead(t) OVER w AS next_t, lead(deleted) OVER w AS next_deleted\n"
+                "  FROM marked m WHERE n = 1 OR sig IS DISTINCT FROM prev_sig WINDOW w AS (PARTITION BY k ORDER BY t)),\n"
+                // Type-1 values: from the latest live observation, staged or already applied.
+                "t1 AS (\n"
+                "  SELECT DISTINCT ON (k) k, t AS as_of" + c1_only + " FROM (\n"
+                "    SELECT k, t" + c1_only + ", precedence FROM " + obs + " WHERE NOT deleted AND precedence = 0\n"
+                "    UNION ALL\n"
+                "    SELECT d." + n.k + ", d.attributes_as_of" + c1_d + ", 1 FROM " + n.table + " d\n"
+                "    WHERE d." + n.k + " IN (SELECT k FROM " + obs + ") AND d." + n.sk + " <> 0 AND NOT d.is_inferred) x\n"
+                "  ORDER BY k, t DESC NULLS LAST, precedence)\n"
+                "SELECT sp.k" + c2_cols + t1_cols + ", sp.t AS valid_from,\n"
+                "       coalesce(sp.next_t, 'infinity'::timestamptz) AS valid_to, sp.next_t IS NULL AS is_current,\n"
+                "       coalesce(sp.next_deleted, false) AS is_deleted,\n"
+                "       (row_number() OVER (PARTITION BY sp.k ORDER BY sp.t))::int AS version, t1.as_of AS attributes_as_of\n"
+                "FROM spans sp LEFT JOIN t1 USING (k) WHERE NOT sp.deleted");
+
+  // 3. An inferred member becomes the key's first version, keeping its surrogate key.
+  out.push_back("UPDATE " + n.table + " d SET " + set_cols + ", valid_from = v.valid_from, is_inferred = false\n"
+                "FROM " + ver + " v WHERE d.is_inferred AND d." + n.k + " = v.k AND v.version = 1");
+  // 4. Versions that are no longer versions (a late change moved the start of the interval).
+  out.push_back("DELETE FROM " + n.table + " d WHERE d." + n.k + " IN (SELECT k FROM " + obs + ") AND d." + n.sk +
+                " <> 0 AND NOT d.is_inferred\n"
+                "  AND NOT EXISTS (SELECT 1 FROM " + ver + " v WHERE v.k = d." + n.k + " AND v.valid_from = d.valid_from)");
+  // 5./6. Updates: intervals that shrink (and stop being current) first, then those that grow,
+  //       so no statement ever holds two current rows or two overlapping intervals.
+  for (const char* cmp : {"<=", ">"}) {
+    out.push_back("UPDATE " + n.table + " d SET " + set_cols + "\nFROM " + ver + " v\n"
+                  "WHERE v.k = d." + n.k + " AND v.valid_from = d.valid_from AND v.valid_to " + cmp + " d.valid_to\n"
+                  "  AND (" + d_cols + ") IS DISTINCT FROM (" + v_cols + ")");
+  }
+  // 7. New versions, in key and time order so surrogate keys are assigned deterministically.
+  out.push_back("INSERT INTO " + n.table + " (" + history_cols + ")\n"
+                "SELECT " + v_cols + " FROM " + ver + " v\n"
+                "WHERE NOT EXISTS (SELECT 1 FROM " + n.table + " d WHERE d." + n.k + " = v.k AND d.valid_from = v.valid_from)\n"
+                "ORDER BY v.k, v.valid_from");
+  return out;
+}
+
+std::string InferredMembersSql(const DimensionSpec& dim, const std::string& keys_query) {
+  const std::string table = "dwh." + QuoteIdent(dim.name), k = QuoteIdent(dim.key);
+  return "INSERT INTO " + table + " (" + k + ", valid_from, valid_to, is_current, is_inferred)\n"
+         "SELECT DISTINCT q.key, '-infinity'::timestamptz, 'infinity'::timestamptz, true, true\n"
+         "FROM (" + keys_query + ") q(key)\n"
+         "WHERE q.key IS NOT NULL AND NOT EXISTS (SELECT 1 FROM " + table + " d WHERE d." + k + " = q.key)\n"
+         "ORDER BY 1";
+}
+
+}  // namespace strata::loader
