@@ -33,6 +33,15 @@ std::string QuoteIdent(const std::string& ident) {
   return out + "\"";
 }
 
+std::string QuoteLiteral(const std::string& value) {
+  std::string out = "'";
+  for (char c : value) {
+    if (c == '\'') out += '\'';
+    out += c;
+  }
+  return out + "'";
+}
+
 std::string QuoteQualified(const std::string& qualified) {
   const auto dot = qualified.find('.');
   if (dot == std::string::npos) return QuoteIdent(qualified);

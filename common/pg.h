@@ -49,6 +49,9 @@ std::vector<std::optional<std::string>> ParseCopyTextLine(const char* line, size
 
 // Quotes an identifier for SQL text (schema/table/column names from the pipeline spec).
 std::string QuoteIdent(const std::string& ident);
+// A SQL string literal ('it''s'), for generated SQL where no connection is at hand
+// (standard_conforming_strings, the default since PostgreSQL 9.1).
+std::string QuoteLiteral(const std::string& value);
 // "schema.table" -> "schema"."table" (names validated by the spec parser).
 std::string QuoteQualified(const std::string& qualified);
 

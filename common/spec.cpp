@@ -106,6 +106,12 @@ const DimensionSpec* PipelineSpec::FindDimension(const std::string& name) const 
   return nullptr;
 }
 
+const FactSpec* PipelineSpec::FindFact(const std::string& name) const {
+  for (const auto& f : facts)
+    if (f.name == name) return &f;
+  return nullptr;
+}
+
 const DatasetSpec* PipelineSpec::Find(const std::string& dataset) const {
   for (const auto& d : datasets)
     if (d.name == dataset) return &d;
@@ -170,6 +176,89 @@ DimensionSpec ParseDimension(const YAML::Node& n, const PipelineSpec& spec, cons
   return dim;
 }
 
+FactSpec ParseFact(const YAML::Node& n, const PipelineSpec& spec, const std::string& origin, size_t i) {
+  const std::string path = origin + ":facts[" + std::to_string(i) + "]";
+  OnlyKeys(n, path, {"name", "from", "grain", "join", "event_time", "dimensions", "measures", "mode"});
+  FactSpec f;
+  f.name = Str(n["name"], path + ".name");
+  CheckIdent(f.name, path + ".name");
+  if (spec.FindDimension(f.name) || spec.FindFact(f.name)) Fail(path + ".name", "duplicate model '" + f.name + "'");
+  const auto listed = std::find(spec.models.begin(), spec.models.end(), f.name);
+  if (listed == spec.models.end())
+    Fail(path + ".name", "fact '" + f.name + "' is declared but not listed in models (which sets the build order)");
+  f.from = Str(n["from"], path + ".from");
+  const DatasetSpec* from = spec.Find(f.from);
+  if (!from) Fail(path + ".from", "unknown dataset '" + f.from + "'");
+  std::vector<const DatasetSpec*> sources{from};
+  f.grain = StrList(n["grain"], path + ".grain");
+  if (f.grain.empty()) Fail(path + ".grain", "expected the columns that identify one fact row");
+  for (const auto& g : f.grain)
+    if (from->ColumnIndex(g) < 0) Fail(path + ".grain", "'" + g + "' is not a column of dataset '" + f.from + "'");
+  if (const YAML::Node joins = n["join"]) {
+    if (!joins.IsSequence()) Fail(path + ".join", "expected a list of {dataset, on}");
+    for (size_t j = 0; j < joins.size(); ++j) {
+      const std::string jp = path + ".join[" + std::to_string(j) + "]";
+      OnlyKeys(joins[j], jp, {"dataset", "on"});
+      FactSpec::Join join{Str(joins[j]["dataset"], jp + ".dataset"), StrList(joins[j]["on"], jp + ".on")};
+      const DatasetSpec* d = spec.Find(join.dataset);
+      if (!d) Fail(jp + ".dataset", "unknown dataset '" + join.dataset + "'");
+      if (join.on.empty()) Fail(jp + ".on", "expected the columns to join on");
+      for (const auto& c : join.on)
+        if (d->ColumnIndex(c) < 0 || from->ColumnIndex(c) < 0)
+          Fail(jp + ".on", "'" + c + "' must be a column of both '" + f.from + "' and '" + join.dataset + "'");
+      sources.push_back(d);
+      f.joins.push_back(std::move(join));
+    }
+  }
+  // A column named by the fact: from `from` first, then the joins in order.
+  auto column = [&](const std::string& name, const std::string& at) -> const Column& {
+    for (const DatasetSpec* d : sources)
+      if (d->ColumnIndex(name) >= 0) return d->columns[d->ColumnIndex(name)];
+    Fail(at, "'" + name + "' is not a column of '" + f.from + "' or a joined dataset");
+  };
+  f.event_time = Str(n["event_time"], path + ".event_time");
+  if (column(f.event_time, path + ".event_time").type != ColumnType::kTimestamp)
+    Fail(path + ".event_time", "'" + f.event_time + "' must be a timestamp column");
+  if (const YAML::Node dims = n["dimensions"]) {
+    if (!dims.IsSequence()) Fail(path + ".dimensions", "expected a list of {dimension, key}");
+    for (size_t j = 0; j < dims.size(); ++j) {
+      const std::string dp = path + ".dimensions[" + std::to_string(j) + "]";
+      OnlyKeys(dims[j], dp, {"dimension", "key"});
+      FactSpec::DimensionRef ref{Str(dims[j]["dimension"], dp + ".dimension"), Str(dims[j]["key"], dp + ".key")};
+      const DimensionSpec* dim = spec.FindDimension(ref.dimension);
+      if (!dim) Fail(dp + ".dimension", "unknown dimension '" + ref.dimension + "' (declare it under dimensions)");
+      if (std::find(spec.models.begin(), spec.models.end(), ref.dimension) > listed)
+        Fail(dp + ".dimension", "dimension '" + ref.dimension + "' must come before '" + f.name + "' in models");
+      column(ref.key, dp + ".key");
+      f.dimensions.push_back(std::move(ref));
+    }
+  }
+  const YAML::Node ms = n["measures"];
+  if (!ms || !ms.IsSequence() || ms.size() == 0) Fail(path + ".measures", "expected a non-empty list of {name, type, sql}");
+  static const std::regex kPgType("(bigint|integer|smallint|double precision|real|text|boolean|date|timestamptz|numeric(\\([0-9]+,[0-9]+\\))?)");
+  std::set<std::string> names(f.grain.begin(), f.grain.end());
+  names.insert({"date_key", f.event_time});
+  for (const auto& ref : f.dimensions) names.insert(spec.FindDimension(ref.dimension)->surrogate);
+  for (size_t j = 0; j < ms.size(); ++j) {
+    const std::string mp = path + ".measures[" + std::to_string(j) + "]";
+    OnlyKeys(ms[j], mp, {"name", "type", "sql"});
+    FactSpec::Measure m{Str(ms[j]["name"], mp + ".name"), Str(ms[j]["type"], mp + ".type"), Str(ms[j]["sql"], mp + ".sql")};
+    CheckIdent(m.name, mp + ".name");
+    if (!names.insert(m.name).second) Fail(mp + ".name", "column '" + m.name + "' already exists in the fact table");
+    if (!std::regex_match(m.type, kPgType))
+      Fail(mp + ".type", "unsupported type '" + m.type +
+                             "' (known: bigint, integer, smallint, double precision, real, text, boolean, date, "
+                             "timestamptz, numeric, numeric(p,s))");
+    if (m.sql.find(';') != std::string::npos) Fail(mp + ".sql", "one expression, without ';'");
+    f.measures.push_back(std::move(m));
+  }
+  if (n["mode"]) {
+    f.mode = Str(n["mode"], path + ".mode");
+    if (f.mode != "merge" && f.mode != "replace") Fail(path + ".mode", "unknown mode '" + f.mode + "' (known: merge, replace)");
+  }
+  return f;
+}
+
 }  // namespace
 
 PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origin) {
@@ -179,7 +268,7 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
   } catch (const YAML::Exception& e) {
     Fail(origin, std::string("not valid YAML: ") + e.what());
   }
-  OnlyKeys(root, origin, {"pipeline", "datasets", "dimensions", "models", "checks", "schedule", "cdc"});
+  OnlyKeys(root, origin, {"pipeline", "datasets", "dimensions", "facts", "models", "checks", "schedule", "cdc"});
   PipelineSpec spec;
   spec.name = Str(root["pipeline"], origin + ":pipeline");
   CheckIdent(spec.name, origin + ":pipeline");
@@ -345,6 +434,10 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
   if (const YAML::Node dims = root["dimensions"]) {
     if (!dims.IsSequence()) Fail(origin + ":dimensions", "expected a list");
     for (size_t i = 0; i < dims.size(); ++i) spec.dimensions.push_back(ParseDimension(dims[i], spec, origin, i));
+  }
+  if (const YAML::Node facts = root["facts"]) {
+    if (!facts.IsSequence()) Fail(origin + ":facts", "expected a list");
+    for (size_t i = 0; i < facts.size(); ++i) spec.facts.push_back(ParseFact(facts[i], spec, origin, i));
   }
 
   if (const YAML::Node c = root["cdc"]) {

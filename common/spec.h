@@ -96,6 +96,8 @@ struct DatasetSpec {
   std::string bronze_format = "csv";
   std::string bronze_compression = "none";
   int ColumnIndex(const std::string& name) const;  // -1 if absent
+  // The column that orders versions of a row (postgres cursor / HTTP since_field); may be empty.
+  std::string CursorColumn() const { return source.type == "postgres" ? source.cursor : source.since_field; }
 };
 
 struct CheckSpec {
@@ -162,16 +164,41 @@ struct DimensionSpec {
   std::string unknown_key;        // natural key of the unknown member (-1 / 'unknown')
 };
 
+// A fact table declared in the spec and built by the loader (services/warehouse_loader/facts.h).
+struct FactSpec {
+  struct Join {
+    std::string dataset;          // header rows, latest version per `on` key
+    std::vector<std::string> on;  // columns of both datasets
+  };
+  struct DimensionRef {
+    std::string dimension;  // a declared dimension
+    std::string key;        // the column (of `from` or a join) holding its natural key
+  };
+  struct Measure {
+    std::string name, type, sql;  // column name, PostgreSQL type, SQL over the row's columns
+  };
+  std::string name;                // table dwh.<name>, and its model name in `models`
+  std::string from;                // the dataset at the fact's grain, latest version per grain
+  std::vector<std::string> grain;  // columns of `from`: the fact's primary key
+  std::vector<Join> joins;
+  std::string event_time;  // timestamp column: picks dimension versions and the date key
+  std::vector<DimensionRef> dimensions;
+  std::vector<Measure> measures;
+  std::string mode = "merge";  // merge (by grain) | replace (the day's slice)
+};
+
 struct PipelineSpec {
   std::string name;
   ScheduleSpec schedule;
   CdcSpec cdc;
   std::vector<DatasetSpec> datasets;
   std::vector<DimensionSpec> dimensions;
+  std::vector<FactSpec> facts;
   std::vector<std::string> models;
   std::vector<CheckSpec> checks;
   const DatasetSpec* Find(const std::string& dataset) const;
   const DimensionSpec* FindDimension(const std::string& name) const;
+  const FactSpec* FindFact(const std::string& name) const;
 };
 
 PipelineSpec ParsePipelineSpec(const std::string& yaml_text, const std::string& origin);

@@ -36,15 +36,6 @@ std::string OrderBy(const DatasetSpec& d) {
   return order;
 }
 
-std::string Literal(const std::string& v) {
-  std::string out = "'";
-  for (char c : v) {
-    if (c == '\'') out += '\'';
-    out += c;
-  }
-  return out + "'";
-}
-
 }  // namespace
 
 std::string IncrementalSelect(const DatasetSpec& d, const Window& w, const std::string& extra_where) {
@@ -65,19 +56,19 @@ std::string WatermarkSelect(const DatasetSpec& d, const Watermark* w, const std:
   if (w) {
     const std::string cursor = QuoteIdent(d.source.cursor);
     if (d.source.overlap_seconds > 0) {
-      sql += " WHERE " + cursor + " >= " + Literal(w->cursor) + "::" +
+      sql += " WHERE " + cursor + " >= " + QuoteLiteral(w->cursor) + "::" +
              PgTypeName(d.columns[static_cast<size_t>(d.ColumnIndex(d.source.cursor))].type) + " - " +
              (d.columns[static_cast<size_t>(d.ColumnIndex(d.source.cursor))].type == ColumnType::kTimestamp
                   ? "interval '" + std::to_string(d.source.overlap_seconds) + " seconds'"
                   : std::to_string(d.source.overlap_seconds));
     } else {
-      std::string lhs = cursor, rhs = Literal(w->cursor);
+      std::string lhs = cursor, rhs = QuoteLiteral(w->cursor);
       size_t i = 0;
       for (const auto& k : d.key) {
         if (k == d.source.cursor) continue;
         if (i >= w->key.size()) throw InputError("watermark key has " + std::to_string(w->key.size()) + " values, the dataset key more");
         lhs += ", " + QuoteIdent(k);
-        rhs += ", " + Literal(w->key[i++]);
+        rhs += ", " + QuoteLiteral(w->key[i++]);
       }
       sql += " WHERE (" + lhs + ") > (" + rhs + ")";
     }

@@ -7,15 +7,6 @@
 namespace strata::loader {
 namespace {
 
-std::string Literal(const std::string& v) {
-  std::string out = "'";
-  for (char c : v) {
-    if (c == '\'') out += '\'';
-    out += c;
-  }
-  return out + "'";
-}
-
 std::string Join(const std::vector<std::string>& cols, const std::function<std::string(const std::string&)>& f,
                  const std::string& sep = ", ") {
   std::string out;
@@ -81,11 +72,11 @@ std::string DimensionDdl(const DimensionSpec& dim, const DatasetSpec& from) {
   sql += "CREATE UNIQUE INDEX IF NOT EXISTS " + QuoteIdent(dim.name + "_one_current") + " ON " + n.table + " (" + n.k +
          ") WHERE is_current;\n";
   sql += "CREATE EXTENSION IF NOT EXISTS btree_gist;\n";
-  sql += "DO $$ BEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = " + Literal(dim.name + "_no_overlap") +
+  sql += "DO $$ BEGIN\n  IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = " + QuoteLiteral(dim.name + "_no_overlap") +
          ") THEN\n    ALTER TABLE " + n.table + " ADD CONSTRAINT " + QuoteIdent(dim.name + "_no_overlap") +
          " EXCLUDE USING gist (" + n.k + " WITH =, tstzrange(valid_from, valid_to) WITH &&);\n  END IF;\nEND $$;\n";
   // The unknown member: text attributes say so, the rest stay NULL.
-  std::string cols = n.sk + ", " + n.k, vals = "0, " + (key_type == std::string("text") ? Literal(dim.unknown_key)
+  std::string cols = n.sk + ", " + n.k, vals = "0, " + (key_type == std::string("text") ? QuoteLiteral(dim.unknown_key)
                                                                                       : dim.unknown_key);
   for (const auto& c : n.attrs)
     if (n.type(c) == std::string("text")) cols += ", " + c, vals += ", 'unknown'";

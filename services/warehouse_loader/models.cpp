@@ -5,12 +5,16 @@
 #include "common/errors.h"
 #include "common/pg.h"
 #include "services/warehouse_loader/dimensions.h"
+#include "services/warehouse_loader/facts.h"
+
+#include <algorithm>
 
 namespace strata::loader {
 
 std::string WarehouseDdl(const PipelineSpec& spec) {
   std::string dims;
   for (const auto& d : spec.dimensions) dims += DimensionDdl(d, *spec.Find(d.from));
+  for (const auto& f : spec.facts) dims += FactDdl(spec, f);
   return R"SQL(
 CREATE SCHEMA IF NOT EXISTS raw;
 CREATE SCHEMA IF NOT EXISTS staging;
@@ -60,19 +64,6 @@ CREATE TABLE IF NOT EXISTS marts.business_stars (
   business_id text PRIMARY KEY,
   reviews bigint NOT NULL,
   avg_stars numeric(4,2) NOT NULL);
-
-CREATE TABLE IF NOT EXISTS dwh.fact_sales (
-  order_id bigint NOT NULL,
-  line_no integer NOT NULL,
-  date_key integer NOT NULL,
-  customer_key bigint NOT NULL,
-  product_key bigint NOT NULL,
-  quantity integer NOT NULL,
-  unit_price numeric(12,2) NOT NULL,
-  amount numeric(14,2) NOT NULL,
-  ordered_at timestamptz NOT NULL,
-  PRIMARY KEY (order_id, line_no));
-CREATE INDEX IF NOT EXISTS fact_sales_date ON dwh.fact_sales (date_key);
 
 CREATE TABLE IF NOT EXISTS marts.daily_sales (
   ds date PRIMARY KEY,
@@ -184,85 +175,33 @@ DELETE FROM marts.business_stars)SQL",
 INSERT INTO marts.business_stars (business_id, reviews, avg_stars)
 SELECT business_id, count(*), round(avg(stars), 2) FROM dwh.fact_review GROUP BY business_id)SQL"}},
 
-      // Facts: every line of every order touched on ds (new orders, or later status changes
-      // of older ones) is merged by (order_id, line_no), keyed to the customer version valid
-      // at order time.
-      {"fact_sales",
-       {R"SQL(
-CREATE TEMP TABLE tmp_affected_orders ON COMMIT DROP AS
-SELECT order_id FROM staging.orders WHERE ds = $1
-UNION SELECT order_id FROM staging.order_items WHERE ds = $1
--- Facts of customers whose history this day changed are keyed again: an early-arriving fact
--- (keyed to the unknown member before its customer was loaded) gets the real version, and a
--- late change that split a version moves the facts it covers. Lines keyed to the unknown
--- product get theirs once it exists. So dates may be built in any order.
-UNION SELECT o.order_id FROM staging.orders o
-      WHERE o.customer_id IN (SELECT customer_id FROM staging.customers WHERE ds = $1)
--- Lines on the unknown product, or on a product row whose validity (completed from an inferred
--- member) no longer covers the order, are looked up again.
-UNION SELECT f.order_id FROM dwh.fact_sales f JOIN dwh.dim_product p USING (product_key)
-      WHERE f.product_key = 0 OR NOT (f.ordered_at >= p.valid_from AND f.ordered_at < p.valid_to))SQL",
-        // (the inferred members of dim_customer and dim_product are inserted here; see ResolveModels)
-        R"SQL(
-INSERT INTO dwh.fact_sales (order_id, line_no, date_key, customer_key, product_key, quantity,
-                            unit_price, amount, ordered_at)
-WITH ord AS (
-  SELECT DISTINCT ON (o.order_id) o.order_id, o.customer_id, o.ordered_at
-  FROM staging.orders o WHERE o.order_id IN (SELECT order_id FROM tmp_affected_orders)
-  ORDER BY o.order_id, o.updated_at DESC, o.ds DESC),
-items AS (
-  SELECT DISTINCT ON (i.order_id, i.line_no) i.order_id, i.line_no, i.product_id, i.quantity,
-         i.unit_price::numeric(12,2) AS unit_price
-  FROM staging.order_items i WHERE i.order_id IN (SELECT order_id FROM tmp_affected_orders)
-  ORDER BY i.order_id, i.line_no, i.updated_at DESC, i.ds DESC)
-SELECT i.order_id, i.line_no, to_char(o.ordered_at AT TIME ZONE 'UTC', 'YYYYMMDD')::int,
-       coalesce(c.customer_key, 0), coalesce(p.product_key, 0), i.quantity, i.unit_price,
-       round(i.quantity * i.unit_price, 2), o.ordered_at
-FROM items i
-JOIN ord o USING (order_id)
-LEFT JOIN dwh.dim_customer c ON c.customer_id = o.customer_id
-     AND o.ordered_at >= c.valid_from AND o.ordered_at < c.valid_to
-LEFT JOIN dwh.dim_product p ON p.product_id = i.product_id
-     AND o.ordered_at >= p.valid_from AND o.ordered_at < p.valid_to
-ORDER BY i.order_id, i.line_no
-ON CONFLICT (order_id, line_no) DO UPDATE SET date_key = EXCLUDED.date_key,
-  customer_key = EXCLUDED.customer_key, product_key = EXCLUDED.product_key,
-  quantity = EXCLUDED.quantity, unit_price = EXCLUDED.unit_price, amount = EXCLUDED.amount,
-  ordered_at = EXCLUDED.ordered_at
-WHERE (fact_sales.date_key, fact_sales.customer_key, fact_sales.product_key, fact_sales.quantity,
-       fact_sales.unit_price, fact_sales.amount, fact_sales.ordered_at)
-      IS DISTINCT FROM
-      (EXCLUDED.date_key, EXCLUDED.customer_key, EXCLUDED.product_key, EXCLUDED.quantity,
-       EXCLUDED.unit_price, EXCLUDED.amount, EXCLUDED.ordered_at))SQL"}},
-
-      // Daily sales for every date an affected order falls on, recomputed from the facts.
+      // Daily sales for every date whose facts the fact_sales build touched (before or after).
       {"daily_sales",
-       {R"SQL(
-CREATE TEMP TABLE tmp_affected_dates ON COMMIT DROP AS
-SELECT DISTINCT date_key FROM dwh.fact_sales
-WHERE order_id IN (SELECT order_id FROM tmp_affected_orders)
-UNION SELECT to_char($1::date, 'YYYYMMDD')::int)SQL",
-        R"SQL(
+       {        R"SQL(
 DELETE FROM marts.daily_sales
-WHERE ds IN (SELECT d.date FROM dwh.dim_date d JOIN tmp_affected_dates USING (date_key)))SQL",
+WHERE ds IN (SELECT d.date FROM dwh.dim_date d JOIN tmp_fact_sales_dates USING (date_key)))SQL",
         R"SQL(
 INSERT INTO marts.daily_sales (ds, orders, units, revenue)
 SELECT d.date, count(DISTINCT f.order_id), sum(f.quantity), sum(f.amount)
 FROM dwh.fact_sales f JOIN dwh.dim_date d USING (date_key)
-WHERE f.date_key IN (SELECT date_key FROM tmp_affected_dates)
+WHERE f.date_key IN (SELECT date_key FROM tmp_fact_sales_dates)
 GROUP BY d.date)SQL",
         R"SQL(
 DELETE FROM marts.product_daily_sales
-WHERE ds IN (SELECT d.date FROM dwh.dim_date d JOIN tmp_affected_dates USING (date_key)))SQL",
+WHERE ds IN (SELECT d.date FROM dwh.dim_date d JOIN tmp_fact_sales_dates USING (date_key)))SQL",
         R"SQL(
 INSERT INTO marts.product_daily_sales (ds, product_id, product_name, orders, units, revenue)
 SELECT d.date, p.product_id, p.name, count(DISTINCT f.order_id), sum(f.quantity), sum(f.amount)
 FROM dwh.fact_sales f JOIN dwh.dim_date d USING (date_key) JOIN dwh.dim_product p USING (product_key)
-WHERE f.date_key IN (SELECT date_key FROM tmp_affected_dates)
+WHERE f.date_key IN (SELECT date_key FROM tmp_fact_sales_dates)
 GROUP BY d.date, p.product_id, p.name)SQL"}},
 
       {"orders_current",
        {R"SQL(
+CREATE TEMP TABLE tmp_affected_orders ON COMMIT DROP AS
+SELECT order_id FROM staging.orders WHERE ds = $1
+UNION SELECT order_id FROM tmp_fact_sales_affected)SQL",
+        R"SQL(
 INSERT INTO marts.orders_current (order_id, customer_id, status, ordered_at, updated_at, amount)
 SELECT DISTINCT ON (o.order_id) o.order_id, o.customer_id, o.status, o.ordered_at, o.updated_at,
        (SELECT sum(f.amount) FROM dwh.fact_sales f WHERE f.order_id = o.order_id)
@@ -322,6 +261,10 @@ std::vector<Model> ResolveModels(const PipelineSpec& spec) {
       out.push_back({name, DimensionStatements(*dim, *spec.Find(dim->from))});
       continue;
     }
+    if (const FactSpec* fact = spec.FindFact(name)) {
+      out.push_back({name, FactStatements(spec, *fact)});
+      continue;
+    }
     const Model* found = nullptr;
     for (const auto& m : AllModels())
       if (m.name == name) found = &m;
@@ -329,26 +272,13 @@ std::vector<Model> ResolveModels(const PipelineSpec& spec) {
       std::string known;
       for (const auto& m : AllModels()) known += (known.empty() ? "" : ", ") + m.name;
       throw InputError("models: unknown model '" + name + "' (built in: " + known +
-                       "; or declare it under dimensions)");
+                       "; or declare it under dimensions or facts)");
     }
     Model model = *found;
-    if (name == "fact_sales") {
-      // Early-arriving facts: a customer or product not loaded yet gets an inferred member.
-      std::vector<std::string> inferred;
-      for (auto [dim_name, key, keys_query] :
-           {std::tuple<const char*, const char*, const char*>{
-                "dim_customer", "customer_id",
-                "SELECT o.customer_id FROM staging.orders o WHERE o.order_id IN (SELECT order_id FROM tmp_affected_orders)"},
-            {"dim_product", "product_id",
-             "SELECT i.product_id FROM staging.order_items i WHERE i.order_id IN (SELECT order_id FROM tmp_affected_orders)"}}) {
-        const DimensionSpec* dim = spec.FindDimension(dim_name);
-        if (!dim || dim->key != key)
-          throw InputError(std::string("models: fact_sales needs a dimension '") + dim_name + "' keyed by " + key +
-                           " declared under dimensions");
-        inferred.push_back(InferredMembersSql(*dim, keys_query));
-      }
-      model.statements.insert(model.statements.begin() + 1, inferred.begin(), inferred.end());
-    }
+    // The marts read what the fact build left in its temp tables.
+    if ((name == "daily_sales" || name == "orders_current") &&
+        (!spec.FindFact("fact_sales") || std::find(spec.models.begin(), spec.models.end(), "fact_sales") > std::find(spec.models.begin(), spec.models.end(), name)))
+      throw InputError("models: " + name + " needs the fact 'fact_sales' declared under facts and listed before it");
     out.push_back(std::move(model));
   }
   return out;

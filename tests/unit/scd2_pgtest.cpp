@@ -398,3 +398,68 @@ INSERT INTO staging.order_items VALUES ('2024-01-01', 'r1', 20, 1, 1, 1, 2.5, '2
 
 }  // namespace
 }  // namespace strata::loader
+
+// A fact declared in a spec of its own, in replace mode: the day's slice is rebuilt.
+namespace strata::loader {
+namespace {
+
+const char* kVisitsSpec = R"yaml(
+pipeline: visits
+datasets:
+  - name: people
+    source: {type: postgres, table: src.people, cursor: changed_at}
+    key: [id]
+    columns:
+      - {name: id, type: int}
+      - {name: name, type: text}
+      - {name: changed_at, type: timestamp}
+  - name: visits
+    source: {type: postgres, table: src.visits, cursor: changed_at}
+    key: [visit_id]
+    columns:
+      - {name: visit_id, type: int}
+      - {name: person_id, type: int}
+      - {name: seconds, type: int}
+      - {name: at, type: timestamp}
+      - {name: changed_at, type: timestamp}
+dimensions:
+  - {name: dim_person, from: people, key: id, effective_from: changed_at, scd2: [name]}
+facts:
+  - name: fact_visit
+    from: visits
+    grain: [visit_id]
+    event_time: at
+    dimensions: [{dimension: dim_person, key: person_id}]
+    measures:
+      - {name: minutes, type: "numeric(8,2)", sql: "seconds / 60.0"}
+    mode: replace
+models: [dim_person, fact_visit]
+)yaml";
+
+TEST_F(ModelsTest, ReplaceModeRebuildsTheDaySliceAndMovesRowsBetweenDays) {
+  UseSpec(ParsePipelineSpec(kVisitsSpec, "visits.yaml"), {"dim_person", "fact_visit"});
+  Exec(R"(
+INSERT INTO staging.people VALUES ('2024-01-01', 'r1', 1, 'Ann', '2024-01-01 08:00+00');
+INSERT INTO staging.visits VALUES
+  ('2024-01-01', 'r1', 1, 1, 60, '2024-01-01 10:00+00', '2024-01-01 10:00+00'),
+  ('2024-01-01', 'r1', 2, 1, 30, '2024-01-01 11:00+00', '2024-01-01 11:00+00'),
+  ('2024-01-01', 'r1', 4, 9, 90, '2024-01-01 12:00+00', '2024-01-01 12:00+00');)");
+  Build("2024-01-01");
+  EXPECT_EQ(Query("SELECT f.visit_id, f.date_key, p.id, p.is_inferred, f.minutes FROM dwh.fact_visit f "
+                  "JOIN dwh.dim_person p USING (person_key) ORDER BY 1"),
+            "1|20240101|1|f|1.00\n2|20240101|1|f|0.50\n4|20240101|9|t|1.50\n");
+  // Visit 2 was re-dated to the next day; visit 3 happened then.
+  Exec(R"(INSERT INTO staging.visits VALUES
+  ('2024-01-02', 'r2', 2, 1, 45, '2024-01-02 10:00+00', '2024-01-02 10:05+00'),
+  ('2024-01-02', 'r2', 3, 1, 120, '2024-01-02 09:00+00', '2024-01-02 09:00+00');)");
+  Build("2024-01-02");
+  Build("2024-01-01");
+  EXPECT_EQ(Query("SELECT visit_id, date_key, minutes FROM dwh.fact_visit ORDER BY 1"),
+            "1|20240101|1.00\n2|20240102|0.75\n3|20240102|2.00\n4|20240101|1.50\n");
+  const std::string before = Query("SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM dwh.fact_visit t");
+  Build("2024-01-02");
+  EXPECT_EQ(Query("SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM dwh.fact_visit t"), before);
+}
+
+}  // namespace
+}  // namespace strata::loader

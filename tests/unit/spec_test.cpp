@@ -131,5 +131,74 @@ dimensions:
             "surrogate_key, unknown_key)");
 }
 
+TEST(Spec, FactsDeclaredWithTheirChecks) {
+  const std::string base = R"(
+pipeline: p
+datasets:
+  - name: lines
+    source: {type: postgres, table: src.lines, cursor: changed_at}
+    key: [order_id, line_no]
+    columns:
+      - {name: order_id, type: int}
+      - {name: line_no, type: int}
+      - {name: product_id, type: int}
+      - {name: qty, type: int}
+      - {name: changed_at, type: timestamp}
+  - name: orders
+    source: {type: postgres, table: src.orders, cursor: changed_at}
+    key: [order_id]
+    columns:
+      - {name: order_id, type: int}
+      - {name: placed_at, type: timestamp}
+      - {name: changed_at, type: timestamp}
+  - name: products
+    source: {type: postgres, table: src.products, cursor: changed_at}
+    key: [product_id]
+    columns:
+      - {name: product_id, type: int}
+      - {name: title, type: text}
+      - {name: changed_at, type: timestamp}
+dimensions:
+  - {name: dim_product, from: products, key: product_id, effective_from: changed_at, scd1: [title]}
+facts:
+  - name: fact_lines
+    from: lines
+    grain: [order_id, line_no]
+    join: [{dataset: orders, on: [order_id]}]
+    event_time: placed_at
+    dimensions: [{dimension: dim_product, key: product_id}]
+    measures: [{name: units, type: integer, sql: qty}]
+models: [dim_product, fact_lines]
+)";
+  const PipelineSpec s = ParsePipelineSpec(base, "p.yaml");
+  ASSERT_NE(s.FindFact("fact_lines"), nullptr);
+  EXPECT_EQ(s.facts[0].mode, "merge");
+  EXPECT_EQ(s.facts[0].joins[0].on, std::vector<std::string>{"order_id"});
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string y = base;
+    y.replace(y.find(from), from.size(), to);
+    return ErrorOf(y);
+  };
+  EXPECT_EQ(with("event_time: placed_at", "event_time: qty"), "p.yaml:facts[0].event_time: 'qty' must be a timestamp column");
+  EXPECT_EQ(with("event_time: placed_at", "event_time: shipped_at"),
+            "p.yaml:facts[0].event_time: 'shipped_at' is not a column of 'lines' or a joined dataset");
+  EXPECT_EQ(with("on: [order_id]", "on: [line_no]"),
+            "p.yaml:facts[0].join[0].on: 'line_no' must be a column of both 'lines' and 'orders'");
+  EXPECT_EQ(with("models: [dim_product, fact_lines]", "models: [fact_lines, dim_product]"),
+            "p.yaml:facts[0].dimensions[0].dimension: dimension 'dim_product' must come before 'fact_lines' in models");
+  EXPECT_EQ(with("type: integer, sql: qty", "type: money, sql: qty"),
+            "p.yaml:facts[0].measures[0].type: unsupported type 'money' (known: bigint, integer, smallint, double "
+            "precision, real, text, boolean, date, timestamptz, numeric, numeric(p,s))");
+  EXPECT_EQ(with("name: units", "name: product_key"),
+            "p.yaml:facts[0].measures[0].name: column 'product_key' already exists in the fact table");
+  EXPECT_EQ(with("sql: qty", "sql: 'qty; DROP TABLE x'"), "p.yaml:facts[0].measures[0].sql: one expression, without ';'");
+  EXPECT_EQ(with("grain: [order_id, line_no]", "grain: [order_id, line]"),
+            "p.yaml:facts[0].grain: 'line' is not a column of dataset 'lines'");
+  EXPECT_EQ(with("dimension: dim_product", "dimension: dim_colour"),
+            "p.yaml:facts[0].dimensions[0].dimension: unknown dimension 'dim_colour' (declare it under dimensions)");
+  EXPECT_EQ(with("event_time: placed_at", "event_time: placed_at\n    mode: upsert"),
+            "p.yaml:facts[0].mode: unknown mode 'upsert' (known: merge, replace)");
+}
+
 }  // namespace
 }  // namespace strata

@@ -1,0 +1,189 @@
+#include "services/warehouse_loader/facts.h"
+
+#include <algorithm>
+#include <functional>
+
+#include "common/pg.h"
+#include "services/warehouse_loader/dimensions.h"
+
+namespace strata::loader {
+namespace {
+
+std::string List(const std::vector<std::string>& cols, const std::string& prefix = "") {
+  std::string out;
+  for (const auto& c : cols) out += (out.empty() ? "" : ", ") + prefix + QuoteIdent(c);
+  return out;
+}
+
+const Column& ColumnOf(const PipelineSpec& spec, const FactSpec& f, const std::string& name) {
+  const DatasetSpec* from = spec.Find(f.from);
+  if (from->ColumnIndex(name) >= 0) return from->columns[from->ColumnIndex(name)];
+  for (const auto& j : f.joins) {
+    const DatasetSpec* d = spec.Find(j.dataset);
+    if (d->ColumnIndex(name) >= 0) return d->columns[d->ColumnIndex(name)];
+  }
+  throw std::logic_error("fact column " + name + " was validated by the spec parser");
+}
+
+// Latest version per key of a staged dataset: by its cursor, then the latest load.
+std::string LatestOrder(const DatasetSpec& d, const std::vector<std::string>& key, const std::string& alias) {
+  std::string order = List(key, alias + ".");
+  if (!d.CursorColumn().empty()) order += ", " + alias + "." + QuoteIdent(d.CursorColumn()) + " DESC NULLS LAST";
+  return order + ", " + alias + ".ds DESC, " + alias + ".run_id DESC";
+}
+
+std::string DateKey(const std::string& ts) { return "to_char(" + ts + " AT TIME ZONE 'UTC', 'YYYYMMDD')::int"; }
+
+}  // namespace
+
+std::string FactDdl(const PipelineSpec& spec, const FactSpec& f) {
+  const std::string table = "dwh." + QuoteIdent(f.name);
+  std::string sql = "CREATE TABLE IF NOT EXISTS " + table + " (\n";
+  for (const auto& g : f.grain) sql += "  " + QuoteIdent(g) + " " + PgTypeName(ColumnOf(spec, f, g).type) + " NOT NULL,\n";
+  sql += "  date_key integer NOT NULL,\n";
+  for (const auto& ref : f.dimensions)
+    sql += "  " + QuoteIdent(spec.FindDimension(ref.dimension)->surrogate) + " bigint NOT NULL,\n";
+  for (const auto& m : f.measures) sql += "  " + QuoteIdent(m.name) + " " + m.type + ",\n";
+  sql += "  " + QuoteIdent(f.event_time) + " timestamptz NOT NULL,\n  PRIMARY KEY (" + List(f.grain) + "));\n";
+  for (const auto& m : f.measures)
+    sql += "ALTER TABLE " + table + " ADD COLUMN IF NOT EXISTS " + QuoteIdent(m.name) + " " + m.type + ";\n";
+  sql += "CREATE INDEX IF NOT EXISTS " + QuoteIdent(f.name + "_date") + " ON " + table + " (date_key);\n";
+  return sql;
+}
+
+std::vector<std::string> FactStatements(const PipelineSpec& spec, const FactSpec& f) {
+  const DatasetSpec& from = *spec.Find(f.from);
+  const std::string table = "dwh." + QuoteIdent(f.name);
+  const std::string affected = QuoteIdent("tmp_" + f.name + "_affected"), rows = QuoteIdent("tmp_" + f.name + "_rows"),
+                    src = QuoteIdent("tmp_" + f.name + "_src"), dates = QuoteIdent("tmp_" + f.name + "_dates");
+  const std::string grain = List(f.grain), ev = QuoteIdent(f.event_time);
+  const bool merge = f.mode == "merge";
+  std::vector<std::string> out;
+
+  // 1. (merge) The grains to rebuild.
+  if (merge) {
+    std::string sql = "CREATE TEMP TABLE " + affected + " ON COMMIT DROP AS\nSELECT " + grain + " FROM staging." +
+                      QuoteIdent(f.from) + " WHERE ds = $1";
+    for (const auto& j : f.joins)
+      sql += "\nUNION SELECT " + List(f.grain, "s.") + " FROM staging." + QuoteIdent(f.from) + " s WHERE (" +
+             List(j.on, "s.") + ") IN (SELECT " + List(j.on) + " FROM staging." + QuoteIdent(j.dataset) + " WHERE ds = $1)";
+    if (!f.dimensions.empty()) {
+      std::string joins, cond;
+      for (size_t i = 0; i < f.dimensions.size(); ++i) {
+        const DimensionSpec& dim = *spec.FindDimension(f.dimensions[i].dimension);
+        const std::string d = "d" + std::to_string(i), sk = QuoteIdent(dim.surrogate), k = QuoteIdent(dim.key);
+        joins += "\n  LEFT JOIN dwh." + QuoteIdent(dim.name) + " " + d + " ON " + d + "." + sk + " = x." + sk;
+        cond += std::string(cond.empty() ? "" : "\n     OR ") + "x." + sk + " = 0 OR " + d + "." + sk + " IS NULL OR " + d +
+                "." + k + " IN (SELECT " + k + " FROM staging." + QuoteIdent(dim.from) + " WHERE ds = $1) OR NOT (x." +
+                ev + " >= " + d + ".valid_from AND x." + ev + " < " + d + ".valid_to)";
+      }
+      sql += "\n-- facts whose dimension history changed today or whose version no longer covers them\n"
+             "UNION SELECT " + List(f.grain, "x.") + " FROM " + table + " x" + joins + "\n  WHERE " + cond;
+    }
+    out.push_back(sql);
+  }
+
+  // 2. The rows: latest version per grain, joined to the latest version of each header.
+  {
+    std::vector<std::string> have;
+    for (const auto& c : from.columns) have.push_back(c.name);
+    std::string ctes = "base AS (\n  SELECT DISTINCT ON (" + List(f.grain, "s.") + ") " + List(have, "s.") +
+                       " FROM staging." + QuoteIdent(f.from) + " s\n" +
+                       (merge ? "  WHERE (" + List(f.grain, "s.") + ") IN (SELECT " + grain + " FROM " + affected + ")\n" : "") +
+                       "  ORDER BY " + LatestOrder(from, f.grain, "s") + ")";
+    std::string select = "SELECT base.*", join_sql;
+    for (size_t i = 0; i < f.joins.size(); ++i) {
+      const auto& j = f.joins[i];
+      const DatasetSpec& jd = *spec.Find(j.dataset);
+      std::vector<std::string> jcols;
+      for (const auto& c : jd.columns) jcols.push_back(c.name);
+      const std::string alias = "j" + std::to_string(i);
+      ctes += ",\n" + alias + " AS (\n  SELECT DISTINCT ON (" + List(j.on, "s.") + ") " + List(jcols, "s.") +
+              " FROM staging." + QuoteIdent(j.dataset) + " s\n  WHERE (" + List(j.on, "s.") + ") IN (SELECT " + List(j.on) +
+              " FROM base)\n  ORDER BY " + LatestOrder(jd, j.on, "s") + ")";
+      for (const auto& c : jcols)
+        if (std::find(have.begin(), have.end(), c) == have.end()) {
+          select += ", " + alias + "." + QuoteIdent(c);
+          have.push_back(c);
+        }
+      join_sql += " JOIN " + alias + " USING (" + List(j.on) + ")";
+    }
+    out.push_back("CREATE TEMP TABLE " + rows + " ON COMMIT DROP AS\nWITH " + ctes + "\n" + select + " FROM base" + join_sql);
+  }
+
+  // 3. The fact's columns, measures computed over the row.
+  {
+    std::vector<std::string> cols = f.grain;
+    for (const std::string& c : std::vector<std::string>{f.event_time})
+      if (std::find(cols.begin(), cols.end(), c) == cols.end()) cols.push_back(c);
+    for (const auto& ref : f.dimensions)
+      if (std::find(cols.begin(), cols.end(), ref.key) == cols.end()) cols.push_back(ref.key);
+    std::string sql = "CREATE TEMP TABLE " + src + " ON COMMIT DROP AS\nSELECT " + List(cols);
+    for (size_t i = 0; i < f.measures.size(); ++i)
+      sql += ",\n  (" + f.measures[i].sql + ")::" + f.measures[i].type + " AS m" + std::to_string(i);
+    sql += "\nFROM " + rows;
+    if (!merge) sql += " WHERE " + DateKey(ev) + " = to_char($1::date, 'YYYYMMDD')::int";
+    out.push_back(sql);
+  }
+  if (!merge)
+    out.push_back("CREATE TEMP TABLE " + affected + " ON COMMIT DROP AS\nSELECT " + grain + " FROM " + src +
+                  "\nUNION SELECT " + grain + " FROM " + table + " WHERE date_key = to_char($1::date, 'YYYYMMDD')::int");
+
+  // 4. Dates touched before the change (a fact may move to another date).
+  out.push_back("CREATE TEMP TABLE " + dates + " ON COMMIT DROP AS\nSELECT DISTINCT date_key FROM " + table + " WHERE (" +
+                grain + ") IN (SELECT " + grain + " FROM " + affected + ")\nUNION SELECT to_char($1::date, 'YYYYMMDD')::int");
+
+  // 5. Early-arriving facts: unseen natural keys become inferred members.
+  for (const auto& ref : f.dimensions)
+    out.push_back(InferredMembersSql(*spec.FindDimension(ref.dimension), "SELECT " + QuoteIdent(ref.key) + " FROM " + src));
+
+  // 6. (replace) The day's slice loses rows no longer on it.
+  if (!merge)
+    out.push_back("DELETE FROM " + table + " WHERE date_key = to_char($1::date, 'YYYYMMDD')::int AND (" + grain +
+                  ") NOT IN (SELECT " + grain + " FROM " + src + ")");
+
+  // 7. Merge by grain, keyed to the dimension versions valid at the event.
+  {
+    std::vector<std::string> target = f.grain, values;
+    for (const auto& g : f.grain) values.push_back("s." + QuoteIdent(g));
+    std::vector<std::string> updated{"date_key"};
+    target.push_back("date_key");
+    values.push_back(DateKey("s." + ev));
+    std::string joins;
+    for (size_t i = 0; i < f.dimensions.size(); ++i) {
+      const DimensionSpec& dim = *spec.FindDimension(f.dimensions[i].dimension);
+      const std::string d = "d" + std::to_string(i);
+      target.push_back(dim.surrogate);
+      updated.push_back(dim.surrogate);
+      values.push_back("coalesce(" + d + "." + QuoteIdent(dim.surrogate) + ", 0)");
+      joins += "\nLEFT JOIN dwh." + QuoteIdent(dim.name) + " " + d + " ON " + d + "." + QuoteIdent(dim.key) + " = s." +
+               QuoteIdent(f.dimensions[i].key) + " AND s." + ev + " >= " + d + ".valid_from AND s." + ev + " < " + d +
+               ".valid_to";
+    }
+    for (size_t i = 0; i < f.measures.size(); ++i) {
+      target.push_back(f.measures[i].name);
+      updated.push_back(f.measures[i].name);
+      values.push_back("s.m" + std::to_string(i));
+    }
+    target.push_back(f.event_time);
+    updated.push_back(f.event_time);
+    values.push_back("s." + ev);
+    std::string vals, set, old_row, new_row;
+    for (const auto& v : values) vals += (vals.empty() ? "" : ", ") + v;
+    for (const auto& u : updated) {
+      set += (set.empty() ? "" : ", ") + QuoteIdent(u) + " = EXCLUDED." + QuoteIdent(u);
+      old_row += (old_row.empty() ? "" : ", ") + QuoteIdent(f.name) + "." + QuoteIdent(u);
+      new_row += (new_row.empty() ? "" : ", ") + std::string("EXCLUDED.") + QuoteIdent(u);
+    }
+    out.push_back("INSERT INTO " + table + " (" + List(target) + ")\nSELECT " + vals + "\nFROM " + src + " s" + joins +
+                  "\nORDER BY " + List(f.grain, "s.") + "\nON CONFLICT (" + grain + ") DO UPDATE SET " + set +
+                  "\nWHERE (" + old_row + ") IS DISTINCT FROM (" + new_row + ")");
+  }
+
+  // 8. Dates touched after the change.
+  out.push_back("INSERT INTO " + dates + " SELECT DISTINCT " + DateKey(ev) + " FROM " + src + " EXCEPT SELECT date_key FROM " +
+                dates);
+  return out;
+}
+
+}  // namespace strata::loader
