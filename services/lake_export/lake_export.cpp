@@ -120,7 +120,13 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
         if (entries.empty()) entries = bus.ReadGroup(kBatchStream, kGroup, consumer_, 16, 1000);
         for (const auto& e : entries) {
           if (stop_) break;  // un-acked entries stay pending and are reclaimed later
-          Handle(bus, e);
+          try {
+            Handle(bus, e);
+          } catch (const std::exception&) {
+            // The entry stays pending and is reclaimed and written once the lake answers again.
+            metrics_.batches.Add({{"outcome", "error"}}).Increment();
+            throw;
+          }
         }
       } catch (const std::exception& e) {
         spdlog::error("bus loop error={}", e.what());

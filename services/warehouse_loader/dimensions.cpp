@@ -124,6 +124,7 @@ std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const Dat
                 "  WHERE d." + n.k + " IN (SELECT " + n.k + " FROM affected) AND d." + n.sk + " <> 0 AND d.is_deleted)\n"
                 "SELECT DISTINCT ON (k, t) * FROM (SELECT * FROM staged UNION ALL SELECT * FROM known) u\n"
                 "ORDER BY k, t, precedence");
+  out.push_back("ANALYZE " + obs);  // temp tables are never auto-analyzed
 
   // 2. The derived history: a version starts where the signature changes and lasts until the
   //    next start; a start that is a deletion ends the version before it and is no version.
@@ -151,6 +152,7 @@ std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const Dat
                 "       coalesce(sp.next_deleted, false) AS is_deleted,\n"
                 "       (row_number() OVER (PARTITION BY sp.k ORDER BY sp.t))::int AS version, t1.as_of AS attributes_as_of\n"
                 "FROM spans sp LEFT JOIN t1 USING (k) WHERE NOT sp.deleted");
+  out.push_back("ANALYZE " + ver);
 
   // 3. An inferred member becomes the key's first version, keeping its surrogate key.
   out.push_back("UPDATE " + n.table + " d SET " + set_cols + ", valid_from = v.valid_from, is_inferred = false\n"

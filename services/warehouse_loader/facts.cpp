@@ -54,18 +54,18 @@ std::string FactDdl(const PipelineSpec& spec, const FactSpec& f) {
 std::vector<std::string> FactStatements(const PipelineSpec& spec, const FactSpec& f) {
   const DatasetSpec& from = *spec.Find(f.from);
   const std::string table = "dwh." + QuoteIdent(f.name);
-  const std::string affected = QuoteIdent("tmp_" + f.name + "_affected"), rows = QuoteIdent("tmp_" + f.name + "_rows"),
-                    src = QuoteIdent("tmp_" + f.name + "_src"), dates = QuoteIdent("tmp_" + f.name + "_dates");
+  const std::string affected = QuoteIdent("tmp_" + f.name + "_affected"), src = QuoteIdent("tmp_" + f.name + "_src"), dates = QuoteIdent("tmp_" + f.name + "_dates");
   const std::string grain = List(f.grain), ev = QuoteIdent(f.event_time);
   const bool merge = f.mode == "merge";
   std::vector<std::string> out;
 
-  // 1. (merge) The grains to rebuild.
+  // 1. (merge) The grains to rebuild. Duplicates are harmless (every use is a semi-join) and
+  //    cheaper than removing them from a million rows.
   if (merge) {
     std::string sql = "CREATE TEMP TABLE " + affected + " ON COMMIT DROP AS\nSELECT " + grain + " FROM staging." +
                       QuoteIdent(f.from) + " WHERE ds = $1";
     for (const auto& j : f.joins)
-      sql += "\nUNION SELECT " + List(f.grain, "s.") + " FROM staging." + QuoteIdent(f.from) + " s WHERE (" +
+      sql += "\nUNION ALL SELECT " + List(f.grain, "s.") + " FROM staging." + QuoteIdent(f.from) + " s WHERE (" +
              List(j.on, "s.") + ") IN (SELECT " + List(j.on) + " FROM staging." + QuoteIdent(j.dataset) + " WHERE ds = $1)";
     if (!f.dimensions.empty()) {
       std::string joins, cond;
@@ -78,12 +78,16 @@ std::vector<std::string> FactStatements(const PipelineSpec& spec, const FactSpec
                 ev + " >= " + d + ".valid_from AND x." + ev + " < " + d + ".valid_to)";
       }
       sql += "\n-- facts whose dimension history changed today or whose version no longer covers them\n"
-             "UNION SELECT " + List(f.grain, "x.") + " FROM " + table + " x" + joins + "\n  WHERE " + cond;
+             "UNION ALL SELECT " + List(f.grain, "x.") + " FROM " + table + " x" + joins + "\n  WHERE " + cond;
     }
     out.push_back(sql);
+    // Temp tables are never auto-analyzed; without statistics the planner guesses their size
+    // and picks nested loops over a million rows.
+    out.push_back("ANALYZE " + affected);
   }
 
-  // 2. The rows: latest version per grain, joined to the latest version of each header.
+  // 2. The fact's columns: the latest version per grain joined to the latest version of each
+  //    header, measures computed over that row (one pass, only the columns the fact needs kept).
   {
     std::vector<std::string> have;
     for (const auto& c : from.columns) have.push_back(c.name);
@@ -108,26 +112,24 @@ std::vector<std::string> FactStatements(const PipelineSpec& spec, const FactSpec
         }
       join_sql += " JOIN " + alias + " USING (" + List(j.on) + ")";
     }
-    out.push_back("CREATE TEMP TABLE " + rows + " ON COMMIT DROP AS\nWITH " + ctes + "\n" + select + " FROM base" + join_sql);
-  }
-
-  // 3. The fact's columns, measures computed over the row.
-  {
     std::vector<std::string> cols = f.grain;
     for (const std::string& c : std::vector<std::string>{f.event_time})
       if (std::find(cols.begin(), cols.end(), c) == cols.end()) cols.push_back(c);
     for (const auto& ref : f.dimensions)
       if (std::find(cols.begin(), cols.end(), ref.key) == cols.end()) cols.push_back(ref.key);
-    std::string sql = "CREATE TEMP TABLE " + src + " ON COMMIT DROP AS\nSELECT " + List(cols);
+    std::string sql = "CREATE TEMP TABLE " + src + " ON COMMIT DROP AS\nWITH " + ctes + "\nSELECT " + List(cols);
     for (size_t i = 0; i < f.measures.size(); ++i)
       sql += ",\n  (" + f.measures[i].sql + ")::" + f.measures[i].type + " AS m" + std::to_string(i);
-    sql += "\nFROM " + rows;
+    sql += "\nFROM (" + select + " FROM base" + join_sql + ") r";
     if (!merge) sql += " WHERE " + DateKey(ev) + " = to_char($1::date, 'YYYYMMDD')::int";
     out.push_back(sql);
+    out.push_back("ANALYZE " + src);
   }
-  if (!merge)
+  if (!merge) {
     out.push_back("CREATE TEMP TABLE " + affected + " ON COMMIT DROP AS\nSELECT " + grain + " FROM " + src +
                   "\nUNION SELECT " + grain + " FROM " + table + " WHERE date_key = to_char($1::date, 'YYYYMMDD')::int");
+    out.push_back("ANALYZE " + affected);
+  }
 
   // 4. Dates touched before the change (a fact may move to another date).
   out.push_back("CREATE TEMP TABLE " + dates + " ON COMMIT DROP AS\nSELECT DISTINCT date_key FROM " + table + " WHERE (" +

@@ -201,12 +201,19 @@ GROUP BY d.date, p.product_id, p.name)SQL"}},
 CREATE TEMP TABLE tmp_affected_orders ON COMMIT DROP AS
 SELECT order_id FROM staging.orders WHERE ds = $1
 UNION SELECT order_id FROM tmp_fact_sales_affected)SQL",
+        "ANALYZE tmp_affected_orders",
         R"SQL(
 INSERT INTO marts.orders_current (order_id, customer_id, status, ordered_at, updated_at, amount)
-SELECT DISTINCT ON (o.order_id) o.order_id, o.customer_id, o.status, o.ordered_at, o.updated_at,
-       (SELECT sum(f.amount) FROM dwh.fact_sales f WHERE f.order_id = o.order_id)
-FROM staging.orders o WHERE o.order_id IN (SELECT order_id FROM tmp_affected_orders)
-ORDER BY o.order_id, o.updated_at DESC, o.ds DESC
+WITH latest AS (
+  SELECT DISTINCT ON (o.order_id) o.order_id, o.customer_id, o.status, o.ordered_at, o.updated_at
+  FROM staging.orders o WHERE o.order_id IN (SELECT order_id FROM tmp_affected_orders)
+  ORDER BY o.order_id, o.updated_at DESC, o.ds DESC),
+amounts AS (  -- one grouped pass over the facts instead of a lookup per order
+  SELECT f.order_id, sum(f.amount) AS amount FROM dwh.fact_sales f
+  WHERE f.order_id IN (SELECT order_id FROM tmp_affected_orders) GROUP BY f.order_id)
+SELECT l.order_id, l.customer_id, l.status, l.ordered_at, l.updated_at, a.amount
+FROM latest l LEFT JOIN amounts a USING (order_id)
+ORDER BY l.order_id
 ON CONFLICT (order_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
   ordered_at = EXCLUDED.ordered_at, updated_at = EXCLUDED.updated_at, amount = EXCLUDED.amount
 WHERE orders_current.updated_at <= EXCLUDED.updated_at  -- never behind what CDC already applied

@@ -50,7 +50,7 @@ try:
         time.sleep(0.5)
     check(len(up) == len(SERVICES), f"Prometheus scrapes all {len(SERVICES)} services and every target is up ({len(up)})")
     rules = [r["name"] for g in api(port, "/api/v1/rules")["data"]["groups"] for r in g["rules"]]
-    check(len(rules) == 8 and {"StrataRunFailed", "StrataCdcDown"} <= set(rules), f"the alerting rules are loaded ({rules})")
+    check(len(rules) == 9 and {"StrataRunFailed", "StrataCdcDown", "StrataLakeWritesFailing"} <= set(rules), f"the alerting rules are loaded ({rules})")
     time.sleep(3)  # a few scrapes for rate() windows
 
     golden = {l.split()[1] for l in open(os.path.join(ROOT, "tests/metrics_golden.txt")) if l.strip() and not l.startswith("#")}
