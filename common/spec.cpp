@@ -122,8 +122,8 @@ namespace {
 
 DimensionSpec ParseDimension(const YAML::Node& n, const PipelineSpec& spec, const std::string& origin, size_t i) {
   const std::string path = origin + ":dimensions[" + std::to_string(i) + "]";
-  OnlyKeys(n, path, {"name", "from", "key", "surrogate_key", "effective_from", "deleted", "scd1", "scd2",
-                     "unknown_key"});
+  OnlyKeys(n, path, {"name", "from", "key", "surrogate_key", "effective_from", "deleted", "absent_means_deleted",
+                     "scd1", "scd2", "unknown_key"});
   DimensionSpec dim;
   dim.name = Str(n["name"], path + ".name");
   CheckIdent(dim.name, path + ".name");
@@ -154,6 +154,15 @@ DimensionSpec ParseDimension(const YAML::Node& n, const PipelineSpec& spec, cons
     const ColumnType t = column(dim.deleted, path + ".deleted").type;
     if (t != ColumnType::kBool && t != ColumnType::kTimestamp)
       Fail(path + ".deleted", "'" + dim.deleted + "' must be a bool or timestamp column");
+  }
+  if (n["absent_means_deleted"]) {
+    const std::string v = Str(n["absent_means_deleted"], path + ".absent_means_deleted");
+    if (v != "true" && v != "false") Fail(path + ".absent_means_deleted", "expected true or false, got '" + v + "'");
+    dim.absent_means_deleted = v == "true";
+    if (dim.absent_means_deleted && ds->source.incremental != "snapshot")
+      Fail(path + ".absent_means_deleted",
+           "dataset '" + dim.from + "' is not extracted as a full snapshot (source.incremental: snapshot), so a key "
+           "missing from a day's rows says nothing about its deletion");
   }
   if (n["scd1"]) dim.scd1 = StrList(n["scd1"], path + ".scd1");
   if (n["scd2"]) dim.scd2 = StrList(n["scd2"], path + ".scd2");

@@ -159,6 +159,9 @@ struct DimensionSpec {
   std::string surrogate;       // surrogate key column; default <name without dim_>_key
   std::string effective_from;  // timestamp column: when the observed state took effect
   std::string deleted;         // optional bool (true) or timestamp (set) column marking deletion
+  // For a full-snapshot dataset: a current key missing from a day's (non-empty) snapshot was
+  // hard-deleted in the source by the end of that day.
+  bool absent_means_deleted = false;
   std::vector<std::string> scd1;  // overwritten in every version
   std::vector<std::string> scd2;  // a change starts a new version
   std::string unknown_key;        // natural key of the unknown member (-1 / 'unknown')

@@ -138,6 +138,11 @@ WITH pick AS (
 UPDATE shop.reviews r SET stars = 1 + (r.stars % 5), updated_at = date_trunc('second', :day + random() * interval '23 hours')
 FROM pick WHERE r.review_id = pick.review_id;
 
+-- On the fourth simulated day the last product is discontinued: deleted from the catalogue
+-- (no order line names it from then on).
+DELETE FROM shop.products
+WHERE product_id = 20 AND (:day AT TIME ZONE 'UTC')::date = (SELECT start_day + 3 FROM shop.sim_state);
+
 WITH np AS (SELECT count(*) AS n FROM shop.products),
 lines AS (
   SELECT o.order_id, l AS line_no, 1 + floor(random() * np.n)::bigint AS product_id,

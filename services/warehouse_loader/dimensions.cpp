@@ -61,12 +61,13 @@ std::string DimensionDdl(const DimensionSpec& dim, const DatasetSpec& from) {
   is_deleted boolean NOT NULL DEFAULT false,
   is_inferred boolean NOT NULL DEFAULT false,
   attributes_as_of timestamptz,  -- business time of the observation the type-1 columns come from
+  last_seen_ds date,             -- (snapshot datasets) the last snapshot day the key was in
   CHECK (valid_from < valid_to),
   CHECK (is_current = (valid_to = 'infinity')),
   UNIQUE ()" + n.k + ", valid_from));\n";
   // Columns added to the spec later are added to the table (history before them stays NULL).
   for (const char* meta : {"version integer NOT NULL DEFAULT 1", "is_deleted boolean NOT NULL DEFAULT false",
-                           "is_inferred boolean NOT NULL DEFAULT false", "attributes_as_of timestamptz"})
+                           "is_inferred boolean NOT NULL DEFAULT false", "attributes_as_of timestamptz", "last_seen_ds date"})
     sql += "ALTER TABLE " + n.table + " ADD COLUMN IF NOT EXISTS " + meta + ";\n";
   for (const auto& c : n.attrs) sql += "ALTER TABLE " + n.table + " ADD COLUMN IF NOT EXISTS " + c + " " + n.type(c) + ";\n";
   sql += "CREATE UNIQUE INDEX IF NOT EXISTS " + QuoteIdent(dim.name + "_one_current") + " ON " + n.table + " (" + n.k +
@@ -97,20 +98,47 @@ std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const Dat
       "ROW(" + Join(n.c2, [](const std::string& c) { return "CASE WHEN deleted THEN NULL ELSE " + c + " END"; }) +
       (n.c2.empty() ? "" : ", ") + "deleted)::text";
   const std::string history_cols = n.k + ", " + (n.attrs.empty() ? "" : Join(n.attrs, [](const std::string& c) { return c; }) + ", ") +
-                                   "valid_from, valid_to, is_current, is_deleted, version, attributes_as_of";
+                                   "valid_from, valid_to, is_current, is_deleted, version, attributes_as_of, last_seen_ds";
   const std::string v_cols = "v.k, " + (n.attrs.empty() ? "" : Join(n.attrs, [](const std::string& c) { return "v." + c; }) + ", ") +
-                             "v.valid_from, v.valid_to, v.is_current, v.is_deleted, v.version, v.attributes_as_of";
+                             "v.valid_from, v.valid_to, v.is_current, v.is_deleted, v.version, v.attributes_as_of, v.last_seen_ds";
   const std::string d_cols = "d." + n.k + ", " + (n.attrs.empty() ? "" : Join(n.attrs, [](const std::string& c) { return "d." + c; }) + ", ") +
-                             "d.valid_from, d.valid_to, d.is_current, d.is_deleted, d.version, d.attributes_as_of";
+                             "d.valid_from, d.valid_to, d.is_current, d.is_deleted, d.version, d.attributes_as_of, d.last_seen_ds";
   const std::string set_cols = (n.attrs.empty() ? "" : Join(n.attrs, [](const std::string& c) { return c + " = v." + c; }) + ", ") +
                                "valid_to = v.valid_to, is_current = v.is_current, is_deleted = v.is_deleted, "
-                               "version = v.version, attributes_as_of = v.attributes_as_of";
+                               "version = v.version, attributes_as_of = v.attributes_as_of, last_seen_ds = v.last_seen_ds";
 
   std::vector<std::string> out;
+  const std::string seen = QuoteIdent("tmp_" + dim.name + "_seen");
+  std::string affected = "SELECT DISTINCT " + n.k + " FROM " + n.staging + " WHERE ds = $1 AND " + n.k + " IS NOT NULL";
+  if (dim.absent_means_deleted) {
+    // 0. (snapshot datasets) The keys staged today and the current keys today's snapshot lacks,
+    //    each with the last snapshot day it was in (staged, or recorded by an earlier build: a
+    //    re-extracted past day shows today's source, not that day's) and the first snapshot day
+    //    after that: the key was deleted in the source by the end of it. An empty day is no
+    //    snapshot and deletes nothing.
+    out.push_back(
+        "CREATE TEMP TABLE " + seen + " ON COMMIT DROP AS\n"
+        "WITH keys AS (\n"
+        "  " + affected + "\n"
+        "  UNION SELECT d." + n.k + " FROM " + n.table + " d WHERE d.is_current AND d." + n.sk + " <> 0 AND NOT d.is_inferred\n"
+        "    AND EXISTS (SELECT 1 FROM " + n.staging + " WHERE ds = $1)\n"
+        "    AND NOT EXISTS (SELECT 1 FROM " + n.staging + " s WHERE s.ds = $1 AND s." + n.k + " = d." + n.k + ")),\n"
+        "last AS (\n"
+        "  SELECT k, max(day) AS last_seen FROM (\n"
+        "    SELECT s." + n.k + " AS k, max(s.ds) AS day FROM " + n.staging + " s WHERE s." + n.k + " IN (SELECT " + n.k +
+        " FROM keys) GROUP BY 1\n"
+        "    UNION ALL SELECT d." + n.k + ", max(d.last_seen_ds) FROM " + n.table + " d WHERE d." + n.k + " IN (SELECT " + n.k +
+        " FROM keys) AND d." + n.sk + " <> 0 GROUP BY 1) x\n"
+        "  GROUP BY k),\n"
+        "days AS (SELECT DISTINCT ds FROM " + n.staging + ")\n"
+        "SELECT l.k, l.last_seen, (SELECT min(days.ds) FROM days WHERE days.ds > l.last_seen) AS gone_day FROM last l");
+    affected = "SELECT k AS " + n.k + " FROM " + seen;
+  }
   // 1. Observations of the keys staged on ds: every staged state (the latest load wins for one
-  //    instant), the versions already held, and the deletions already recorded.
+  //    instant), the versions already held, the deletions already recorded, and (snapshot
+  //    datasets) the deletions absent keys mean.
   out.push_back("CREATE TEMP TABLE " + obs + " ON COMMIT DROP AS\n"
-                "WITH affected AS (SELECT DISTINCT " + n.k + " FROM " + n.staging + " WHERE ds = $1 AND " + n.k + " IS NOT NULL),\n"
+                "WITH affected AS (" + affected + "),\n"
                 "staged AS (\n"
                 "  SELECT DISTINCT ON (s." + n.k + ", s." + n.e + ") s." + n.k + " AS k, s." + n.e + " AS t, " +
                 n.deleted_expr + " AS deleted" + attrs_s + ", 0 AS precedence\n"
@@ -121,7 +149,11 @@ std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const Dat
                 "  WHERE d." + n.k + " IN (SELECT " + n.k + " FROM affected) AND d." + n.sk + " <> 0 AND NOT d.is_inferred\n"
                 "  UNION ALL\n"
                 "  SELECT d." + n.k + ", d.valid_to, true" + attrs_null + ", 1 FROM " + n.table + " d\n"
-                "  WHERE d." + n.k + " IN (SELECT " + n.k + " FROM affected) AND d." + n.sk + " <> 0 AND d.is_deleted)\n"
+                "  WHERE d." + n.k + " IN (SELECT " + n.k + " FROM affected) AND d." + n.sk + " <> 0 AND d.is_deleted" +
+                (dim.absent_means_deleted ? "\n  UNION ALL\n  SELECT g.k, (g.gone_day + 1)::timestamptz, true" + attrs_null +
+                                                ", 2 FROM " + seen + " g WHERE g.gone_day IS NOT NULL"
+                                          : "") +
+                ")\n"
                 "SELECT DISTINCT ON (k, t) * FROM (SELECT * FROM staged UNION ALL SELECT * FROM known) u\n"
                 "ORDER BY k, t, precedence");
   out.push_back("ANALYZE " + obs);  // temp tables are never auto-analyzed
@@ -150,8 +182,10 @@ std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const Dat
                 "SELECT sp.k" + c2_cols + t1_cols + ", sp.t AS valid_from,\n"
                 "       coalesce(sp.next_t, 'infinity'::timestamptz) AS valid_to, sp.next_t IS NULL AS is_current,\n"
                 "       coalesce(sp.next_deleted, false) AS is_deleted,\n"
-                "       (row_number() OVER (PARTITION BY sp.k ORDER BY sp.t))::int AS version, t1.as_of AS attributes_as_of\n"
-                "FROM spans sp LEFT JOIN t1 USING (k) WHERE NOT sp.deleted");
+                "       (row_number() OVER (PARTITION BY sp.k ORDER BY sp.t))::int AS version, t1.as_of AS attributes_as_of,\n"
+                "       " + (dim.absent_means_deleted ? "g.last_seen" : "NULL::date") + " AS last_seen_ds\n"
+                "FROM spans sp LEFT JOIN t1 USING (k)" + (dim.absent_means_deleted ? " LEFT JOIN " + seen + " g USING (k)" : "") +
+                " WHERE NOT sp.deleted");
   out.push_back("ANALYZE " + ver);
 
   // 3. An inferred member becomes the key's first version, keeping its surrogate key.

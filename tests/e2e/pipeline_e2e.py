@@ -65,6 +65,15 @@ check(bad_keys == 0, "every fact points at the customer version valid at order t
 check(wh("SELECT count(*) FROM dwh.fact_sales WHERE customer_key = 0 OR product_key = 0")[0][0] == 0,
       "no fact fell back to an unknown member")
 check(wh("SELECT count(*) FROM dwh.dim_state")[0][0] == 51, "dim_state has 51 states from the HTML table")
+# The simulator deletes product 20 from its catalogue on the fourth day; the products dataset is
+# a full snapshot, so its absence from the snapshot of 2024-01-04 closes the product that day.
+check(src("SELECT count(*) FROM shop.products WHERE product_id = 20")[0][0] == 0, "the source deleted product 20")
+gone = wh("""SELECT valid_to::text, is_current, is_deleted FROM dwh.dim_product WHERE product_id = 20
+             ORDER BY valid_from""")
+check(gone == [("2024-01-05 00:00:00+00", False, True)],
+      f"dim_product closes product 20 at the end of the day its snapshot lacked it and marks it deleted ({gone})")
+check(wh("SELECT count(*) FROM dwh.dim_product WHERE is_current AND product_id > 0")[0][0] == 19,
+      "19 products are current")
 
 # --- lineage and reconciliation ----------------------------------------------------------------
 lineage = wh("SELECT count(*) FROM staging.orders s JOIN ops.runs r USING (run_id) WHERE r.ds = s.ds")[0][0]
@@ -80,7 +89,8 @@ check(recon[0] == recon[1] == 7 * 6, f"source=lake=staging for 6 datasets x 7 da
 NATURAL = """
 SELECT 'c' || to_jsonb(t)::text FROM (SELECT customer_id, name, email, address, city, state, segment, valid_from,
   valid_to, is_current, version FROM dwh.dim_customer) t
-UNION ALL SELECT 'p' || to_jsonb(t)::text FROM (SELECT product_id, name, category, price, valid_from, attributes_as_of FROM dwh.dim_product) t
+UNION ALL SELECT 'p' || to_jsonb(t)::text FROM (SELECT product_id, name, category, price, valid_from, valid_to, is_deleted, attributes_as_of
+  FROM dwh.dim_product) t
 UNION ALL SELECT 'f' || to_jsonb(t)::text FROM (SELECT f.order_id, f.line_no, f.date_key, c.customer_id, c.valid_from,
   p.product_id, f.quantity, f.unit_price, f.amount FROM dwh.fact_sales f JOIN dwh.dim_customer c USING (customer_key)
   JOIN dwh.dim_product p USING (product_key)) t

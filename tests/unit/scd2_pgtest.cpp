@@ -463,3 +463,49 @@ INSERT INTO staging.visits VALUES
 
 }  // namespace
 }  // namespace strata::loader
+
+// Hard deletes seen by full snapshots: a key missing from a day's snapshot was deleted that day.
+namespace strata::loader {
+namespace {
+
+TEST_F(ModelsTest, AKeyMissingFromADaysSnapshotIsClosedAndMarkedDeleted) {
+  UseSpec(ParsePipelineSpec(R"(
+pipeline: snap
+datasets:
+  - name: people
+    source: {type: postgres, table: src.people, cursor: changed_at, incremental: snapshot}
+    key: [id]
+    columns:
+      - {name: id, type: int}
+      - {name: name, type: text}
+      - {name: changed_at, type: timestamp}
+dimensions:
+  - {name: dim_person, from: people, key: id, effective_from: changed_at, scd2: [name], absent_means_deleted: true}
+models: [dim_person]
+)",
+                            "snap.yaml"),
+          {"dim_person"});
+  Exec(R"(INSERT INTO staging.people VALUES
+    ('2024-01-01', 'r1', 1, 'Ann', '2023-12-01 00:00+00'), ('2024-01-01', 'r1', 2, 'Bob', '2023-12-02 00:00+00'),
+    ('2024-01-02', 'r2', 1, 'Ann', '2023-12-01 00:00+00'))");
+  Build("2024-01-01");
+  Build("2024-01-02");
+  Build("2024-01-03");  // nothing staged that day: no snapshot, so nothing is deleted
+  const std::string expected =
+      "1|Ann|2023-12-01 00:00:00+00|infinity|t|f\n"
+      "2|Bob|2023-12-02 00:00:00+00|2024-01-03 00:00:00+00|f|t\n";
+  const std::string rows = "SELECT id, name, valid_from, valid_to, is_current, is_deleted FROM dwh.dim_person "
+                           "WHERE person_key <> 0 ORDER BY id, valid_from";
+  EXPECT_EQ(Query(rows), expected);
+  Build("2024-01-02");
+  Build("2024-01-01");
+  EXPECT_EQ(Query(rows), expected) << "re-running the days changes nothing";
+  // Bob is back in the snapshot of the 4th: a new version from his row's time.
+  Exec("INSERT INTO staging.people VALUES ('2024-01-04', 'r4', 1, 'Ann', '2023-12-01 00:00+00'), "
+       "('2024-01-04', 'r4', 2, 'Bob', '2024-01-04 09:00+00')");
+  Build("2024-01-04");
+  EXPECT_EQ(Query(rows), expected + "2|Bob|2024-01-04 09:00:00+00|infinity|t|f\n");
+}
+
+}  // namespace
+}  // namespace strata::loader

@@ -127,8 +127,11 @@ dimensions:
   EXPECT_EQ(with(", scd2: [name], scd1: [email]", ""), "p.yaml:dimensions[0]: expected attribute columns in scd1 and/or scd2");
   EXPECT_EQ(with("key: id,", "key: born,"), "p.yaml:dimensions[0].key: a natural key must be an int or text column");
   EXPECT_EQ(with("scd2: [name]", "scd2: [name], colour: blue"),
-            "p.yaml:dimensions[0].colour: unknown key (known: deleted, effective_from, from, key, name, scd1, scd2, "
-            "surrogate_key, unknown_key)");
+            "p.yaml:dimensions[0].colour: unknown key (known: absent_means_deleted, deleted, effective_from, from, key, "
+            "name, scd1, scd2, surrogate_key, unknown_key)");
+  EXPECT_EQ(with("scd2: [name]", "scd2: [name], absent_means_deleted: true"),
+            "p.yaml:dimensions[0].absent_means_deleted: dataset 'people' is not extracted as a full snapshot "
+            "(source.incremental: snapshot), so a key missing from a day's rows says nothing about its deletion");
 }
 
 TEST(Spec, FactsDeclaredWithTheirChecks) {
