@@ -45,7 +45,7 @@ psql "$STRATA_PG_DSN" -qAt -F ' ' -c "
     ('orders', (SELECT count(*) FROM staging.orders)), ('order_items', (SELECT count(*) FROM staging.order_items)),
     ('businesses', (SELECT count(*) FROM staging.businesses)), ('states', (SELECT count(*) FROM staging.states))) v(t, n)
   UNION ALL SELECT 'dwh     dim_customer (' || count(*) FILTER (WHERE is_current) || ' current)', count(*) FROM dwh.dim_customer WHERE customer_id >= 0
-  UNION ALL SELECT 'dwh     dim_product', count(*) FROM dwh.dim_product WHERE product_id >= 0
+  UNION ALL SELECT 'dwh     dim_product (' || count(*) FILTER (WHERE is_current) || ' current, ' || count(*) FILTER (WHERE is_deleted) || ' deleted)', count(*) FROM dwh.dim_product WHERE product_id >= 0
   UNION ALL SELECT 'dwh     dim_state', count(*) FROM dwh.dim_state
   UNION ALL SELECT 'dwh     fact_sales', count(*) FROM dwh.fact_sales
   UNION ALL SELECT 'marts   daily_sales', count(*) FROM marts.daily_sales
