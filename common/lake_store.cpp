@@ -58,7 +58,6 @@ class LocalStore final : public LakeStore {
     if (!*in) throw EnvError("cannot open " + Where(key));
     return in;
   }
-  bool Exists(const std::string& key) override { return fs::exists(Where(key)); }
   std::vector<std::string> List(const std::string& prefix) override {
     std::vector<std::string> out;
     std::error_code ec;
@@ -129,7 +128,6 @@ class S3Store final : public LakeStore {
     if (!body) throw EnvError("no such object " + Where(key));
     return std::make_unique<std::istringstream>(std::move(*body));
   }
-  bool Exists(const std::string& key) override { return s3_.Get(Full(key)).has_value(); }
   std::vector<std::string> List(const std::string& prefix) override {
     std::vector<std::string> out;
     for (auto& k : s3_.List(Full(prefix))) out.push_back(prefix_.empty() ? k : k.substr(prefix_.size() + 1));

@@ -47,7 +47,6 @@ class LakeStore {
   virtual std::unique_ptr<ObjectWriter> Create(const std::string& key) = 0;
   // Throws EnvError when the object is missing.
   virtual std::unique_ptr<std::istream> Open(const std::string& key) = 0;
-  virtual bool Exists(const std::string& key) = 0;
   // Every key under `prefix` (a "directory" ending in '/'), relative to the lake root, sorted.
   virtual std::vector<std::string> List(const std::string& prefix) = 0;
   // Removes every object under `prefix` (ending in '/').
