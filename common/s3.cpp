@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "common/errors.h"
+#include "common/http_client.h"
 
 namespace strata {
 
@@ -100,18 +101,13 @@ std::string Sha256Hex(const std::string& data) {
 }
 
 std::string UriEncode(const std::string& s, bool encode_slash) {
-  static const char* hex = "0123456789ABCDEF";
+  if (encode_slash) return UrlEncode(s);
+  // A path: each segment encoded, the slashes between them kept.
   std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~' || (c == '/' && !encode_slash)) {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out.push_back('%');
-      out.push_back(hex[c >> 4]);
-      out.push_back(hex[c & 15]);
-    }
-  }
-  return out;
+  size_t start = 0;
+  for (size_t slash; (slash = s.find('/', start)) != std::string::npos; start = slash + 1)
+    out += UrlEncode(s.substr(start, slash - start)) + "/";
+  return out + UrlEncode(s.substr(start));
 }
 
 std::string SignV4(const std::string& method, const std::string& path, const std::map<std::string, std::string>& query,

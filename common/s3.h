@@ -33,7 +33,8 @@ struct S3Config {
 };
 
 std::string Sha256Hex(const std::string& data);
-// RFC 3986 encoding as SigV4 wants it (unreserved: A-Z a-z 0-9 - _ . ~); '/' kept when !encode_slash.
+// RFC 3986 encoding as SigV4 wants it (UrlEncode of common/http_client.h); '/' kept when
+// !encode_slash.
 std::string UriEncode(const std::string& s, bool encode_slash);
 
 // The Authorization header value for a request. `path` is the raw (unencoded) path starting
