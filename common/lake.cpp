@@ -48,6 +48,7 @@ std::string ManifestToJson(const Manifest& m) {
   j["rows"] = m.rows;
   j["committed_at"] = m.committed_at;
   if (!m.watermark.empty()) j["watermark"] = nlohmann::json::parse(m.watermark);
+  if (m.publish_version > 0) j["publish_version"] = m.publish_version;
   j["files"] = nlohmann::json::array();
   for (const auto& f : m.files)
     j["files"].push_back({{"path", f.path}, {"rows", f.rows}, {"bytes", f.bytes}, {"crc32", f.crc32}});
@@ -68,6 +69,7 @@ Manifest ManifestFromJson(const std::string& text, const std::string& origin) {
     m.rows = j.at("rows").get<int64_t>();
     m.committed_at = j.value("committed_at", "");
     if (j.contains("watermark")) m.watermark = j["watermark"].dump();
+    m.publish_version = j.value("publish_version", int64_t{0});
     for (const auto& f : j.at("files"))
       m.files.push_back({f.at("path").get<std::string>(), f.at("rows").get<int64_t>(),
                          f.at("bytes").get<int64_t>(), f.at("crc32").get<uint32_t>()});

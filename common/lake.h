@@ -29,6 +29,9 @@ struct Manifest {
   int64_t rows = 0;
   std::string committed_at;
   std::string watermark;  // JSON; see Batch.watermark. Empty for other datasets.
+  // gold: the serving publication (serving.publications.version) whose content the partition
+  // holds; 0 for other layers.
+  int64_t publish_version = 0;
 };
 
 class LakeStore;

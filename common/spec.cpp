@@ -176,7 +176,7 @@ DimensionSpec ParseDimension(const YAML::Node& n, const PipelineSpec& spec, cons
     }
   }
   for (const char* reserved : {"valid_from", "valid_to", "is_current", "version", "is_deleted", "is_inferred",
-                               "attributes_as_of"})
+                               "attributes_as_of", "last_seen_ds", "observed_from"})
     if (seen.count(reserved)) Fail(path, std::string("column name '") + reserved + "' is reserved for the dimension's history");
   dim.unknown_key = n["unknown_key"] ? Str(n["unknown_key"], path + ".unknown_key")
                                      : (key_type == ColumnType::kInt ? "-1" : "unknown");
@@ -187,7 +187,7 @@ DimensionSpec ParseDimension(const YAML::Node& n, const PipelineSpec& spec, cons
 
 FactSpec ParseFact(const YAML::Node& n, const PipelineSpec& spec, const std::string& origin, size_t i) {
   const std::string path = origin + ":facts[" + std::to_string(i) + "]";
-  OnlyKeys(n, path, {"name", "from", "grain", "join", "event_time", "dimensions", "measures", "mode"});
+  OnlyKeys(n, path, {"name", "from", "grain", "join", "event_time", "dimensions", "measures", "mode", "on_delete"});
   FactSpec f;
   f.name = Str(n["name"], path + ".name");
   CheckIdent(f.name, path + ".name");
@@ -246,7 +246,7 @@ FactSpec ParseFact(const YAML::Node& n, const PipelineSpec& spec, const std::str
   if (!ms || !ms.IsSequence() || ms.size() == 0) Fail(path + ".measures", "expected a non-empty list of {name, type, sql}");
   static const std::regex kPgType("(bigint|integer|smallint|double precision|real|text|boolean|date|timestamptz|numeric(\\([0-9]+,[0-9]+\\))?)");
   std::set<std::string> names(f.grain.begin(), f.grain.end());
-  names.insert({"date_key", f.event_time});
+  names.insert({"date_key", "is_deleted", f.event_time});
   for (const auto& ref : f.dimensions) names.insert(spec.FindDimension(ref.dimension)->surrogate);
   for (size_t j = 0; j < ms.size(); ++j) {
     const std::string mp = path + ".measures[" + std::to_string(j) + "]";
@@ -265,10 +265,34 @@ FactSpec ParseFact(const YAML::Node& n, const PipelineSpec& spec, const std::str
     f.mode = Str(n["mode"], path + ".mode");
     if (f.mode != "merge" && f.mode != "replace") Fail(path + ".mode", "unknown mode '" + f.mode + "' (known: merge, replace)");
   }
+  if (n["on_delete"]) {
+    f.on_delete = Str(n["on_delete"], path + ".on_delete");
+    if (f.on_delete != "delete" && f.on_delete != "flag")
+      Fail(path + ".on_delete", "unknown policy '" + f.on_delete + "' (known: delete, flag)");
+  }
   return f;
 }
 
 }  // namespace
+
+std::vector<DeletionSource> FactDeletionSources(const PipelineSpec& spec, const FactSpec& f) {
+  const auto captured = [&spec](const std::string& d) {
+    return std::find(spec.cdc.datasets.begin(), spec.cdc.datasets.end(), d) != spec.cdc.datasets.end();
+  };
+  const auto same_set = [](std::vector<std::string> a, std::vector<std::string> b) {
+    std::sort(a.begin(), a.end());
+    std::sort(b.begin(), b.end());
+    return a == b;
+  };
+  std::vector<DeletionSource> out;
+  const DatasetSpec* from = spec.Find(f.from);
+  if (from && captured(f.from) && same_set(from->key, f.grain)) out.push_back({f.from, f.grain});
+  for (const auto& j : f.joins) {
+    const DatasetSpec* d = spec.Find(j.dataset);
+    if (d && captured(j.dataset) && same_set(d->key, j.on)) out.push_back({j.dataset, j.on});
+  }
+  return out;
+}
 
 PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origin) {
   YAML::Node root;
@@ -514,7 +538,7 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
       const std::string path = origin + ":checks[" + std::to_string(i) + "]";
       OnlyKeys(cs[i], path, {"name", "kind", "severity", "table", "column", "columns", "to", "values", "min",
                              "max", "max_age_hours", "lookback_days", "max_sigma", "date_column", "sql",
-                             "datasets"});
+                             "datasets", "fact", "measure"});
       CheckSpec c;
       const YAML::Node n = cs[i];
       c.kind = Str(n["kind"], path + ".kind");
@@ -579,6 +603,19 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
         parse_to();
       } else if (c.kind == "reconciliation") {
         if (n["to"]) parse_to();
+        if (n["fact"]) {
+          if (n["to"] || n["datasets"]) Fail(path + ".fact", "a fact reconciliation takes no 'to' or 'datasets'");
+          c.fact = Str(n["fact"], path + ".fact");
+          const FactSpec* f = spec.FindFact(c.fact);
+          if (!f) Fail(path + ".fact", "unknown fact '" + c.fact + "' (declare it under facts)");
+          if (n["measure"]) {
+            c.measure = Str(n["measure"], path + ".measure");
+            if (std::none_of(f->measures.begin(), f->measures.end(), [&](const auto& m) { return m.name == c.measure; }))
+              Fail(path + ".measure", "'" + c.measure + "' is not a measure of fact '" + c.fact + "'");
+          }
+        } else if (n["measure"]) {
+          Fail(path + ".measure", "a measure needs 'fact'");
+        }
       } else if (c.kind == "accepted_values") {
         if (c.values.empty()) Fail(path + ".values", "accepted_values needs a non-empty list");
       } else if (c.kind == "range") {

@@ -118,6 +118,10 @@ struct CheckSpec {
   std::string date_column = "ds";   // volume_anomaly: the column that holds the logical date
   std::string sql;                  // custom_sql: returns the failing rows; {ds} is the date literal
   std::vector<std::string> datasets;  // reconciliation / dead_letters: empty means all
+  // reconciliation of a declared fact: every row of its `from` dataset staged on ds (not
+  // deleted in the source) has a live fact row; the gap is reported in rows and in `measure`.
+  std::string fact;
+  std::string measure;
 };
 
 // When runs start by themselves. Each cron firing (in `timezone`) is due for the logical date
@@ -188,6 +192,9 @@ struct FactSpec {
   std::vector<DimensionRef> dimensions;
   std::vector<Measure> measures;
   std::string mode = "merge";  // merge (by grain) | replace (the day's slice)
+  // A grain (or its header) deleted in the source, as seen through change data capture:
+  // delete (the fact row goes) | flag (it stays with is_deleted = true, outside every mart).
+  std::string on_delete = "delete";
 };
 
 struct PipelineSpec {
@@ -203,6 +210,15 @@ struct PipelineSpec {
   const DimensionSpec* FindDimension(const std::string& name) const;
   const FactSpec* FindFact(const std::string& name) const;
 };
+
+// Where deletions of a fact's rows are seen: a dataset captured by CDC (cdc.datasets), keyed
+// by the fact's grain or by a header's join columns; its tombstones in raw.<dataset>_current
+// mean the row is gone from the source.
+struct DeletionSource {
+  std::string dataset;
+  std::vector<std::string> key;
+};
+std::vector<DeletionSource> FactDeletionSources(const PipelineSpec& spec, const FactSpec& fact);
 
 PipelineSpec ParsePipelineSpec(const std::string& yaml_text, const std::string& origin);
 PipelineSpec LoadPipelineSpec(const std::string& path);

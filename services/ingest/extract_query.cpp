@@ -38,7 +38,20 @@ std::string OrderBy(const DatasetSpec& d) {
 
 }  // namespace
 
-std::string IncrementalSelect(const DatasetSpec& d, const Window& w, const std::string& extra_where) {
+std::vector<Referrer> Referrers(const PipelineSpec& spec, const DatasetSpec& d) {
+  std::vector<Referrer> out;
+  if (d.source.type != "postgres" || d.source.incremental != "interval") return out;
+  for (const auto& f : spec.facts) {
+    const DatasetSpec* from = spec.Find(f.from);
+    if (!from || from->source.type != "postgres" || from->source.incremental != "interval") continue;
+    for (const auto& j : f.joins)
+      if (j.dataset == d.name) out.push_back({from->source.table, from->source.cursor, j.on});
+  }
+  return out;
+}
+
+std::string IncrementalSelect(const DatasetSpec& d, const Window& w, const std::string& extra_where,
+                              const std::vector<Referrer>& referrers) {
   static const std::regex kUtc(R"(^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$)");
   if (!std::regex_match(w.start, kUtc) || !std::regex_match(w.end, kUtc) || !(w.start < w.end))
     throw InputError("data interval: expected ISO-8601 UTC bounds start < end, got [" + w.start + ", " + w.end + ")");
@@ -47,8 +60,19 @@ std::string IncrementalSelect(const DatasetSpec& d, const Window& w, const std::
   const std::string order = OrderBy(d);
   const std::string table = QuoteQualified(d.source.table);
   // The window bounds are built from a validated date, so inlining them is safe.
-  return "SELECT " + cols + " FROM " + table + " WHERE " + cursor + " >= '" + w.start + "' AND " + cursor +
-         " < '" + w.end + "'" + (extra_where.empty() ? "" : " AND " + extra_where) + " ORDER BY " + order;
+  const auto in_window = [&w](const std::string& col) {
+    return col + " >= '" + w.start + "' AND " + col + " < '" + w.end + "'";
+  };
+  std::string where = in_window(cursor);
+  for (const auto& r : referrers) {
+    std::string on;
+    for (const auto& c : r.on) on += (on.empty() ? "" : ", ") + QuoteIdent(c);
+    where += " OR (" + on + ") IN (SELECT " + on + " FROM " + QuoteQualified(r.table) + " WHERE " +
+             in_window(QuoteIdent(r.cursor)) + ")";
+  }
+  if (!referrers.empty()) where = "(" + where + ")";
+  return "SELECT " + cols + " FROM " + table + " WHERE " + where + (extra_where.empty() ? "" : " AND " + extra_where) +
+         " ORDER BY " + order;
 }
 
 std::string WatermarkSelect(const DatasetSpec& d, const Watermark* w, const std::string& extra_where) {

@@ -18,12 +18,27 @@ struct Window {
 // Throws InputError for a malformed ds.
 Window DayWindow(const std::string& ds);
 
+// Rows of another source table that reference this dataset's rows (a fact's lines and their
+// header): `on` columns exist in both; `table`'s rows in the window pull their referenced rows
+// into the same extraction.
+struct Referrer {
+  std::string table;
+  std::string cursor;
+  std::vector<std::string> on;
+};
+// The referrers of `dataset` in `spec`: every fact that joins it as a header, whose `from` is
+// a PostgreSQL dataset extracted by interval like `dataset`. A header is then extracted with
+// the lines of its window even when it changed later (its current state), so no line of the
+// window lacks its header in staging, whichever days are loaded.
+std::vector<Referrer> Referrers(const PipelineSpec& spec, const DatasetSpec& dataset);
+
 // SELECT ... FROM <table> WHERE <cursor> >= '<start>' AND <cursor> < '<end>' ORDER BY ...
 std::string IncrementalSelect(const DatasetSpec& dataset, const std::string& ds);
 // The same over an explicit window (a schedule's data interval). Throws InputError unless both
-// bounds are ISO-8601 UTC timestamps ("2024-01-09T23:00:00Z").
+// bounds are ISO-8601 UTC timestamps ("2024-01-09T23:00:00Z"). With referrers, also the rows
+// that a referrer's rows in the window reference.
 std::string IncrementalSelect(const DatasetSpec& dataset, const Window& window,
-                              const std::string& extra_where = "");
+                              const std::string& extra_where = "", const std::vector<Referrer>& referrers = {});
 
 // A stored watermark: the largest (cursor, key...) a previous extraction delivered.
 struct Watermark {

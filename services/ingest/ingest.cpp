@@ -320,7 +320,7 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
                              const std::string& extra_where) {
     if (d.source.incremental == "watermark") return WatermarkSelect(d, stored, extra_where);
     const Window w = req.interval_start().empty() ? DayWindow(req.ds()) : Window{req.interval_start(), req.interval_end()};
-    return IncrementalSelect(d, w, extra_where);
+    return IncrementalSelect(d, w, extra_where, Referrers(spec_, d));
   }
 
   // Streams `select` through a server-side cursor into the sink, batch_rows at a time, so memory

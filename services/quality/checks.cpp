@@ -1,5 +1,6 @@
 #include "services/quality/checks.h"
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <nlohmann/json.hpp>
@@ -41,6 +42,63 @@ std::optional<std::string> FailingRowsSql(const CheckSpec& c, const std::string&
     return sql;
   }
   return std::nullopt;
+}
+
+namespace {
+
+std::string Cols(const std::vector<std::string>& cols, const std::string& prefix = "") {
+  std::string out;
+  for (const auto& c : cols) out += (out.empty() ? "" : ", ") + prefix + QuoteIdent(c);
+  return out;
+}
+
+// Latest staged version per key: by the dataset's cursor, then the latest load.
+std::string Latest(const DatasetSpec& d, const std::vector<std::string>& key) {
+  std::string order = Cols(key, "s.");
+  if (!d.CursorColumn().empty()) order += ", s." + QuoteIdent(d.CursorColumn()) + " DESC NULLS LAST";
+  return order + ", s.ds DESC, s.run_id DESC";
+}
+
+}  // namespace
+
+std::string FactGapSql(const PipelineSpec& spec, const FactSpec& f, const std::string& measure,
+                       const std::string& ds_literal) {
+  const DatasetSpec& from = *spec.Find(f.from);
+  std::vector<std::string> have;
+  for (const auto& c : from.columns) have.push_back(c.name);
+  std::string sql = "WITH lines AS (\n  SELECT DISTINCT ON (" + Cols(f.grain, "s.") + ") " + Cols(have, "s.") +
+                    " FROM staging." + QuoteIdent(f.from) + " s WHERE s.ds = " + ds_literal + "\n  ORDER BY " +
+                    Latest(from, f.grain) + ")";
+  std::string select = "SELECT lines.*", joins;
+  for (size_t i = 0; i < f.joins.size(); ++i) {
+    const auto& j = f.joins[i];
+    const DatasetSpec& jd = *spec.Find(j.dataset);
+    const std::string alias = "h" + std::to_string(i);
+    std::vector<std::string> jcols;
+    for (const auto& c : jd.columns) jcols.push_back(c.name);
+    sql += ",\n" + alias + " AS (\n  SELECT DISTINCT ON (" + Cols(j.on, "s.") + ") " + Cols(jcols, "s.") + " FROM staging." +
+           QuoteIdent(j.dataset) + " s\n  WHERE (" + Cols(j.on, "s.") + ") IN (SELECT " + Cols(j.on) + " FROM lines)\n  ORDER BY " +
+           Latest(jd, j.on) + ")";
+    for (const auto& c : jcols)
+      if (std::find(have.begin(), have.end(), c) == have.end()) {
+        select += ", " + alias + "." + QuoteIdent(c);
+        have.push_back(c);
+      }
+    joins += " LEFT JOIN " + alias + " USING (" + Cols(j.on) + ")";
+  }
+  std::string value = "NULL::numeric";
+  for (const auto& m : f.measures)
+    if (m.name == measure) value = "(" + m.sql + ")::" + m.type;
+  std::string live;
+  for (const auto& g : f.grain) live += " AND x." + QuoteIdent(g) + " = r." + QuoteIdent(g);
+  sql += "\nSELECT " + Cols(f.grain, "r.") + ", " + value + " AS gap_measure FROM (" + select + " FROM lines" + joins + ") r\n" +
+         "WHERE NOT EXISTS (SELECT 1 FROM dwh." + QuoteIdent(f.name) + " x WHERE NOT x.is_deleted" + live + ")";
+  for (const auto& del : FactDeletionSources(spec, f)) {
+    std::string match;
+    for (const auto& k : del.key) match += " AND t." + QuoteIdent(k) + " = r." + QuoteIdent(k);
+    sql += "\n  AND NOT EXISTS (SELECT 1 FROM raw." + QuoteIdent(del.dataset + "_current") + " t WHERE t._deleted" + match + ")";
+  }
+  return sql;
 }
 
 VolumeVerdict JudgeVolume(long long today, const std::vector<long long>& history, double max_sigma) {

@@ -23,6 +23,14 @@ struct CheckResult {
 std::optional<std::string> FailingRowsSql(const CheckSpec& check, const std::string& ds_literal,
                                           const std::function<std::string(const std::string&)>& quote);
 
+// Fact reconciliation (reconciliation with `fact`): the rows of the fact's `from` dataset
+// staged on ds (their latest version that day) that were not deleted in the source (CDC
+// tombstones) and have no live row in dwh.<fact>. Columns: the grain, then `gap_measure`, the
+// declared measure computed from the staged row and its latest staged header (NULL without a
+// measure). `ds_literal` is the quoted date.
+std::string FactGapSql(const PipelineSpec& spec, const FactSpec& fact, const std::string& measure,
+                       const std::string& ds_literal);
+
 struct VolumeVerdict {
   bool ok = true;
   double mean = 0, stddev = 0, sigmas = 0;

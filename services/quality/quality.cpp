@@ -292,6 +292,8 @@ class QualityImpl final : public Component, public strata::v1::Quality::Service 
           out.push_back(Freshness(tx, c, req));
         } else if (c.kind == "volume_anomaly") {
           out.push_back(Volume(tx, c, req));
+        } else if (c.kind == "reconciliation" && !c.fact.empty()) {
+          out.push_back(ReconcileFact(tx, c, req));
         } else if (c.kind == "reconciliation") {
           for (const auto& d : spec_.datasets)
             if (c.datasets.empty() || std::count(c.datasets.begin(), c.datasets.end(), d.name))
@@ -394,6 +396,24 @@ class QualityImpl final : public Component, public strata::v1::Quality::Service 
     }
     r.threshold = "all equal";
     Verdict(r, c, ok, "row counts differ across layers: " + r.observed);
+    return r;
+  }
+
+  // Staging → fact: every row staged on ds that the source still has is a live fact row.
+  CheckResult ReconcileFact(pqxx::read_transaction& tx, const CheckSpec& c, const TaskRequest& req) {
+    const FactSpec& f = *spec_.FindFact(c.fact);
+    CheckResult r = Base(c, "dwh." + f.name + " ds=" + req.ds());
+    const std::string gap = FactGapSql(spec_, f, c.measure, tx.quote(req.ds()) + "::date");
+    const auto row = tx.exec("SELECT count(*), coalesce(sum(gap_measure), 0)::text FROM (" + gap + ") g")[0];
+    const long long missing = row[0].as<long long>();
+    if (missing > 0)
+      r.sample = tx.exec("SELECT coalesce(json_agg(s), '[]')::text FROM (SELECT * FROM (" + gap + ") g LIMIT " +
+                         std::to_string(kSampleRows) + ") s")[0][0].c_str();
+    r.observed = std::to_string(missing) + " row(s)" + (c.measure.empty() ? "" : ", " + c.measure + " " + row[1].c_str());
+    r.threshold = "0 rows";
+    Verdict(r, c, missing == 0,
+            "ds=" + req.ds() + ": " + std::to_string(missing) + " row(s) of " + f.from + " staged that day are not in dwh." +
+                f.name + (c.measure.empty() ? "" : " (" + c.measure + " " + row[1].c_str() + " missing)"));
     return r;
   }
 

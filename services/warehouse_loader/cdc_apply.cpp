@@ -68,6 +68,9 @@ std::string CdcDdl(const PipelineSpec& spec) {
     ddl += "CREATE TABLE IF NOT EXISTS " + Current(d) + " (" + ccols +
            "_lsn pg_lsn NOT NULL, _seq integer NOT NULL, _commit_time timestamptz NOT NULL, "
            "_deleted boolean NOT NULL DEFAULT false, PRIMARY KEY (" + KeyList(d) + "));\n";
+    // The fact builds look up the tombstones (few) among the current rows (many).
+    ddl += "CREATE INDEX IF NOT EXISTS " + QuoteIdent(d.name + "_current_deleted") + " ON " + Current(d) + " (" +
+           KeyList(d) + ") WHERE _deleted;\n";
   }
   return ddl;
 }

@@ -62,12 +62,14 @@ std::string DimensionDdl(const DimensionSpec& dim, const DatasetSpec& from) {
   is_inferred boolean NOT NULL DEFAULT false,
   attributes_as_of timestamptz,  -- business time of the observation the type-1 columns come from
   last_seen_ds date,             -- (snapshot datasets) the last snapshot day the key was in
+  observed_from timestamptz,     -- business time of the observation that started the version
   CHECK (valid_from < valid_to),
   CHECK (is_current = (valid_to = 'infinity')),
   UNIQUE ()" + n.k + ", valid_from));\n";
   // Columns added to the spec later are added to the table (history before them stays NULL).
   for (const char* meta : {"version integer NOT NULL DEFAULT 1", "is_deleted boolean NOT NULL DEFAULT false",
-                           "is_inferred boolean NOT NULL DEFAULT false", "attributes_as_of timestamptz", "last_seen_ds date"})
+                           "is_inferred boolean NOT NULL DEFAULT false", "attributes_as_of timestamptz", "last_seen_ds date",
+                           "observed_from timestamptz"})
     sql += "ALTER TABLE " + n.table + " ADD COLUMN IF NOT EXISTS " + meta + ";\n";
   for (const auto& c : n.attrs) sql += "ALTER TABLE " + n.table + " ADD COLUMN IF NOT EXISTS " + c + " " + n.type(c) + ";\n";
   sql += "CREATE UNIQUE INDEX IF NOT EXISTS " + QuoteIdent(dim.name + "_one_current") + " ON " + n.table + " (" + n.k +
@@ -98,14 +100,17 @@ std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const Dat
       "ROW(" + Join(n.c2, [](const std::string& c) { return "CASE WHEN deleted THEN NULL ELSE " + c + " END"; }) +
       (n.c2.empty() ? "" : ", ") + "deleted)::text";
   const std::string history_cols = n.k + ", " + (n.attrs.empty() ? "" : Join(n.attrs, [](const std::string& c) { return c; }) + ", ") +
-                                   "valid_from, valid_to, is_current, is_deleted, version, attributes_as_of, last_seen_ds";
+                                   "valid_from, valid_to, is_current, is_deleted, version, attributes_as_of, last_seen_ds, observed_from";
   const std::string v_cols = "v.k, " + (n.attrs.empty() ? "" : Join(n.attrs, [](const std::string& c) { return "v." + c; }) + ", ") +
-                             "v.valid_from, v.valid_to, v.is_current, v.is_deleted, v.version, v.attributes_as_of, v.last_seen_ds";
+                             "v.valid_from, v.valid_to, v.is_current, v.is_deleted, v.version, v.attributes_as_of, v.last_seen_ds, "
+                             "v.observed_from";
   const std::string d_cols = "d." + n.k + ", " + (n.attrs.empty() ? "" : Join(n.attrs, [](const std::string& c) { return "d." + c; }) + ", ") +
-                             "d.valid_from, d.valid_to, d.is_current, d.is_deleted, d.version, d.attributes_as_of, d.last_seen_ds";
+                             "d.valid_from, d.valid_to, d.is_current, d.is_deleted, d.version, d.attributes_as_of, d.last_seen_ds, "
+                             "d.observed_from";
   const std::string set_cols = (n.attrs.empty() ? "" : Join(n.attrs, [](const std::string& c) { return c + " = v." + c; }) + ", ") +
                                "valid_to = v.valid_to, is_current = v.is_current, is_deleted = v.is_deleted, "
-                               "version = v.version, attributes_as_of = v.attributes_as_of, last_seen_ds = v.last_seen_ds";
+                               "version = v.version, attributes_as_of = v.attributes_as_of, last_seen_ds = v.last_seen_ds, "
+                               "observed_from = v.observed_from";
 
   std::vector<std::string> out;
   const std::string seen = QuoteIdent("tmp_" + dim.name + "_seen");
@@ -145,7 +150,7 @@ std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const Dat
                 "  FROM " + n.staging + " s WHERE s." + n.k + " IN (SELECT " + n.k + " FROM affected) AND s." + n.e + " IS NOT NULL\n"
                 "  ORDER BY s." + n.k + ", s." + n.e + ", s.ds DESC, s.run_id DESC, s::text),\n"
                 "known AS (\n"
-                "  SELECT d." + n.k + ", d.valid_from, false" + attrs_d + ", 1 FROM " + n.table + " d\n"
+                "  SELECT d." + n.k + ", coalesce(d.observed_from, d.valid_from), false" + attrs_d + ", 1 FROM " + n.table + " d\n"
                 "  WHERE d." + n.k + " IN (SELECT " + n.k + " FROM affected) AND d." + n.sk + " <> 0 AND NOT d.is_inferred\n"
                 "  UNION ALL\n"
                 "  SELECT d." + n.k + ", d.valid_to, true" + attrs_null + ", 1 FROM " + n.table + " d\n"
@@ -163,6 +168,7 @@ std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const Dat
   std::string t1_cols = n.c1.empty() ? "" : ", " + Join(n.c1, [](const std::string& c) { return "t1." + c; });
   std::string c2_cols = n.c2.empty() ? "" : ", " + Join(n.c2, [](const std::string& c) { return "sp." + c; });
   std::string c1_only = n.c1.empty() ? "" : ", " + Join(n.c1, [](const std::string& c) { return c; });
+  std::string c2_only = n.c2.empty() ? "" : ", " + Join(n.c2, [](const std::string& c) { return c; });
   std::string c1_d = n.c1.empty() ? "" : ", " + Join(n.c1, [](const std::string& c) { return "d." + c; });
   out.push_back("CREATE TEMP TABLE " + ver + " ON COMMIT DROP AS\n"
                 "WITH marked AS (\n"
@@ -179,13 +185,20 @@ std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const Dat
                 "    SELECT d." + n.k + ", d.attributes_as_of" + c1_d + ", 1 FROM " + n.table + " d\n"
                 "    WHERE d." + n.k + " IN (SELECT k FROM " + obs + ") AND d." + n.sk + " <> 0 AND NOT d.is_inferred) x\n"
                 "  ORDER BY k, t DESC NULLS LAST, precedence)\n"
-                "SELECT sp.k" + c2_cols + t1_cols + ", sp.t AS valid_from,\n"
+                "SELECT k" + c2_only + c1_only + ",\n"
+                // The first version also covers the time before the first observation: the
+                // source kept only its current row, so whatever happened before is unknown and
+                // the earliest known state is the best attribution for facts from then.
+                "       CASE WHEN version = 1 THEN '-infinity'::timestamptz ELSE observed_from END AS valid_from,\n"
+                "       valid_to, is_current, is_deleted, version, attributes_as_of, last_seen_ds, observed_from\n"
+                "FROM (\n"
+                "SELECT sp.k" + c2_cols + t1_cols + ", sp.t AS observed_from,\n"
                 "       coalesce(sp.next_t, 'infinity'::timestamptz) AS valid_to, sp.next_t IS NULL AS is_current,\n"
                 "       coalesce(sp.next_deleted, false) AS is_deleted,\n"
                 "       (row_number() OVER (PARTITION BY sp.k ORDER BY sp.t))::int AS version, t1.as_of AS attributes_as_of,\n"
                 "       " + (dim.absent_means_deleted ? "g.last_seen" : "NULL::date") + " AS last_seen_ds\n"
                 "FROM spans sp LEFT JOIN t1 USING (k)" + (dim.absent_means_deleted ? " LEFT JOIN " + seen + " g USING (k)" : "") +
-                " WHERE NOT sp.deleted");
+                " WHERE NOT sp.deleted) h");
   out.push_back("ANALYZE " + ver);
 
   // 3. An inferred member becomes the key's first version, keeping its surrogate key.

@@ -34,6 +34,20 @@ std::string LatestOrder(const DatasetSpec& d, const std::vector<std::string>& ke
 
 std::string DateKey(const std::string& ts) { return "to_char(" + ts + " AT TIME ZONE 'UTC', 'YYYYMMDD')::int"; }
 
+bool Contains(const std::vector<std::string>& all, const std::vector<std::string>& some) {
+  for (const auto& c : some)
+    if (std::find(all.begin(), all.end(), c) == all.end()) return false;
+  return true;
+}
+
+// A row deleted in the source, as change data capture saw it: a tombstone in raw.<d>_current
+// for the key. `cols` are the key columns of `alias`.
+std::string Tombstone(const std::string& dataset, const std::vector<std::string>& cols, const std::string& alias) {
+  std::string cond;
+  for (const auto& c : cols) cond += " AND t." + QuoteIdent(c) + " = " + alias + "." + QuoteIdent(c);
+  return "EXISTS (SELECT 1 FROM raw." + QuoteIdent(dataset + "_current") + " t WHERE t._deleted" + cond + ")";
+}
+
 }  // namespace
 
 std::string FactDdl(const PipelineSpec& spec, const FactSpec& f) {
@@ -44,7 +58,9 @@ std::string FactDdl(const PipelineSpec& spec, const FactSpec& f) {
   for (const auto& ref : f.dimensions)
     sql += "  " + QuoteIdent(spec.FindDimension(ref.dimension)->surrogate) + " bigint NOT NULL,\n";
   for (const auto& m : f.measures) sql += "  " + QuoteIdent(m.name) + " " + m.type + ",\n";
-  sql += "  " + QuoteIdent(f.event_time) + " timestamptz NOT NULL,\n  PRIMARY KEY (" + List(f.grain) + "));\n";
+  sql += "  " + QuoteIdent(f.event_time) + " timestamptz NOT NULL,\n  is_deleted boolean NOT NULL DEFAULT false,\n"
+         "  PRIMARY KEY (" + List(f.grain) + "));\n";
+  sql += "ALTER TABLE " + table + " ADD COLUMN IF NOT EXISTS is_deleted boolean NOT NULL DEFAULT false;\n";
   for (const auto& m : f.measures)
     sql += "ALTER TABLE " + table + " ADD COLUMN IF NOT EXISTS " + QuoteIdent(m.name) + " " + m.type + ";\n";
   sql += "CREATE INDEX IF NOT EXISTS " + QuoteIdent(f.name + "_date") + " ON " + table + " (date_key);\n";
@@ -79,6 +95,15 @@ std::vector<std::string> FactStatements(const PipelineSpec& spec, const FactSpec
       }
       sql += "\n-- facts whose dimension history changed today or whose version no longer covers them\n"
              "UNION ALL SELECT " + List(f.grain, "x.") + " FROM " + table + " x" + joins + "\n  WHERE " + cond;
+    }
+    // Rows deleted in the source (CDC tombstones) whose facts are still live.
+    for (const auto& del : FactDeletionSources(spec, f)) {
+      if (!Contains(f.grain, del.key)) continue;  // a header key outside the grain: its lines carry their own tombstones
+      std::string match;
+      for (const auto& c : del.key) match += std::string(match.empty() ? "" : " AND ") + "x." + QuoteIdent(c) + " = r." + QuoteIdent(c);
+      sql += "\n-- deleted in the source\nUNION ALL SELECT " + List(f.grain, "x.") + " FROM raw." +
+             QuoteIdent(del.dataset + "_current") + " r JOIN " + table + " x ON " + match +
+             " WHERE r._deleted AND NOT x.is_deleted";
     }
     out.push_back(sql);
     // Temp tables are never auto-analyzed; without statistics the planner guesses their size
@@ -117,7 +142,10 @@ std::vector<std::string> FactStatements(const PipelineSpec& spec, const FactSpec
       if (std::find(cols.begin(), cols.end(), c) == cols.end()) cols.push_back(c);
     for (const auto& ref : f.dimensions)
       if (std::find(cols.begin(), cols.end(), ref.key) == cols.end()) cols.push_back(ref.key);
-    std::string sql = "CREATE TEMP TABLE " + src + " ON COMMIT DROP AS\nWITH " + ctes + "\nSELECT " + List(cols);
+    std::string deleted;
+    for (const auto& del : FactDeletionSources(spec, f)) deleted += std::string(deleted.empty() ? "" : " OR ") + Tombstone(del.dataset, del.key, "r");
+    std::string sql = "CREATE TEMP TABLE " + src + " ON COMMIT DROP AS\nWITH " + ctes + "\nSELECT " + List(cols) + ", " +
+                      (deleted.empty() ? "false" : deleted) + " AS _deleted";
     for (size_t i = 0; i < f.measures.size(); ++i)
       sql += ",\n  (" + f.measures[i].sql + ")::" + f.measures[i].type + " AS m" + std::to_string(i);
     sql += "\nFROM (" + select + " FROM base" + join_sql + ") r";
@@ -142,7 +170,10 @@ std::vector<std::string> FactStatements(const PipelineSpec& spec, const FactSpec
   // 6. (replace) The day's slice loses rows no longer on it.
   if (!merge)
     out.push_back("DELETE FROM " + table + " WHERE date_key = to_char($1::date, 'YYYYMMDD')::int AND (" + grain +
-                  ") NOT IN (SELECT " + grain + " FROM " + src + ")");
+                  ") NOT IN (SELECT " + grain + " FROM " + src + (f.on_delete == "delete" ? " WHERE NOT _deleted" : "") + ")");
+  // 6b. Rows deleted in the source leave the fact (policy delete); policy flag keeps them below.
+  if (f.on_delete == "delete" && !FactDeletionSources(spec, f).empty())
+    out.push_back("DELETE FROM " + table + " WHERE (" + grain + ") IN (SELECT " + grain + " FROM " + src + " WHERE _deleted)");
 
   // 7. Merge by grain, keyed to the dimension versions valid at the event.
   {
@@ -170,6 +201,9 @@ std::vector<std::string> FactStatements(const PipelineSpec& spec, const FactSpec
     target.push_back(f.event_time);
     updated.push_back(f.event_time);
     values.push_back("s." + ev);
+    target.push_back("is_deleted");
+    updated.push_back("is_deleted");
+    values.push_back("s._deleted");
     std::string vals, set, old_row, new_row;
     for (const auto& v : values) vals += (vals.empty() ? "" : ", ") + v;
     for (const auto& u : updated) {
@@ -178,7 +212,7 @@ std::vector<std::string> FactStatements(const PipelineSpec& spec, const FactSpec
       new_row += (new_row.empty() ? "" : ", ") + std::string("EXCLUDED.") + QuoteIdent(u);
     }
     out.push_back("INSERT INTO " + table + " (" + List(target) + ")\nSELECT " + vals + "\nFROM " + src + " s" + joins +
-                  "\nORDER BY " + List(f.grain, "s.") + "\nON CONFLICT (" + grain + ") DO UPDATE SET " + set +
+                  (f.on_delete == "delete" ? "\nWHERE NOT s._deleted" : "") + "\nORDER BY " + List(f.grain, "s.") + "\nON CONFLICT (" + grain + ") DO UPDATE SET " + set +
                   "\nWHERE (" + old_row + ") IS DISTINCT FROM (" + new_row + ")");
   }
 

@@ -13,6 +13,12 @@
 // day in any order, gives the same table. Mode replace rebuilds the facts whose event falls on
 // the day instead.
 //
+// Deletes: where change data capture covers `from` (keyed by the grain) or a joined header
+// (keyed by its `on` columns), a tombstone in raw.<dataset>_current means the row is gone from
+// the source. Policy `delete` removes the fact row, `flag` keeps it with is_deleted = true; marts
+// read live rows only. A tombstoned grain whose fact is still live is rebuilt whatever the day,
+// and the batch path never brings back a row CDC deleted.
+//
 // Models after the fact in the same transaction can use two temp tables:
 //   tmp_<fact>_affected (the grain columns) and tmp_<fact>_dates (date_key: every date whose
 //   facts were touched, before or after the change).

@@ -36,7 +36,8 @@ std::string Substitute(std::string sql, const std::string& literal) {
 
 long long WritePartition(pqxx::transaction_base& tx, LakeStore& lake, const std::string& layer,
                          const std::string& name, const std::string& ds, const std::string& run_id,
-                         const std::vector<ParquetColumn>& cols, const std::string& select, ParquetCodec codec) {
+                         const std::vector<ParquetColumn>& cols, const std::string& select, ParquetCodec codec,
+                         long long publish_version = 0) {
   // Rows stream from a server-side cursor into row groups on disk: memory holds one row group,
   // whatever the partition's size.
   const std::string dir = PartitionKey(layer, name, ds);
@@ -67,6 +68,7 @@ long long WritePartition(pqxx::transaction_base& tx, LakeStore& lake, const std:
   m.files.push_back({part, writer.rows(), file->bytes(), file->crc32()});
   m.rows = writer.rows();
   m.committed_at = NowIso();
+  m.publish_version = publish_version;
   lake.Put(ManifestPath(dir), ManifestToJson(m));
   RemoveOtherRuns(lake, dir, run_id, /*older_only=*/false);
   return m.rows;
@@ -94,26 +96,39 @@ long long ExportSilver(pqxx::transaction_base& tx, LakeStore& lake, const Datase
   return WritePartition(tx, lake, "silver", d.name, ds, run_id, cols, sql, codec);
 }
 
-long long ExportGold(pqxx::transaction_base& tx, LakeStore& lake, const std::string& ds,
-                     const std::string& run_id, ParquetCodec codec) {
-  const auto tables = tx.exec(
-      "SELECT t.table_name FROM information_schema.tables t WHERE t.table_schema = 'marts' AND t.table_type = 'BASE TABLE' "
-      "AND EXISTS (SELECT 1 FROM information_schema.columns c WHERE c.table_schema = 'marts' "
-      "AND c.table_name = t.table_name AND c.column_name = 'ds') ORDER BY 1");
-  long long rows = 0;
-  for (const auto& t : tables) {
-    const std::string table = t[0].c_str();
-    std::vector<ParquetColumn> cols;
-    std::string select;
-    for (const auto& c : tx.exec_params("SELECT column_name::text, data_type::text FROM information_schema.columns "
-                                        "WHERE table_schema = 'marts' AND table_name = $1 ORDER BY ordinal_position",
-                                        table)) {
-      cols.push_back({c[0].c_str(), FromPg(c[1].c_str())});
-      select += (select.empty() ? "" : ", ") + SelectExpr(QuoteIdent(c[0].c_str()), cols.back().type);
-    }
-    rows += WritePartition(tx, lake, "gold", table, ds, run_id, cols,
-                           "SELECT " + select + " FROM marts." + QuoteIdent(table) + " WHERE ds = $1 ORDER BY 1, 2", codec);
+std::vector<std::string> GoldMarts(pqxx::transaction_base& tx) {
+  std::vector<std::string> out;
+  for (const auto& t : tx.exec(
+           "SELECT t.table_name FROM information_schema.tables t WHERE t.table_schema = 'serving' "
+           "AND t.table_type = 'BASE TABLE' AND EXISTS (SELECT 1 FROM information_schema.columns c WHERE "
+           "c.table_schema = 'serving' AND c.table_name = t.table_name AND c.column_name = 'ds') ORDER BY 1"))
+    out.push_back(t[0].c_str());
+  return out;
+}
+
+long long ExportGold(pqxx::transaction_base& tx, LakeStore& lake, const std::string& mart, const std::string& ds,
+                     const std::string& run_id, long long publish_version, ParquetCodec codec) {
+  std::vector<ParquetColumn> cols;
+  std::string select;
+  for (const auto& c : tx.exec_params("SELECT column_name::text, data_type::text FROM information_schema.columns "
+                                      "WHERE table_schema = 'serving' AND table_name = $1 ORDER BY ordinal_position",
+                                      mart)) {
+    cols.push_back({c[0].c_str(), FromPg(c[1].c_str())});
+    select += (select.empty() ? "" : ", ") + SelectExpr(QuoteIdent(c[0].c_str()), cols.back().type);
   }
+  if (cols.empty()) throw InputError("serving." + mart + " does not exist");
+  const long long rows = WritePartition(tx, lake, "gold", mart, ds, run_id, cols,
+                                        "SELECT " + select + " FROM serving." + QuoteIdent(mart) + " WHERE ds = $1 ORDER BY 1, 2",
+                                        codec, publish_version);
+  // What a reader of the lake will see: the committed manifest, read back from the store.
+  const auto m = ReadManifest(lake, PartitionKey("gold", mart, ds));
+  const long long serving =
+      tx.exec_params("SELECT count(*) FROM serving." + QuoteIdent(mart) + " WHERE ds = $1", ds)[0][0].as<long long>();
+  if (!m || m->publish_version != publish_version || m->rows != serving || rows != serving)
+    throw InputError("gold partition " + lake.Where(PartitionKey("gold", mart, ds)) + " does not match serving: manifest " +
+                     (m ? "publish_version " + std::to_string(m->publish_version) + ", " + std::to_string(m->rows) + " rows"
+                        : "missing") +
+                     "; serving publication " + std::to_string(publish_version) + ", " + std::to_string(serving) + " rows");
   return rows;
 }
 

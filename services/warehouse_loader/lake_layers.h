@@ -8,6 +8,7 @@
 #pragma once
 #include <pqxx/pqxx>
 #include <string>
+#include <vector>
 
 #include "common/lake_store.h"
 #include "common/parquet.h"
@@ -20,8 +21,14 @@ namespace strata::loader {
 long long ExportSilver(pqxx::transaction_base& tx, LakeStore& lake, const DatasetSpec& d,
                        const std::string& ds, const std::string& run_id, ParquetCodec codec);
 
-// Writes gold/<mart>/dt=<ds>/ for every marts table with a ds column. Returns the rows written.
-long long ExportGold(pqxx::transaction_base& tx, LakeStore& lake, const std::string& ds,
-                     const std::string& run_id, ParquetCodec codec);
+// The serving tables with a ds column: the marts that have a gold layer.
+std::vector<std::string> GoldMarts(pqxx::transaction_base& tx);
+
+// Writes gold/<mart>/dt=<ds>/ from serving.<mart> as `tx` sees it, its manifest naming
+// `publish_version` (the publication that snapshot holds), then reads the manifest back from
+// the store and throws unless it names that version and the rows serving has for the day.
+// Returns the rows written.
+long long ExportGold(pqxx::transaction_base& tx, LakeStore& lake, const std::string& mart, const std::string& ds,
+                     const std::string& run_id, long long publish_version, ParquetCodec codec);
 
 }  // namespace strata::loader

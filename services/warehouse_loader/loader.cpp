@@ -222,7 +222,9 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
   }
 
   // Every marts table is replaced in serving in one transaction: readers see the previous
-  // publication until commit, then the new one, never a mix.
+  // publication until commit, then the new one, never a mix. The same transaction marks every
+  // (mart, day) whose published rows changed — any day, not only ds: a later run moves earlier
+  // days' marts — as pending for the lake's gold layer, which is then rewritten from serving.
   long long PublishMarts(const TaskRequest& req) {
     auto conn = PgConnect(DsnForTask(config_.warehouse_dsn, req));
     pqxx::work tx(*conn);
@@ -230,22 +232,61 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
     const auto tables = tx.exec(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = 'marts' AND table_type = 'BASE TABLE' "
         "ORDER BY table_name");
+    const auto v = tx.exec_params("INSERT INTO serving.publications (ds, run_id) VALUES ($1, $2) RETURNING version",
+                                  req.ds(), req.run_id());
+    const std::string version = v[0][0].c_str();
     long long rows = 0;
     for (const auto& t : tables) {
       const std::string name = QuoteIdent(t[0].c_str());
       tx.exec("CREATE TABLE IF NOT EXISTS serving." + name + " (LIKE marts." + name + " INCLUDING ALL)");
+      const bool by_day = !tx.exec_params("SELECT 1 FROM information_schema.columns WHERE table_schema = 'marts' "
+                                          "AND table_name = $1 AND column_name = 'ds'", t[0].c_str()).empty();
+      if (by_day)
+        tx.exec_params(
+            "INSERT INTO ops.gold_pending (mart, ds, version)\n"
+            "SELECT $1::text, ds, $2::bigint FROM ((SELECT * FROM marts." + name + " EXCEPT ALL SELECT * FROM serving." + name + ")\n"
+            "  UNION ALL (SELECT * FROM serving." + name + " EXCEPT ALL SELECT * FROM marts." + name + ")) changed\n"
+            "UNION SELECT $1::text, $3::date, $2::bigint\n"
+            "UNION SELECT $1::text, m.ds, $2::bigint FROM (SELECT DISTINCT ds FROM marts." + name + ") m\n"
+            "  WHERE NOT EXISTS (SELECT 1 FROM ops.gold_partitions g WHERE g.mart = $1 AND g.ds = m.ds)\n"
+            "ON CONFLICT (mart, ds) DO UPDATE SET version = EXCLUDED.version",
+            t[0].c_str(), version, req.ds());
       tx.exec("DELETE FROM serving." + name);
       rows += tx.exec("INSERT INTO serving." + name + " SELECT * FROM marts." + name).affected_rows();
     }
-    const auto v = tx.exec_params("INSERT INTO serving.publications (ds, run_id) VALUES ($1, $2) RETURNING version",
-                                  req.ds(), req.run_id());
     tx.commit();
-    spdlog::info("published version={} ds={} run_id={} tables={} rows={}", v[0][0].c_str(), req.ds(), req.run_id(),
+    spdlog::info("published version={} ds={} run_id={} tables={} rows={}", version, req.ds(), req.run_id(),
                  tables.size(), rows);
-    // The published day's marts, exported to the lake's gold layer.
-    pqxx::read_transaction gold(*conn);
-    const long long exported = ExportGold(gold, *OpenLakeStore(config_.lake_root), req.ds(), req.run_id(), ParquetCodec::kZstd);
+    const long long exported = ExportPendingGold(*conn, req.run_id());
     spdlog::info("exported gold ds={} rows={}", req.ds(), exported);
+    return rows;
+  }
+
+  // Writes every pending gold partition from serving, each in one repeatable-read snapshot
+  // labelled with the publication it holds, and clears it once written and read back. What a
+  // crash leaves pending is written by the next publish.
+  long long ExportPendingGold(pqxx::connection& conn, const std::string& run_id) {
+    const std::unique_ptr<LakeStore> lake = OpenLakeStore(config_.lake_root);
+    pqxx::result pending;
+    {
+      pqxx::read_transaction tx(conn);
+      pending = tx.exec("SELECT mart, ds::text FROM ops.gold_pending ORDER BY ds, mart");
+    }
+    long long rows = 0;
+    for (const auto& p : pending) {
+      const std::string mart = p[0].c_str(), ds = p[1].c_str();
+      pqxx::transaction<pqxx::isolation_level::repeatable_read> tx(conn);
+      tx.exec("SET LOCAL TIME ZONE 'UTC'");
+      const long long published = tx.exec("SELECT coalesce(max(version), 0) FROM serving.publications")[0][0].as<long long>();
+      const long long n = ExportGold(tx, *lake, mart, ds, run_id, published, ParquetCodec::kZstd);
+      rows += n;
+      tx.exec_params("INSERT INTO ops.gold_partitions (mart, ds, version, rows, run_id) VALUES ($1, $2, $3, $4, $5) "
+                     "ON CONFLICT (mart, ds) DO UPDATE SET version = EXCLUDED.version, rows = EXCLUDED.rows, "
+                     "run_id = EXCLUDED.run_id, written_at = now()",
+                     mart, ds, published, n, run_id);
+      tx.exec_params("DELETE FROM ops.gold_pending WHERE mart = $1 AND ds = $2 AND version <= $3", mart, ds, published);
+      tx.commit();
+    }
     return rows;
   }
 

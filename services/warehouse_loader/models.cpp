@@ -121,6 +121,21 @@ CREATE TABLE IF NOT EXISTS serving.publications (
   ds date NOT NULL,
   run_id text NOT NULL,
   published_at timestamptz NOT NULL DEFAULT now());
+-- The lake's gold layer follows serving: every (mart, day) a publish changed is pending until
+-- its partition is written from serving and read back; gold_partitions says what each holds.
+CREATE TABLE IF NOT EXISTS ops.gold_pending (
+  mart text NOT NULL,
+  ds date NOT NULL,
+  version bigint NOT NULL,  -- the publication that changed it last
+  PRIMARY KEY (mart, ds));
+CREATE TABLE IF NOT EXISTS ops.gold_partitions (
+  mart text NOT NULL,
+  ds date NOT NULL,
+  version bigint NOT NULL,  -- the publication the partition holds
+  rows bigint NOT NULL,
+  run_id text NOT NULL,
+  written_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (mart, ds));
 CREATE TABLE IF NOT EXISTS serving.daily_sales (LIKE marts.daily_sales INCLUDING ALL);
 CREATE TABLE IF NOT EXISTS serving.orders_current (LIKE marts.orders_current INCLUDING ALL);
 CREATE TABLE IF NOT EXISTS serving.product_daily_sales (LIKE marts.product_daily_sales INCLUDING ALL);
@@ -184,7 +199,7 @@ WHERE ds IN (SELECT d.date FROM dwh.dim_date d JOIN tmp_fact_sales_dates USING (
 INSERT INTO marts.daily_sales (ds, orders, units, revenue)
 SELECT d.date, count(DISTINCT f.order_id), sum(f.quantity), sum(f.amount)
 FROM dwh.fact_sales f JOIN dwh.dim_date d USING (date_key)
-WHERE f.date_key IN (SELECT date_key FROM tmp_fact_sales_dates)
+WHERE f.date_key IN (SELECT date_key FROM tmp_fact_sales_dates) AND NOT f.is_deleted
 GROUP BY d.date)SQL",
         R"SQL(
 DELETE FROM marts.product_daily_sales
@@ -193,7 +208,7 @@ WHERE ds IN (SELECT d.date FROM dwh.dim_date d JOIN tmp_fact_sales_dates USING (
 INSERT INTO marts.product_daily_sales (ds, product_id, product_name, orders, units, revenue)
 SELECT d.date, p.product_id, p.name, count(DISTINCT f.order_id), sum(f.quantity), sum(f.amount)
 FROM dwh.fact_sales f JOIN dwh.dim_date d USING (date_key) JOIN dwh.dim_product p USING (product_key)
-WHERE f.date_key IN (SELECT date_key FROM tmp_fact_sales_dates)
+WHERE f.date_key IN (SELECT date_key FROM tmp_fact_sales_dates) AND NOT f.is_deleted
 GROUP BY d.date, p.product_id, p.name)SQL"}},
 
       {"orders_current",
@@ -210,7 +225,7 @@ WITH latest AS (
   ORDER BY o.order_id, o.updated_at DESC, o.ds DESC),
 amounts AS (  -- one grouped pass over the facts instead of a lookup per order
   SELECT f.order_id, sum(f.amount) AS amount FROM dwh.fact_sales f
-  WHERE f.order_id IN (SELECT order_id FROM tmp_affected_orders) GROUP BY f.order_id)
+  WHERE f.order_id IN (SELECT order_id FROM tmp_affected_orders) AND NOT f.is_deleted GROUP BY f.order_id)
 SELECT l.order_id, l.customer_id, l.status, l.ordered_at, l.updated_at, a.amount
 FROM latest l LEFT JOIN amounts a USING (order_id)
 ORDER BY l.order_id
@@ -282,6 +297,12 @@ std::vector<Model> ResolveModels(const PipelineSpec& spec) {
                        "; or declare it under dimensions or facts)");
     }
     Model model = *found;
+    // An order deleted in the source (a CDC tombstone) stays out of the batch-built mart.
+    if (name == "orders_current" &&
+        std::find(spec.cdc.datasets.begin(), spec.cdc.datasets.end(), "orders") != spec.cdc.datasets.end())
+      model.statements.push_back(R"SQL(
+DELETE FROM marts.orders_current c USING raw.orders_current o
+WHERE o.order_id = c.order_id AND o._deleted AND c.order_id IN (SELECT order_id FROM tmp_affected_orders))SQL");
     // The marts read what the fact build left in its temp tables.
     if ((name == "daily_sales" || name == "orders_current") &&
         (!spec.FindFact("fact_sales") || std::find(spec.models.begin(), spec.models.end(), "fact_sales") > std::find(spec.models.begin(), spec.models.end(), name)))

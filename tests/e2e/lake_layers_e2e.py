@@ -51,6 +51,21 @@ m, gold = rows("gold", "product_daily_sales")
 check(m["rows"] == wh("SELECT count(*) FROM marts.product_daily_sales WHERE ds = %s", (DS,))[0][0] == len(gold),
       f"gold/product_daily_sales holds the day's {len(gold)} mart rows")
 
+# Every day's gold partition holds what serving holds for that day, labelled with the publication
+# it reflects, and nothing is left pending: later runs that moved earlier days rewrote them.
+check(wh("SELECT count(*) FROM ops.gold_pending")[0][0] == 0, "no gold partition is pending after the publishes")
+for mart in ("daily_sales", "product_daily_sales"):
+    for (day,) in wh(f"SELECT DISTINCT ds::text FROM serving.{mart} ORDER BY 1"):
+        m, got = rows("gold", mart, day)
+        want = wh(f"SELECT * FROM serving.{mart} WHERE ds = %s", (day,))
+        version = wh("SELECT version FROM ops.gold_partitions WHERE mart = %s AND ds = %s", (mart, day))
+        check(len(got) == len(want) == m["rows"] and version and m.get("publish_version") == version[0][0],
+              f"gold/{mart}/dt={day}: {len(got)} rows = serving's {len(want)}, publish_version "
+              f"{m.get('publish_version')} recorded")
+        if mart == "daily_sales":
+            check([(g["orders"], g["units"], g["revenue"]) for g in got] ==
+                  [(str(w[1]), str(w[2]), float(w[3])) for w in want], f"gold/daily_sales/dt={day} equals serving {want}")
+
 before = manifest("silver", "customers")["run_id"]
 rc, out, err = stratactl("--json", "run", "--date", DS)
 check(rc == 0 and json.loads(out)["state"] == "succeeded", "re-running the date succeeds")

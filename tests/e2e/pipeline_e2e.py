@@ -80,7 +80,7 @@ lineage = wh("SELECT count(*) FROM staging.orders s JOIN ops.runs r USING (run_i
 check(lineage == wh("SELECT count(*) FROM staging.orders")[0][0], "every staging row carries its run's ds and run_id")
 recon = wh("""SELECT count(*) FILTER (WHERE status = 'pass'), count(*) FROM quality.check_results
               WHERE kind = 'reconciliation'""")[0]
-check(recon[0] == recon[1] == 7 * 6, f"source=lake=staging for 6 datasets x 7 days ({recon})")
+check(recon[0] == recon[1] == 7 * 7, f"source=lake=staging for 6 datasets, and staging=facts, x 7 days ({recon})")
 
 # --- re-running a day replaces it: the warehouse ends byte-for-byte the same --------------------
 # --- every date rebuilt in any order gives the same warehouse ----------------------------------------

@@ -79,5 +79,33 @@ TEST(ExtractQuery, ExplicitWindowFromASchedulesTimeZone) {
   EXPECT_THROW(IncrementalSelect(d, Window{"2024-01-11T00:00:00Z", "2024-01-10T00:00:00Z"}), InputError);
 }
 
+TEST(ExtractQuery, HeadersTravelWithTheLinesOfTheirWindow) {
+  const PipelineSpec spec = ParsePipelineSpec(R"(
+pipeline: p
+datasets:
+  - name: lines
+    source: {type: postgres, table: shop.lines, cursor: updated_at}
+    key: [order_id, line_no]
+    columns: [{name: order_id, type: int}, {name: line_no, type: int}, {name: updated_at, type: timestamp}]
+  - name: orders
+    source: {type: postgres, table: shop.orders, cursor: updated_at}
+    key: [order_id]
+    columns: [{name: order_id, type: int}, {name: placed_at, type: timestamp}, {name: updated_at, type: timestamp}]
+facts:
+  - {name: fact_lines, from: lines, grain: [order_id, line_no], join: [{dataset: orders, on: [order_id]}],
+     event_time: placed_at, measures: [{name: n, type: integer, sql: '1'}]}
+models: [fact_lines]
+)", "p.yaml");
+  EXPECT_TRUE(Referrers(spec, *spec.Find("lines")).empty());
+  const auto refs = Referrers(spec, *spec.Find("orders"));
+  ASSERT_EQ(refs.size(), 1u);
+  EXPECT_EQ(IncrementalSelect(*spec.Find("orders"), DayWindow("2024-01-03"), "", refs),
+            "SELECT \"order_id\"::text, to_char(\"placed_at\" AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
+            "to_char(\"updated_at\" AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM \"shop\".\"orders\" "
+            "WHERE (\"updated_at\" >= '2024-01-03T00:00:00Z' AND \"updated_at\" < '2024-01-04T00:00:00Z' OR (\"order_id\") IN "
+            "(SELECT \"order_id\" FROM \"shop\".\"lines\" WHERE \"updated_at\" >= '2024-01-03T00:00:00Z' AND "
+            "\"updated_at\" < '2024-01-04T00:00:00Z')) ORDER BY \"updated_at\", \"order_id\"");
+}
+
 }  // namespace
 }  // namespace strata::ingest

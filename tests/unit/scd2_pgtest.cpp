@@ -9,10 +9,16 @@
 
 #include "common/pg.h"
 #include "common/spec.h"
+#include "services/warehouse_loader/cdc_apply.h"
+#include "services/quality/checks.h"
 #include "services/warehouse_loader/models.h"
 
 namespace strata::loader {
 namespace {
+
+// valid_from as epoch seconds; a first version reaches back to -infinity.
+const std::string kEpochFrom =
+    "CASE WHEN valid_from = '-infinity' THEN '-infinity' ELSE extract(epoch FROM valid_from)::bigint::text END";
 
 std::string AdminDsn() {
   const char* dsn = std::getenv("STRATA_PG_ADMIN_DSN");
@@ -39,7 +45,7 @@ class ModelsTest : public ::testing::Test {
     spec_ = std::move(spec);
     std::string ddl = WarehouseDdl(spec_);
     for (const auto& d : spec_.datasets) ddl += StagingDdl(d);
-    RunDdl(*conn_, ddl);
+    RunDdl(*conn_, ddl + CdcDdl(spec_));
   }
 
   void Exec(const std::string& sql) {
@@ -110,9 +116,9 @@ TEST_F(ModelsTest, Scd2HistoryFactKeysAndMarts) {
   Build("2024-01-02");
   EXPECT_EQ(Query("SELECT customer_id, address, valid_from, valid_to, is_current FROM dwh.dim_customer "
                   "WHERE customer_id > 0 ORDER BY customer_id, valid_from"),
-            "1|A street|2024-01-01 03:00:00+00|2024-01-02 08:00:00+00|f\n"
+            "1|A street|-infinity|2024-01-02 08:00:00+00|f\n"
             "1|B street|2024-01-02 08:00:00+00|infinity|t\n"
-            "2|X street|2024-01-01 04:00:00+00|infinity|t\n");
+            "2|X street|-infinity|infinity|t\n");
   // Order 10 was placed under Ann's first address, order 11 under her second.
   EXPECT_EQ(Query("SELECT f.order_id, f.line_no, c.address, f.amount, f.date_key FROM dwh.fact_sales f "
                   "JOIN dwh.dim_customer c USING (customer_key) ORDER BY 1, 2"),
@@ -122,7 +128,7 @@ TEST_F(ModelsTest, Scd2HistoryFactKeysAndMarts) {
   EXPECT_EQ(Query("SELECT order_id, status, amount FROM marts.orders_current ORDER BY 1"),
             "10|shipped|15.00\n11|open|3.00\n");
   EXPECT_EQ(Query("SELECT product_id, price, valid_from, version FROM dwh.dim_product WHERE product_id > 0"),
-            "1|3|2024-01-01 00:01:00+00|1\n");  // SCD1: overwritten, one version since it was first seen
+            "1|3|-infinity|1\n");  // SCD1: overwritten, one version since it was first seen
 }
 
 TEST_F(ModelsTest, RebuildingAnyDateKeepsTheWarehouseIdentical) {
@@ -150,10 +156,10 @@ INSERT INTO staging.customers VALUES
   Build("2024-01-03");
   EXPECT_EQ(Query("SELECT customer_id, address, valid_from, valid_to, is_current FROM dwh.dim_customer "
                   "WHERE customer_id > 0 ORDER BY customer_id, valid_from"),
-            "1|A street|2024-01-01 03:00:00+00|2024-01-01 20:00:00+00|f\n"
+            "1|A street|-infinity|2024-01-01 20:00:00+00|f\n"
             "1|Late street|2024-01-01 20:00:00+00|2024-01-02 08:00:00+00|f\n"
             "1|B street|2024-01-02 08:00:00+00|infinity|t\n"
-            "2|X street|2024-01-01 04:00:00+00|2024-01-03 05:00:00+00|f\n"
+            "2|X street|-infinity|2024-01-03 05:00:00+00|f\n"
             "2|Y street|2024-01-03 05:00:00+00|2024-01-03 07:00:00+00|f\n"
             "2|Z street|2024-01-03 07:00:00+00|infinity|t\n");
   EXPECT_EQ(Query("SELECT count(*) FROM (SELECT customer_id FROM dwh.dim_customer WHERE is_current "
@@ -218,14 +224,17 @@ TEST_F(ModelsTest, Scd2MatchesAReferenceModelOverRandomHistories) {
         if (versions.empty() || versions.back().second != addr) versions.emplace_back(at, addr);
       for (size_t i = 0; i < versions.size(); ++i) {
         const bool last = i + 1 == versions.size();
-        expected += std::to_string(customer) + "|" + versions[i].second + "|" + std::to_string(versions[i].first) + "|" +
+        // The first version reaches back to -infinity; observed_from keeps when it was seen.
+        expected += std::to_string(customer) + "|" + versions[i].second + "|" +
+                    (i == 0 ? "-infinity" : std::to_string(versions[i].first)) + "|" +
                     (last ? "infinity" : std::to_string(versions[i + 1].first)) + "|" + (last ? "t" : "f") + "|" +
-                    std::to_string(i + 1) + "\n";
+                    std::to_string(i + 1) + "|" + std::to_string(versions[i].first) + "\n";
       }
     }
-    ASSERT_EQ(Query("SELECT customer_id, address, extract(epoch FROM valid_from)::bigint, "
+    ASSERT_EQ(Query("SELECT customer_id, address, " + kEpochFrom + ", "
                     "CASE WHEN valid_to = 'infinity' THEN 'infinity' ELSE extract(epoch FROM valid_to)::bigint::text END, "
-                    "is_current, version FROM dwh.dim_customer WHERE customer_id > 0 ORDER BY customer_id, valid_from"),
+                    "is_current, version, extract(epoch FROM observed_from)::bigint FROM dwh.dim_customer "
+                    "WHERE customer_id > 0 ORDER BY customer_id, valid_from"),
               expected)
         << "after day " << ds;
   }
@@ -296,10 +305,12 @@ std::string ExpectedPeople(const std::map<int, std::map<long long, Obs>>& ref) {
     for (size_t i = 0; i < starts.size(); ++i) {
       if (starts[i].o->gone) continue;
       const bool last = i + 1 == starts.size();
+      ++version;
       out += std::to_string(id) + "|" + starts[i].o->name + "|" + starts[i].o->tier + "|" + email + "|" +
-             std::to_string(starts[i].at) + "|" + (last ? "infinity" : std::to_string(starts[i + 1].at)) + "|" +
-             (last ? "t" : "f") + "|" + (!last && starts[i + 1].o->gone ? "t" : "f") + "|" + std::to_string(++version) +
-             "|" + as_of + "\n";
+             (version == 1 ? "-infinity" : std::to_string(starts[i].at)) + "|" +
+             (last ? "infinity" : std::to_string(starts[i + 1].at)) + "|" + (last ? "t" : "f") + "|" +
+             (!last && starts[i + 1].o->gone ? "t" : "f") + "|" + std::to_string(version) + "|" + as_of + "|" +
+             std::to_string(starts[i].at) + "\n";
     }
   }
   return out;
@@ -336,10 +347,10 @@ TEST_F(ModelsTest, DeclaredDimensionMatchesAReferenceModelWithDeletesAndTypeOneC
       ASSERT_EQ(Query("SELECT md5(string_agg(t::text, ',' ORDER BY t::text)) FROM dwh.dim_person t"), before)
           << "re-running an earlier day changed dim_person after " << ds;
     }
-    ASSERT_EQ(Query("SELECT id, name, tier, email, extract(epoch FROM valid_from)::bigint, "
+    ASSERT_EQ(Query("SELECT id, name, tier, email, " + kEpochFrom + ", "
                     "CASE WHEN valid_to = 'infinity' THEN 'infinity' ELSE extract(epoch FROM valid_to)::bigint::text END, "
-                    "is_current, is_deleted, version, extract(epoch FROM attributes_as_of)::bigint "
-                    "FROM dwh.dim_person WHERE person_key <> 0 ORDER BY id, valid_from"),
+                    "is_current, is_deleted, version, extract(epoch FROM attributes_as_of)::bigint, "
+                    "extract(epoch FROM observed_from)::bigint FROM dwh.dim_person WHERE person_key <> 0 ORDER BY id, valid_from"),
               ExpectedPeople(ref))
         << "after day " << ds;
   }
@@ -357,12 +368,12 @@ TEST_F(ModelsTest, DeletionClosesTheVersionAndAReturnStartsANewOne) {
   Build("2024-01-01");
   Build("2024-01-02");
   EXPECT_EQ(Query("SELECT name, valid_from, valid_to, is_current, is_deleted FROM dwh.dim_person WHERE id = 7"),
-            "Ann|2024-01-01 10:00:00+00|2024-01-02 11:00:00+00|f|t\n");
+            "Ann|-infinity|2024-01-02 11:00:00+00|f|t\n");
   Exec("INSERT INTO staging.people VALUES ('2024-01-03', 'r3', 7, 'Ann', 'gold', 'ann@y', false, '2024-01-03 12:00+00')");
   Build("2024-01-03");
   EXPECT_EQ(Query("SELECT email, valid_from, valid_to, is_current, is_deleted, version FROM dwh.dim_person WHERE id = 7 "
                   "ORDER BY valid_from"),
-            "ann@y|2024-01-01 10:00:00+00|2024-01-02 11:00:00+00|f|t|1\n"
+            "ann@y|-infinity|2024-01-02 11:00:00+00|f|t|1\n"
             "ann@y|2024-01-03 12:00:00+00|infinity|t|f|2\n");
 }
 
@@ -387,13 +398,69 @@ INSERT INTO staging.order_items VALUES ('2024-01-01', 'r1', 20, 1, 1, 1, 2.5, '2
   Build("2024-01-02");
   EXPECT_EQ(Query("SELECT customer_id, name, valid_from, valid_to, is_current, is_inferred FROM dwh.dim_customer "
                   "WHERE customer_id > 0 ORDER BY 1"),
-            "5|Eve|2024-01-01 09:00:00+00|infinity|t|f\n6|Gus|2024-01-01 20:00:00+00|infinity|t|f\n");
+            "5|Eve|-infinity|infinity|t|f\n6|Gus|-infinity|infinity|t|f\n");
+  EXPECT_EQ(Query("SELECT customer_id, observed_from FROM dwh.dim_customer WHERE customer_id > 0 ORDER BY 1"),
+            "5|2024-01-01 09:00:00+00\n6|2024-01-01 20:00:00+00\n");
   EXPECT_EQ(Query("SELECT customer_key FROM dwh.dim_customer WHERE customer_id = 5"), inferred_key)
       << "the inferred row is completed in place";
-  // Order 20 keeps its key; order 21 predates customer 6's first version, so it is re-keyed to unknown.
+  // Both orders keep their customer: order 21 predates customer 6's first observed version, which
+  // covers the unobserved time before it.
   EXPECT_EQ(Query("SELECT f.order_id, c.customer_id, c.name FROM dwh.fact_sales f JOIN dwh.dim_customer c "
                   "USING (customer_key) ORDER BY 1"),
-            "20|5|Eve\n21|-1|unknown\n");
+            "20|5|Eve\n21|6|Gus\n");
+}
+
+// Rows deleted in the source reach the warehouse through CDC tombstones (raw.<t>_current).
+TEST_F(ModelsTest, RowsDeletedInTheSourceLeaveFactsAndMartsAndAreNotResurrected) {
+  StageDay1And2();
+  Build("2024-01-01");
+  Build("2024-01-02");
+  const std::string gap = "SELECT * FROM (" + quality::FactGapSql(spec_, *spec_.FindFact("fact_sales"), "amount",
+                                                                    "'2024-01-01'::date") + ") g ORDER BY 1, 2";
+  EXPECT_EQ(Query(gap), "");
+  // Line (10, 2) is deleted, and the whole order 11 (its line, then the order).
+  Exec("INSERT INTO raw.order_items_current (order_id, line_no, product_id, quantity, unit_price, updated_at, _lsn, _seq, "
+       "_commit_time, _deleted) VALUES (10, 2, 1, 4, 2.5, '2024-01-01 13:00+00', '0/10', 1, now(), true), "
+       "(11, 1, 1, 1, 3.0, '2024-01-02 14:00+00', '0/11', 1, now(), true)");
+  Exec("INSERT INTO raw.orders_current (order_id, customer_id, status, ordered_at, updated_at, _lsn, _seq, _commit_time, "
+       "_deleted) VALUES (11, 1, 'open', '2024-01-02 14:00+00', '2024-01-02 14:00+00', '0/11', 2, now(), true)");
+  Build("2024-01-03");  // any later day's build applies the deletes, whatever it staged
+  EXPECT_EQ(Query("SELECT order_id, line_no, amount FROM dwh.fact_sales ORDER BY 1, 2"), "10|1|5.00\n");
+  EXPECT_EQ(Query("SELECT ds, orders, units, revenue FROM marts.daily_sales ORDER BY ds"), "2024-01-01|1|2|5.00\n");
+  EXPECT_EQ(Query("SELECT order_id, status, amount FROM marts.orders_current ORDER BY 1"), "10|shipped|5.00\n");
+  EXPECT_EQ(Query(gap), "") << "a deleted line is no gap";
+  // Re-running the days whose staged rows still hold the deleted lines brings none of them back.
+  const std::string after = Checksum();
+  Build("2024-01-02");
+  Build("2024-01-01");
+  EXPECT_EQ(Checksum(), after);
+  // The reconciliation sees a line that lost its fact, with its amount.
+  Exec("DELETE FROM dwh.fact_sales WHERE order_id = 10 AND line_no = 1");
+  EXPECT_EQ(Query(gap), "10|1|5.00\n");
+}
+
+TEST_F(ModelsTest, FlagPolicyKeepsDeletedFactsOutOfTheMarts) {
+  PipelineSpec spec = spec_;
+  spec.facts[0].on_delete = "flag";
+  UseSpec(spec, spec_.models);
+  StageDay1And2();
+  Build("2024-01-01");
+  Build("2024-01-02");
+  Exec("INSERT INTO raw.order_items_current (order_id, line_no, product_id, quantity, unit_price, updated_at, _lsn, _seq, "
+       "_commit_time, _deleted) VALUES (10, 2, 1, 4, 2.5, '2024-01-01 13:00+00', '0/10', 1, now(), true)");
+  Build("2024-01-02");
+  EXPECT_EQ(Query("SELECT order_id, line_no, amount, is_deleted FROM dwh.fact_sales ORDER BY 1, 2"),
+            "10|1|5.00|f\n10|2|10.00|t\n11|1|3.00|f\n");
+  EXPECT_EQ(Query("SELECT ds, orders, units, revenue FROM marts.daily_sales ORDER BY ds"),
+            "2024-01-01|1|2|5.00\n2024-01-02|1|1|3.00\n");
+  // The line comes back in the source (re-inserted): the next build revives the fact.
+  Exec("UPDATE raw.order_items_current SET _deleted = false, _lsn = '0/20' WHERE order_id = 10 AND line_no = 2");
+  Exec("INSERT INTO staging.order_items VALUES ('2024-01-03', 'r3', 10, 2, 1, 4, 2.5, '2024-01-03 10:00+00')");
+  Build("2024-01-03");
+  EXPECT_EQ(Query("SELECT order_id, line_no, amount, is_deleted FROM dwh.fact_sales ORDER BY 1, 2"),
+            "10|1|5.00|f\n10|2|10.00|f\n11|1|3.00|f\n");
+  EXPECT_EQ(Query("SELECT ds, orders, units, revenue FROM marts.daily_sales ORDER BY ds"),
+            "2024-01-01|1|6|15.00\n2024-01-02|1|1|3.00\n");
 }
 
 }  // namespace
@@ -492,8 +559,8 @@ models: [dim_person]
   Build("2024-01-02");
   Build("2024-01-03");  // nothing staged that day: no snapshot, so nothing is deleted
   const std::string expected =
-      "1|Ann|2023-12-01 00:00:00+00|infinity|t|f\n"
-      "2|Bob|2023-12-02 00:00:00+00|2024-01-03 00:00:00+00|f|t\n";
+      "1|Ann|-infinity|infinity|t|f\n"
+      "2|Bob|-infinity|2024-01-03 00:00:00+00|f|t\n";
   const std::string rows = "SELECT id, name, valid_from, valid_to, is_current, is_deleted FROM dwh.dim_person "
                            "WHERE person_key <> 0 ORDER BY id, valid_from";
   EXPECT_EQ(Query(rows), expected);

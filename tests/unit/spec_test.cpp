@@ -201,6 +201,34 @@ models: [dim_product, fact_lines]
             "p.yaml:facts[0].dimensions[0].dimension: unknown dimension 'dim_colour' (declare it under dimensions)");
   EXPECT_EQ(with("event_time: placed_at", "event_time: placed_at\n    mode: upsert"),
             "p.yaml:facts[0].mode: unknown mode 'upsert' (known: merge, replace)");
+  EXPECT_EQ(s.facts[0].on_delete, "delete");
+  EXPECT_EQ(with("event_time: placed_at", "event_time: placed_at\n    on_delete: drop"),
+            "p.yaml:facts[0].on_delete: unknown policy 'drop' (known: delete, flag)");
+  EXPECT_EQ(with("name: units", "name: is_deleted"),
+            "p.yaml:facts[0].measures[0].name: column 'is_deleted' already exists in the fact table");
+  // Fact reconciliation: the fact and its measure must exist.
+  const std::string checks = "models: [dim_product, fact_lines]\nchecks:\n  - {kind: reconciliation, fact: fact_lines, measure: units}";
+  const PipelineSpec r = ParsePipelineSpec(std::string(base).replace(base.find("models: [dim_product, fact_lines]"), 33, checks), "p.yaml");
+  EXPECT_EQ(r.checks[0].fact, "fact_lines");
+  EXPECT_EQ(r.checks[0].measure, "units");
+  EXPECT_EQ(with("models: [dim_product, fact_lines]",
+                 "models: [dim_product, fact_lines]\nchecks: [{kind: reconciliation, fact: fact_x}]"),
+            "p.yaml:checks[0].fact: unknown fact 'fact_x' (declare it under facts)");
+  EXPECT_EQ(with("models: [dim_product, fact_lines]",
+                 "models: [dim_product, fact_lines]\nchecks: [{kind: reconciliation, fact: fact_lines, measure: qty}]"),
+            "p.yaml:checks[0].measure: 'qty' is not a measure of fact 'fact_lines'");
+  EXPECT_EQ(with("models: [dim_product, fact_lines]",
+                 "models: [dim_product, fact_lines]\nchecks: [{kind: reconciliation, measure: units}]"),
+            "p.yaml:checks[0].measure: a measure needs 'fact'");
+  // Deletions are seen where CDC captures the grain's dataset or a header keyed by its join.
+  EXPECT_TRUE(FactDeletionSources(s, s.facts[0]).empty());
+  const PipelineSpec c = ParsePipelineSpec(base + "cdc: {slot: s, publication: p, datasets: [orders, lines]}\n", "p.yaml");
+  const auto del = FactDeletionSources(c, c.facts[0]);
+  ASSERT_EQ(del.size(), 2u);
+  EXPECT_EQ(del[0].dataset, "lines");
+  EXPECT_EQ(del[0].key, (std::vector<std::string>{"order_id", "line_no"}));
+  EXPECT_EQ(del[1].dataset, "orders");
+  EXPECT_EQ(del[1].key, std::vector<std::string>{"order_id"});
 }
 
 }  // namespace
