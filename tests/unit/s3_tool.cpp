@@ -52,9 +52,31 @@ int main(int argc, char** argv) {
   }
   if (a.size() == 3 && a[0] == "check") {
     strata::S3Client s3(Config(a[1], a[2]));
-    s3.CreateBucket();
-    s3.CreateBucket();
-    Check(true, "a bucket can be created, and creating it again is fine");
+    // Before the bucket exists, listing it is refused by the server (NoSuchBucket)...
+    std::string before;
+    try {
+      s3.List("");
+    } catch (const strata::EnvError& e) {
+      before = e.what();
+    }
+    Check(before.find("NoSuchBucket") != std::string::npos, "listing a bucket that does not exist fails: " + before);
+    // ...after CreateBucket (twice: the second finds it exists and is ours) it lists, empty.
+    std::string created = "ok";
+    try {
+      s3.CreateBucket();
+      s3.CreateBucket();
+    } catch (const std::exception& e) {
+      created = e.what();
+    }
+    std::string listed = "ok";
+    size_t keys_in_new_bucket = 0;
+    try {
+      keys_in_new_bucket = s3.List("").size();
+    } catch (const std::exception& e) {
+      listed = e.what();
+    }
+    Check(created == "ok" && listed == "ok" && keys_in_new_bucket == 0,
+          "a bucket can be created, creating it again is fine, and it exists, empty (" + created + "; " + listed + ")");
     const std::string small = "hello, lake ✓\n";
     s3.Put("bronze/t/dt=2024-01-01/part 00000.csv", small);
     Check(s3.Get("bronze/t/dt=2024-01-01/part 00000.csv") == small, "a small object round-trips (key with a space)");
