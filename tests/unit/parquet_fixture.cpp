@@ -1,14 +1,28 @@
 // Writes Parquet files with strata's encoder, plus the values they must hold, for
 // tests/parquet/check.mjs to read back with an independent reader (hyparquet).
 //   parquet_fixture DIR   ->  DIR/{none,snappy,zstd}.parquet, DIR/empty.parquet, DIR/expected.json
+#include <ctime>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "common/parquet.h"
-#include "common/time_util.h"
 
 using strata::ColumnType;
+
+namespace {
+
+// Calendar text from the C library (not strata's own date helpers), for the values written.
+std::string UtcText(long long unix_seconds, const char* format) {
+  const std::time_t t = static_cast<std::time_t>(unix_seconds);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char out[64];
+  std::strftime(out, sizeof out, format, &tm);
+  return out;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 2) {
@@ -28,15 +42,20 @@ int main(int argc, char** argv) {
     const long long id = i == 0 ? -9007199254740993LL : 1000000000000LL + i;
     const double price = i * 1.25 - 300.5;
     const std::string name = i == 1 ? "" : "name \"" + std::to_string(i) + "\"\n\t,";
+    // 2024-01-01T00:00:00Z is 1704067200 s and day 19723 after the epoch.
     const long long at_us = 1704067200000000LL + i * 1234567LL;  // 2024-01-01 + i * 1.234567 s
-    const std::string at = "2024-01-01T00:00:00Z";
-    char ts[64];
-    std::snprintf(ts, sizeof ts, "%s.%06lldZ", strata::FormatDate(at_us / 86400000000LL).c_str(), at_us % 1000000LL);
-    const long long sec = (at_us / 1000000) % 86400;
-    char full[80];
-    std::snprintf(full, sizeof full, "%sT%02lld:%02lld:%02lld.%06lldZ", strata::FormatDate(at_us / 86400000000LL).c_str(),
-                  sec / 3600, sec / 60 % 60, sec % 60, at_us % 1000000LL);
-    const std::string day = strata::AddDays("2024-01-01", i - 500);
+    char frac[16];
+    std::snprintf(frac, sizeof frac, ".%06lldZ", at_us % 1000000LL);
+    const std::string full = UtcText(at_us / 1000000, "%Y-%m-%dT%H:%M:%S") + frac;
+    const long long days = 19723 + i - 500;
+    const std::string day = UtcText(days * 86400, "%Y-%m-%d");
+    // Anchors worked out by hand, so a wrong calendar (the C library's or this arithmetic's) shows.
+    if ((i == 0 && (day != "2022-08-19" || full != "2024-01-01T00:00:00.000000Z")) ||
+        (i == 500 && day != "2024-01-01") || (i == 559 && day != "2024-02-29") ||
+        (i == 999 && (day != "2025-05-14" || full != "2024-01-01T00:20:33.332433Z"))) {
+      std::cerr << "fixture calendar is wrong at row " << i << ": " << day << " " << full << "\n";
+      return 1;
+    }
     strata::ParquetRow row = {std::to_string(id),
                               null ? std::nullopt : std::optional<std::string>(std::to_string(price)),
                               null ? std::nullopt : std::optional<std::string>(name),
@@ -51,7 +70,7 @@ int main(int argc, char** argv) {
     e["price"] = null ? nlohmann::json() : nlohmann::json(std::stod(std::to_string(price)));
     e["name"] = null ? nlohmann::json() : nlohmann::json(name);
     e["at"] = "us:" + std::to_string(at_us);
-    e["day"] = "days:" + std::to_string(strata::ParseDate(day));
+    e["day"] = "days:" + std::to_string(days);
     e["ok"] = null ? nlohmann::json() : nlohmann::json(i % 2 == 1);
     e["category"] = categories[i % 5];
     e["never"] = nullptr;
