@@ -15,16 +15,18 @@ PKGS=(
 )
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-# What the tests take from npm, pinned by package-lock.json: an independent Parquet reader
-# (hyparquet) and an S3-compatible server (s3rver).
+# What the tests take from npm, pinned by package-lock.json: independent Parquet readers
+# (hyparquet, DuckDB) and an S3-compatible server (s3rver).
 npm_deps() {
   if ! command -v npm >/dev/null; then
     ${SUDO:-} apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
   fi
   local d
   for d in parquet s3; do
-    if [ ! -d "$ROOT/tests/$d/node_modules" ]; then
+    # Installed again whenever the lock file changed since the last install.
+    if ! cmp -s "$ROOT/tests/$d/package-lock.json" "$ROOT/tests/$d/node_modules/.strata-installed-lock"; then
       (cd "$ROOT/tests/$d" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+      cp "$ROOT/tests/$d/package-lock.json" "$ROOT/tests/$d/node_modules/.strata-installed-lock"
       echo "install-deps: npm packages for tests/$d installed"
     fi
   done

@@ -154,7 +154,7 @@ std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const Dat
                 "  WHERE d." + n.k + " IN (SELECT " + n.k + " FROM affected) AND d." + n.sk + " <> 0 AND NOT d.is_inferred\n"
                 "  UNION ALL\n"
                 "  SELECT d." + n.k + ", d.valid_to, true" + attrs_null + ", 1 FROM " + n.table + " d\n"
-                "  WHERE d." + n.k + " IN (SELECT " + n.k + " FROM affected) AND d." + n.sk + " <> 0 AND d.is_deleted" +
+                "  WHERE d." + n.k + " IN (SELECT " + n.k + " FROM affected) AND d." + n.sk + " <> 0 AND d.is_deleted AND NOT d.is_inferred" +
                 (dim.absent_means_deleted ? "\n  UNION ALL\n  SELECT g.k, (g.gone_day + 1)::timestamptz, true" + attrs_null +
                                                 ", 2 FROM " + seen + " g WHERE g.gone_day IS NOT NULL"
                                           : "") +
@@ -204,6 +204,13 @@ std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const Dat
   // 3. An inferred member becomes the key's first version, keeping its surrogate key.
   out.push_back("UPDATE " + n.table + " d SET " + set_cols + ", valid_from = v.valid_from, is_inferred = false\n"
                 "FROM " + ver + " v WHERE d.is_inferred AND d." + n.k + " = v.k AND v.version = 1");
+  // 3b. (snapshot datasets) A member known only from facts that today's snapshot lacks is gone
+  //     from the source: still the key's only attribution (valid throughout, since when it was
+  //     deleted is unknown), flagged deleted. Its completion, if the key comes back, clears it.
+  if (dim.absent_means_deleted)
+    out.push_back("UPDATE " + n.table + " d SET is_deleted = true WHERE d.is_inferred AND NOT d.is_deleted\n"
+                  "  AND EXISTS (SELECT 1 FROM " + n.staging + " WHERE ds = $1)\n"
+                  "  AND NOT EXISTS (SELECT 1 FROM " + n.staging + " s WHERE s.ds = $1 AND s." + n.k + " = d." + n.k + ")");
   // 4. Versions that are no longer versions (a late change moved the start of the interval).
   out.push_back("DELETE FROM " + n.table + " d WHERE d." + n.k + " IN (SELECT k FROM " + obs + ") AND d." + n.sk +
                 " <> 0 AND NOT d.is_inferred\n"
@@ -225,8 +232,15 @@ std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const Dat
 
 std::string InferredMembersSql(const DimensionSpec& dim, const std::string& keys_query) {
   const std::string table = "dwh." + QuoteIdent(dim.name), k = QuoteIdent(dim.key);
-  return "INSERT INTO " + table + " (" + k + ", valid_from, valid_to, is_current, is_inferred)\n"
-         "SELECT DISTINCT q.key, '-infinity'::timestamptz, 'infinity'::timestamptz, true, true\n"
+  // (snapshot datasets) A key that no staged snapshot ever held was deleted before strata
+  // extracted it: flagged at once (catalogue-sized staging, so the lookup is cheap).
+  const std::string staging = "staging." + QuoteIdent(dim.from);
+  const std::string deleted =
+      dim.absent_means_deleted ? "EXISTS (SELECT 1 FROM " + staging + ") AND NOT EXISTS (SELECT 1 FROM " + staging +
+                                     " s WHERE s." + k + " = q.key)"
+                               : "false";
+  return "INSERT INTO " + table + " (" + k + ", valid_from, valid_to, is_current, is_inferred, is_deleted)\n"
+         "SELECT DISTINCT q.key, '-infinity'::timestamptz, 'infinity'::timestamptz, true, true, " + deleted + "\n"
          "FROM (" + keys_query + ") q(key)\n"
          "WHERE q.key IS NOT NULL AND NOT EXISTS (SELECT 1 FROM " + table + " d WHERE d." + k + " = q.key)\n"
          "ORDER BY 1";

@@ -4,6 +4,7 @@ re-running a date replaces a partition whole."""
 import json
 import os
 import subprocess
+from decimal import Decimal
 
 from strata_e2e import ENV, check, finish, stratactl, wh
 
@@ -65,6 +66,33 @@ for mart in ("daily_sales", "product_daily_sales"):
         if mart == "daily_sales":
             check([(g["orders"], g["units"], g["revenue"]) for g in got] ==
                   [(str(w[1]), str(w[2]), float(w[3])) for w in want], f"gold/daily_sales/dt={day} equals serving {want}")
+
+# The same through DuckDB, as a consumer of the lake reads it: every gold file at once.
+def duck(sql):
+    p = subprocess.run(["node", f"{ROOT}/tests/parquet/duck.mjs", sql], capture_output=True, text=True, check=True)
+    return json.loads(p.stdout)
+
+
+gold_days = duck(f"""SELECT ds::VARCHAR AS ds, orders::VARCHAR AS orders, units::VARCHAR AS units,
+                            round(revenue, 2)::VARCHAR AS revenue
+                     FROM read_parquet('{LAKE}/gold/daily_sales/*/*/*.parquet', union_by_name = true) ORDER BY ds""")
+serving_days = wh("SELECT ds::text, orders::text, units::text, revenue::text FROM serving.daily_sales ORDER BY ds")
+def cents(v):
+    return Decimal(v).quantize(Decimal("0.01"))
+
+
+check([(g["ds"], g["orders"], g["units"], cents(g["revenue"])) for g in gold_days] ==
+      [(d, o, u, cents(r)) for d, o, u, r in serving_days],
+      f"DuckDB over every gold/daily_sales file reads serving, day by day ({len(gold_days)} days)")
+gold_products = duck(f"""SELECT ds::VARCHAR AS ds, count(*)::VARCHAR AS n, sum(units)::VARCHAR AS units,
+                                round(sum(revenue), 2)::VARCHAR AS revenue
+                         FROM read_parquet('{LAKE}/gold/*/*/*/*.parquet', union_by_name = true, filename = true)
+                         WHERE filename LIKE '%/gold/product_daily_sales/%' GROUP BY ds ORDER BY ds""")
+serving_products = wh("""SELECT ds::text, count(*)::text, sum(units)::text, sum(revenue)::text
+                         FROM serving.product_daily_sales GROUP BY ds ORDER BY ds""")
+check([(g["ds"], g["n"], g["units"], cents(g["revenue"])) for g in gold_products] ==
+      [(d, n, u, cents(r)) for d, n, u, r in serving_products],
+      f"DuckDB over gold/*/*/*/*.parquet (union_by_name) reads serving.product_daily_sales per day")
 
 before = manifest("silver", "customers")["run_id"]
 rc, out, err = stratactl("--json", "run", "--date", DS)

@@ -297,6 +297,21 @@ def api_products(days):
     return out
 
 
+def duck(sql):
+    """Rows of one DuckDB query (tests/parquet/duck.mjs): an independent reader of the lake."""
+    p = subprocess.run(["node", os.path.join(ROOT, "tests", "parquet", "duck.mjs"), sql],
+                       capture_output=True, text=True, check=True)
+    return json.loads(p.stdout)
+
+
+def gold_manifest(mart, day):
+    path = os.path.join(ENV["STRATA_LAKE_ROOT"], "gold", mart, f"dt={day.isoformat()}", "_manifest.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def money(x):
     return "-" if x is None else f"{Decimal(x):.2f}"
 
@@ -419,6 +434,23 @@ def verify(label, days, deleted_lines, deleted_orders):
     wait_until(api_shows_serving, 30, "the query API to answer with the published serving.daily_sales")
     compare(f"[{label}] the query API's daily sales (HTTP /analytics/sales/daily) equal the source",
             daily_mismatches(api))
+
+    # 3b. The lake's gold layer, read by DuckDB as a consumer of the lake would: every day's
+    #     partition equals the source, even days whose marts a later run changed.
+    lake = ENV["STRATA_LAKE_ROOT"]
+    gold = {}
+    for r in duck(f"""SELECT ds::VARCHAR AS ds, orders::BIGINT AS orders, units::BIGINT AS units,
+                             round(revenue, 2)::VARCHAR AS revenue, filename
+                      FROM read_parquet('{lake}/gold/daily_sales/*/*/*.parquet', filename = true)"""):
+        day = dt.date.fromisoformat(r["ds"])
+        if day in days:
+            check(day not in gold, f"[{label}] one gold/daily_sales file holds {day} ({r['filename']})")
+            gold[day] = (int(r["orders"]), int(r["units"]), Decimal(r["revenue"]))
+    compare(f"[{label}] gold/daily_sales (DuckDB over the lake) per day equals the source", daily_mismatches(gold))
+    versions = {d: v for d, v in wh("SELECT ds, version FROM ops.gold_partitions WHERE mart = 'daily_sales'")}
+    compare(f"[{label}] each gold/daily_sales manifest names the publication recorded for its day",
+            [f"{d}: manifest publish_version {m.get('publish_version')} vs ops.gold_partitions {versions.get(d)}"
+             for d in days for m in [gold_manifest("daily_sales", d)] if m and m.get("publish_version") != versions.get(d)])
 
     # 4. Revenue per product: facts, the product_daily_sales mart, serving and the API.
     want_prod, want_prod_day = {}, {}

@@ -439,6 +439,24 @@ TEST_F(ModelsTest, RowsDeletedInTheSourceLeaveFactsAndMartsAndAreNotResurrected)
   EXPECT_EQ(Query(gap), "10|1|5.00\n");
 }
 
+TEST_F(ModelsTest, AProductDeletedBeforeItsFirstSnapshotIsAnInferredMemberMarkedDeleted) {
+  StageDay1And2();
+  Exec("INSERT INTO staging.order_items VALUES ('2024-01-01', 'r1', 10, 3, 9, 1, 7.0, '2024-01-01 13:00+00')");
+  Build("2024-01-01");
+  EXPECT_EQ(Query("SELECT product_id, valid_from, valid_to, is_current, is_inferred, is_deleted FROM dwh.dim_product "
+                  "WHERE product_id = 9"),
+            "9|-infinity|infinity|t|t|t\n");
+  EXPECT_EQ(Query("SELECT p.product_id FROM dwh.fact_sales f JOIN dwh.dim_product p USING (product_key) "
+                  "WHERE f.order_id = 10 AND f.line_no = 3"),
+            "9\n") << "the line keeps its own product";
+  // It shows up in a later snapshot after all: completed in place, no longer deleted.
+  Exec("INSERT INTO staging.products VALUES ('2024-01-02', 'r2', 9, 'Ink', 'office', 7.0, '2023-12-30 00:00+00')");
+  Build("2024-01-02");
+  EXPECT_EQ(Query("SELECT product_id, name, valid_from, is_current, is_inferred, is_deleted FROM dwh.dim_product "
+                  "WHERE product_id = 9"),
+            "9|Ink|-infinity|t|f|f\n");
+}
+
 TEST_F(ModelsTest, FlagPolicyKeepsDeletedFactsOutOfTheMarts) {
   PipelineSpec spec = spec_;
   spec.facts[0].on_delete = "flag";

@@ -747,14 +747,8 @@ class WarehousePropertyTest : public ::testing::Test {
     // (ds|orders|units|revenue)
     expect("marts.daily_sales differs from the source's live lines", ExpectedDailySales(s), got.daily);
     // (order_id|customer_id|status|ordered_at|updated_at|amount)
-    // FAILS in schedule (a) (seeds 3, 4, 5) — a discrepancy in strata's orders_current model, left
-    // for the lead to decide: an order whose lines were all deleted on an earlier day (their facts
-    // already removed) and which is then deleted itself stays in marts.orders_current for good
-    // (amount NULL). Its tombstone in raw.orders_current only removes orders in
-    // tmp_affected_orders, and a deleted order with no live fact is never in it. Seed 5: order
-    // 1006 placed 2024-01-01 17:42:34 with one line, the line deleted 2024-01-01 19:12:05, the
-    // order deleted 2024-01-02 10:53:53; still in the mart after building 2024-01-02. (In a running
-    // stack the CDC applier's own refresh of the mart deletes it; the batch build alone does not.)
+    // (An order whose lines were all deleted on an earlier day and which is deleted later is the
+    // case that once stayed in the mart: seeds 3, 4 and 5 exercise it.)
     expect("marts.orders_current differs from the source's live orders", ExpectedOrdersCurrent(s), got.orders);
     // (customer_id|name|email|address|city|state|segment|is_deleted|is_inferred)
     expect("dwh.dim_customer current rows differ from the source's customers", ExpectedCurrentCustomers(s), got.customers);
