@@ -13,7 +13,7 @@ import zlib
 import botocore.config
 import botocore.session
 
-from strata_e2e import ENV, check, finish, metric_value, metrics, sim_advance, src, stratactl, wh
+from strata_e2e import ENV, check, finish, metric, metrics, sim_advance, src, stratactl, wh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BUCKET = "strata-lake"
@@ -114,7 +114,7 @@ while time.time() < deadline and "after 4 attempt(s)" not in open(log_path).read
 check("after 4 attempt(s)" in open(log_path).read(),
       f"lake-export gives up on the request after its 4 attempts ({time.time() - started:.0f} s) and keeps the batch")
 check(proc.poll() is None, "the run waits while the store is unreachable")
-errors = metric_value(metrics("lake_export"), "strata_lake_export_batches_total", {"outcome": "error"})
+errors = metric(metrics("lake_export"), "strata_lake_export_batches_total", {"outcome": "error"})
 check(errors >= 1, f"strata_lake_export_batches_total{{outcome=\"error\"}} counts the failed writes ({errors})")
 os.kill(int(open(pidfile).read()), signal.SIGCONT)
 out, err = proc.communicate(timeout=600)

@@ -74,21 +74,58 @@ def pid_of(service):
     return int(open(os.path.join(ENV["STRATA_STACK_DIR"], "run", f"{service}.pid")).read())
 
 
-def gauge(metrics_addr, name, labels=None):
+class MetricMissing(AssertionError):
+    """A metric a test reads is not exposed (or its endpoint does not answer): never read as 0."""
+
+
+def _report_uncaught(kind, value, tb):
+    if issubclass(kind, MetricMissing):
+        print(f"FAIL {value}", flush=True)
+    sys.__excepthook__(kind, value, tb)
+
+
+sys.excepthook = _report_uncaught
+_REQUIRED = object()
+
+
+def scrape(metrics_addr, timeout=5):
+    """The text of a /metrics endpoint (host:port); MetricMissing when it does not answer."""
     try:
-        text = urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=2).read().decode()
-        return metric_value(text, name, labels or {})
-    except OSError:
-        return -1
+        with urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=timeout) as r:
+            return r.read().decode()
+    except OSError as e:
+        raise MetricMissing(f"{metrics_addr}/metrics does not answer: {e}") from None
+
+
+def metrics_up(metrics_addr):
+    """True once a service's /metrics endpoint answers (for waiting on a process to start)."""
+    try:
+        scrape(metrics_addr, timeout=2)
+        return True
+    except MetricMissing:
+        return False
+
+
+def gauge(metrics_addr, name, labels=None, default=_REQUIRED):
+    """The value of a metric series on a service's /metrics (summed over series whose labels
+    include `labels`). An absent series or an endpoint that does not answer raises MetricMissing;
+    see metric() for `default`."""
+    return metric(scrape(metrics_addr, timeout=2), name, labels, default=default)
 
 
 def wait_for(cond, seconds, what):
+    """Polls cond() until it is true or `seconds` pass. A MetricMissing inside cond() counts as
+    "not yet" (a service restarting, a series not created yet); the last one is printed on timeout."""
     deadline = time.time() + seconds
+    last_missing = None
     while time.time() < deadline:
-        if cond():
-            return True
+        try:
+            if cond():
+                return True
+        except MetricMissing as e:
+            last_missing = e
         time.sleep(0.1)
-    print(f"timed out waiting for {what}", flush=True)
+    print(f"timed out waiting for {what}" + (f" (last: {last_missing})" if last_missing else ""), flush=True)
     return False
 
 
@@ -123,16 +160,45 @@ def metrics(service):
         return r.read().decode()
 
 
-def metric_value(text, name, labels):
-    """Sum of samples of `name` whose labels include all of `labels` (dict)."""
-    total = 0.0
+def _samples(text, name, labels):
+    found, total = False, 0.0
     for line in text.splitlines():
         if not line.startswith(name + "{") and not line.startswith(name + " "):
             continue
         head, value = line.rsplit(" ", 1)
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            found = True
             total += float(value)
-    return total
+    return found, total
+
+
+def golden_metric_names():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "metrics_golden.txt")) as f:
+        return {line.split()[1] for line in f if line.strip() and not line.startswith("#")}
+
+
+def metric(text, name, labels=None, default=_REQUIRED):
+    """Sum of the samples of `name` whose labels include all of `labels` (dict) in a /metrics text.
+
+    No matching sample raises MetricMissing: a metric the test expects must exist. `default` is
+    only for a baseline read before the event that creates a labelled series (prometheus-cpp
+    exposes a labelled counter from its first increment), and only for names in
+    tests/metrics_golden.txt, so a misspelt or renamed metric still fails."""
+    found, total = _samples(text, name, labels or {})
+    if found:
+        return total
+    if default is _REQUIRED:
+        raise MetricMissing(f"{name}{labels or ''} is not exposed")
+    if name not in golden_metric_names():
+        raise MetricMissing(f"{name} is not a strata metric (tests/metrics_golden.txt)")
+    return default
+
+
+def metric_value(text, name, labels):
+    """Deprecated, lenient: an absent series reads as 0. Kept only for pipeline_e2e.py, whose one
+    use takes a baseline before the series exists; use metric() everywhere else."""
+    return _samples(text, name, labels)[1]
 
 
 def dead_letters(run_id):
