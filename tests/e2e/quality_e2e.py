@@ -5,11 +5,10 @@ profiles of a staged dataset."""
 import json
 import os
 import subprocess
-import time
 
 import grpc
 
-from strata_e2e import BIN, ENV, WebhookReceiver, check, finish, free_port, load_pb2, metric_value, stratactl, wh
+from strata_e2e import BIN, ENV, WebhookReceiver, check, finish, free_port, gauge, load_pb2, stratactl, wait_for, wh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 strata_pb2 = load_pb2()
@@ -83,17 +82,18 @@ latest = channel.unary_unary("/strata.v1.Quality/LatestResults",
 
 
 def run(run_id):
-    run_checks(strata_pb2.TaskRequest(pipeline="qtest", ds=DS, run_id=run_id, task="check"), timeout=10)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        n = wh("SELECT count(*) FROM quality.check_results WHERE run_id = %s", (run_id,))[0][0]
-        if n == 19:
-            time.sleep(0.5)  # alerts are sent right after the results are committed
-            return {r[0]: r[1:] for r in wh(
-                "SELECT check_name, status, observed, sample::text FROM quality.check_results WHERE run_id = %s",
-                (run_id,))}
-        time.sleep(0.2)
-    raise SystemExit("checks did not finish")
+    """Runs the checks and waits until the task is over, alerts included: its results are
+    committed and its database session (application_name strata:<run_id>:check:1, held until the
+    last alert went out) has ended."""
+    run_checks(strata_pb2.TaskRequest(pipeline="qtest", ds=DS, run_id=run_id, task="check", attempt=1), timeout=10)
+    if not wait_for(lambda: wh("SELECT count(*) FROM quality.check_results WHERE run_id = %s", (run_id,))[0][0] == 19,
+                    120, f"checks of {run_id}"):
+        raise SystemExit("checks did not finish")
+    if not wait_for(lambda: wh("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                               (f"strata:{run_id}:check:1",))[0][0] == 0, 120, f"alerts of {run_id}"):
+        raise SystemExit("the check task did not end")
+    return {r[0]: r[1:] for r in wh(
+        "SELECT check_name, status, observed, sample::text FROM quality.check_results WHERE run_id = %s", (run_id,))}
 
 
 try:
@@ -141,19 +141,13 @@ try:
     # Notifier outage: checks still complete, the failure is counted, the alert is retried later.
     hook.close()
     received.clear()
+    undelivered0 = gauge(metrics_addr, "strata_quality_alerts_total", {"event": "failing", "outcome": "failed"})
     sql("UPDATE qtest.bad SET qty = NULL WHERE id = 1")
-    res = run("qtest-4")
+    res = run("qtest-4")  # returns once delivery was retried and given up
     check(res["nn_bad"][0] == "fail", "the check result is recorded during the outage")
-    import urllib.request
-    undelivered = 0
-    for _ in range(50):  # delivery is retried with backoff before it is given up
-        text = urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=5).read().decode()
-        undelivered = metric_value(text, "strata_quality_alerts_total", {"event": "failing", "outcome": "failed"})
-        if undelivered >= 1:
-            break
-        time.sleep(0.2)
-    check(undelivered >= 1,
-          "the undelivered alert is counted in strata_quality_alerts_total{outcome=failed}")
+    undelivered = gauge(metrics_addr, "strata_quality_alerts_total", {"event": "failing", "outcome": "failed"})
+    check(undelivered - undelivered0 == 1,
+          f"the one undelivered alert is counted in strata_quality_alerts_total{{outcome=failed}} ({undelivered0} -> {undelivered})")
     check(wh("SELECT state FROM quality.alert_state WHERE check_name = 'nn_bad' AND ds = %s", (DS,))[0][0] == "ok",
           "an undelivered alert does not move the alert state, so the next run retries it")
 finally:
