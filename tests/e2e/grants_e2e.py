@@ -1,10 +1,13 @@
-"""Governance: the loader's roles log in and read exactly their layers."""
+"""Governance: the loader's roles log in and read exactly their layers, raw included; none of them
+may INSERT, UPDATE, DELETE or TRUNCATE any table of any layer (nobody but the loading user writes).
+Every write is tried inside a transaction that is rolled back, so a wrongly granted write changes
+nothing."""
 import psycopg2
 
-from strata_e2e import ENV, check, finish
+from strata_e2e import ENV, check, finish, wh
 
 TABLES = {
-    "raw": None,
+    "raw": "raw.orders_changes",
     "staging": "staging.orders",
     "dwh": "dwh.fact_sales",
     "marts": "marts.daily_sales",
@@ -15,14 +18,29 @@ TABLES = {
 ALLOWED = {
     "analyst": {"dwh", "marts", "serving", "quality"},
     "scientist": {"staging", "dwh", "marts", "serving", "quality"},
-    "engineer": {"staging", "dwh", "marts", "serving", "quality", "ops"},
+    "engineer": {"raw", "staging", "dwh", "marts", "serving", "quality", "ops"},
 }
+missing = [t for t in TABLES.values() if wh("SELECT to_regclass(%s)", (t,))[0][0] is None]
+check(not missing, f"every layer's table exists ({missing})")
+first_column = {t: wh("SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum = 1", (t,))[0][0]
+                for t in TABLES.values() if t not in missing}
+
+
+def writes(table):
+    col = first_column[table]
+    return {
+        "INSERT": f"INSERT INTO {table} DEFAULT VALUES",
+        "UPDATE": f"UPDATE {table} SET {col} = {col} WHERE false",
+        "DELETE": f"DELETE FROM {table} WHERE false",
+        "TRUNCATE": f"TRUNCATE {table}",
+    }
+
+
 dsn = ENV["STRATA_PG_DSN"].replace("user=postgres", "")
 for role, allowed in ALLOWED.items():
     conn = psycopg2.connect(f"{dsn} user={role}")
-    conn.autocommit = True
     for layer, table in TABLES.items():
-        if table is None:
+        if table in missing:
             continue
         with conn.cursor() as cur:
             try:
@@ -33,11 +51,20 @@ for role, allowed in ALLOWED.items():
             except psycopg2.errors.InsufficientPrivilege as e:
                 check(layer not in allowed, f"{role} is denied {table}" if layer not in allowed
                       else f"{role} should read {table}: {e.pgerror.strip()}")
-    with conn.cursor() as cur:
-        try:
-            cur.execute("DELETE FROM serving.daily_sales")
-            check(False, f"{role} must not write serving.daily_sales")
-        except psycopg2.errors.InsufficientPrivilege:
-            check(True, f"{role} cannot write the published marts")
+        conn.rollback()
+        wrong = []
+        for verb, sql in writes(table).items():
+            with conn.cursor() as cur:
+                try:
+                    cur.execute(sql)
+                    wrong.append(f"{verb} succeeded")
+                except psycopg2.errors.InsufficientPrivilege as e:
+                    # On a layer it reads the role passes the schema, so the table's privilege refuses.
+                    if layer in allowed and f"permission denied for table {table.split('.')[1]}" not in e.pgerror:
+                        wrong.append(f"{verb}: {e.pgerror.strip()}")
+                except psycopg2.Error as e:
+                    wrong.append(f"{verb} got past the privilege check: {e.pgerror.strip()}")
+            conn.rollback()
+        check(not wrong, f"{role} may not INSERT, UPDATE, DELETE or TRUNCATE {table}" + (f": {wrong}" if wrong else ""))
     conn.close()
 finish()
