@@ -10,7 +10,7 @@ import urllib.request
 
 import psycopg2
 
-from strata_e2e import (BIN, ENV, check, finish, free_port, gauge, metric_value, pid_of, set_pid, sim_advance, start,
+from strata_e2e import (BIN, ENV, check, finish, free_port, gauge, pid_of, set_pid, sim_advance, start,
                         stratactl, wait_for, wh)
 
 DIR = ENV["STRATA_STACK_DIR"]
@@ -47,8 +47,11 @@ check(wait_for(lambda: task_states(run9).get("load.states", ("",))[0] == "runnin
 before = task_states(run9)
 extracts = {t: v for t, v in before.items() if t.startswith("extract.")}
 check(all(v[0] == "succeeded" for v in extracts.values()), "all extract tasks had succeeded before the kill")
-os.kill(pid_of("controller"), signal.SIGKILL)
-time.sleep(0.5)
+killed = pid_of("controller")
+os.kill(killed, signal.SIGKILL)
+check(wait_for(lambda: not os.path.exists(f"/proc/{killed}") or
+               open(f"/proc/{killed}/stat").read().split(")")[-1].split()[0] == "Z", 30, "controller gone"),
+      "the controller is gone")
 set_pid("controller", start("controller"))
 blocker.rollback()
 blocker.close()
@@ -81,7 +84,8 @@ check(rc == 2 and "task" in err, "clearing an unknown task is refused")
 # --- cancel ----------------------------------------------------------------------------------
 blocker = lock_states()
 run10 = start_run(D10)
-wait_for(lambda: task_states(run10).get("load.states", ("",))[0] == "running", 30, "load.states running")
+check(wait_for(lambda: task_states(run10).get("load.states", ("",))[0] == "running", 60, "load.states running"),
+      "the run to cancel is mid-way: load.states is running behind a lock")
 rc, out, _ = stratactl("cancel", "--run", run10)
 check(rc == 0, "cancel is accepted")
 check(wait_for(lambda: run_state(run10) == "cancelled", 15, "cancelled"), f"the run ends cancelled ({run_state(run10)})")
@@ -95,7 +99,9 @@ check(rc == 2 and "not active" in err, f"cancelling a finished run is refused ({
 # --- a service down for a while: the controller waits and retries, then the run succeeds ------
 os.kill(pid_of("quality"), signal.SIGKILL)
 run10b = start_run(D10)
-time.sleep(2)
+# Quality comes back only once the controller has reached the check task and is waiting for it.
+check(wait_for(lambda: task_states(run10b).get("check", ("",))[0] == "running", 120, "check task waiting"),
+      "with quality down, the run reaches its check task and waits")
 set_pid("quality", start("quality"))
 check(wait_for(lambda: run_state(run10b) in ("succeeded", "failed"), 90, "run 10 to finish"), "the run finished")
 check(run_state(run10b) == "succeeded", f"with quality down for a while the run still succeeded ({run_state(run10b)})")
@@ -125,20 +131,27 @@ check(wait_for(lambda: gauge(leader_metrics, "strata_controller_leader") == 1, 1
 
 # --- a task over its timeout is failed and its database work really cancelled ---------------------
 os.kill(pid_of("controller"), signal.SIGKILL)
-set_pid("controller", start("controller", {"STRATA_TASK_TIMEOUT_SECONDS": "3", "STRATA_TASK_RETRIES": "0"},
+set_pid("controller", start("controller", {"STRATA_TASK_TIMEOUT_SECONDS": "8", "STRATA_TASK_RETRIES": "0"},
                             "controller_timeout.log"))
 check(wait_for(lambda: gauge(leader_metrics, "strata_controller_leader") == 1, 20, "lead"),
-      "a controller with a 3 s task timeout leads")
+      "a controller with an 8 s task timeout leads")
 blocker = lock_states()
 run_t = start_run(D10)
+
+
+def stuck():
+    """The loader's statements of this run's load.states that are running (blocked on the lock)."""
+    return wh("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s AND state = 'active'",
+              (f"strata:{run_t}:load.states:%",))[0][0]
+
+
+check(wait_for(lambda: stuck() > 0, 60, "blocked statement"),
+      "load.states has a statement running in PostgreSQL, blocked behind the lock")
 check(wait_for(lambda: run_state(run_t) in ("failed", "succeeded"), 60, "timeout"), "the run ended")
-states = task_states(run_t)
 message = wh("SELECT message FROM ops.task_runs WHERE run_id = %s AND task = 'load.states'", (run_t,))[0][0]
-check(run_state(run_t) == "failed" and "no completion within 3 s" in message,
+check(run_state(run_t) == "failed" and "no completion within 8 s" in message,
       f"load.states failed on its timeout ({message})")
-stuck = lambda: wh("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s",  # noqa: E731
-                   (f"strata:{run_t}:load.states:%",))[0][0]
-check(wait_for(lambda: stuck() == 0, 10, "cancel"), "the loader's blocked statement was cancelled in PostgreSQL")
+check(wait_for(lambda: stuck() == 0, 30, "cancel"), "the loader's blocked statement was cancelled in PostgreSQL")
 blocker.rollback()
 blocker.close()
 os.kill(pid_of("controller"), signal.SIGKILL)
