@@ -88,7 +88,7 @@ check(wait_for(lambda: task_states(run10).get("load.states", ("",))[0] == "runni
       "the run to cancel is mid-way: load.states is running behind a lock")
 rc, out, _ = stratactl("cancel", "--run", run10)
 check(rc == 0, "cancel is accepted")
-check(wait_for(lambda: run_state(run10) == "cancelled", 15, "cancelled"), f"the run ends cancelled ({run_state(run10)})")
+check(wait_for(lambda: run_state(run10) == "cancelled", 60, "cancelled"), f"the run ends cancelled ({run_state(run10)})")
 states = task_states(run10)
 check(states["publish"][0] == "skipped" and states["model"][0] == "skipped", "tasks not yet started are skipped")
 blocker.rollback()
@@ -112,28 +112,28 @@ sb_grpc, sb_metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
 standby = start("controller", {"STRATA_CONTROLLER_GRPC": sb_grpc, "STRATA_CONTROLLER_METRICS": sb_metrics,
                                "STRATA_CONTROLLER_HTTP": f"127.0.0.1:{free_port()}"},
                 "controller_standby.log")
-check(wait_for(lambda: gauge(sb_metrics, "strata_controller_leader") == 0, 20, "standby up"),
+check(wait_for(lambda: gauge(sb_metrics, "strata_controller_leader") == 0, 60, "standby up"),
       "a second controller starts as a standby")
 check(gauge(leader_metrics, "strata_controller_leader") == 1, "the first controller leads")
 os.kill(pid_of("controller"), signal.SIGKILL)
 t0 = time.time()
-check(wait_for(lambda: gauge(sb_metrics, "strata_controller_leader") == 1, 15, "takeover"),
+check(wait_for(lambda: gauge(sb_metrics, "strata_controller_leader") == 1, 60, "takeover"),
       f"the standby leads {time.time() - t0:.1f} s after the leader died")
 rc, out, err = stratactl("--json", "--controller", sb_grpc, "run", "--date", D10)
 check(rc == 0, f"the new leader runs the pipeline ({err.strip()[:200]})")
 # Put a controller back on the stack's address (it stands by), then retire the temporary leader.
 set_pid("controller", start("controller"))
-check(wait_for(lambda: gauge(leader_metrics, "strata_controller_leader") == 0, 20, "standby up"),
+check(wait_for(lambda: gauge(leader_metrics, "strata_controller_leader") == 0, 60, "standby up"),
       "a controller on the original address stands by")
 os.kill(standby, signal.SIGKILL)
-check(wait_for(lambda: gauge(leader_metrics, "strata_controller_leader") == 1, 15, "takeover"),
+check(wait_for(lambda: gauge(leader_metrics, "strata_controller_leader") == 1, 60, "takeover"),
       "and takes over when the temporary leader dies")
 
 # --- a task over its timeout is failed and its database work really cancelled ---------------------
 os.kill(pid_of("controller"), signal.SIGKILL)
 set_pid("controller", start("controller", {"STRATA_TASK_TIMEOUT_SECONDS": "8", "STRATA_TASK_RETRIES": "0"},
                             "controller_timeout.log"))
-check(wait_for(lambda: gauge(leader_metrics, "strata_controller_leader") == 1, 20, "lead"),
+check(wait_for(lambda: gauge(leader_metrics, "strata_controller_leader") == 1, 60, "lead"),
       "a controller with an 8 s task timeout leads")
 blocker = lock_states()
 run_t = start_run(D10)
@@ -156,6 +156,6 @@ blocker.rollback()
 blocker.close()
 os.kill(pid_of("controller"), signal.SIGKILL)
 set_pid("controller", start("controller"))
-check(wait_for(lambda: gauge(leader_metrics, "strata_controller_leader") == 1, 20, "lead"),
+check(wait_for(lambda: gauge(leader_metrics, "strata_controller_leader") == 1, 60, "lead"),
       "the normal controller leads again")
 finish()

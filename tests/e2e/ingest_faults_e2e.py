@@ -81,7 +81,7 @@ def extract(dataset, wait=True, seconds=60, ds=DS):
     return run_id, result.get("msg", "(no outcome)"), time.time() - t0
 
 
-def partition(dataset, run_id, seconds=20, ds=DS):
+def partition(dataset, run_id, seconds=60, ds=DS):
     """Rows of the committed lake partition of `run_id` (None if it never commits)."""
     path = os.path.join(LAKE, "bronze", dataset, f"dt={ds}", "_manifest.json")
 
@@ -277,7 +277,7 @@ check(metric("strata_ingest_schema_drift_total", {"dataset": "rv_drift_fail", "f
 sim_control(slow_next=100000, slow_ms=300)
 run_killed = extract("rv_slow", wait=False)
 run_dir = os.path.join(LAKE, "bronze", "rv_slow", f"dt={DS}", f"run={run_killed}")
-check(wait_for(lambda: os.path.exists(os.path.join(run_dir, "part-00001.csv")), 20, "batches of the killed run"),
+check(wait_for(lambda: os.path.exists(os.path.join(run_dir, "part-00001.csv")), 60, "batches of the killed run"),
       "the extraction to be killed has batches in the lake")
 os.kill(pid, signal.SIGKILL)
 sim_control(slow_next=0)
@@ -322,7 +322,7 @@ def b_holds_shard():
                for c in r.xinfo_consumers("strata:extract:faults", "ingest"))
 
 
-check(wait_for(b_holds_shard, 20, "worker b holds a shard"), "worker b has taken a shard")
+check(wait_for(b_holds_shard, 60, "worker b holds a shard"), "worker b has taken a shard")
 os.kill(worker_b, signal.SIGKILL)
 locker.rollback()
 locker.close()

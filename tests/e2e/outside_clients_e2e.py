@@ -83,7 +83,7 @@ pipe.xadd("strata:batches", {"batch": batch.SerializeToString(), "dataset": "rec
 pipe.xreadgroup("lake-export", "consumer-that-dies", {"strata:batches": ">"}, count=1)
 pipe.execute()
 manifest = os.path.join(ENV["STRATA_LAKE_ROOT"], "bronze/reclaim_probe/dt=2024-02-01/_manifest.json")
-deadline = time.time() + 30
+deadline = time.time() + 60
 while time.time() < deadline and not os.path.exists(manifest):
     time.sleep(0.2)
 check(os.path.exists(manifest), "the orphaned batch was reclaimed and its partition committed")

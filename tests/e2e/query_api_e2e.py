@@ -238,10 +238,10 @@ def blocked_on(table):
 
 outcome = {}
 caller = threading.Thread(target=lambda: outcome.update(code=code_of(lambda: call(
-    "DailySales", pb.DailySalesRequest, pb.DailySalesReply, timeout=3, **{"from": first, "to": unique_to}))))
+    "DailySales", pb.DailySalesRequest, pb.DailySalesReply, timeout=5, **{"from": first, "to": unique_to}))))
 caller.start()
 try:
-    check(wait_for(lambda: blocked_on("serving.daily_sales") > 0, 3, "the query behind the lock"),
+    check(wait_for(lambda: blocked_on("serving.daily_sales") > 0, 5, "the query behind the lock"),
           "the query service's statement waits behind the lock")
     caller.join(timeout=60)
     got, details = outcome.get("code", (None, ""))
