@@ -134,9 +134,9 @@ std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const Dat
         " FROM keys) GROUP BY 1\n"
         "    UNION ALL SELECT d." + n.k + ", max(d.last_seen_ds) FROM " + n.table + " d WHERE d." + n.k + " IN (SELECT " + n.k +
         " FROM keys) AND d." + n.sk + " <> 0 GROUP BY 1) x\n"
-        "  GROUP BY k),\n"
-        "days AS (SELECT DISTINCT ds FROM " + n.staging + ")\n"
-        "SELECT l.k, l.last_seen, (SELECT min(days.ds) FROM days WHERE days.ds > l.last_seen) AS gone_day FROM last l");
+        "  GROUP BY k)\n"
+        // The first snapshot day after it: one probe of the ds index per key.
+        "SELECT l.k, l.last_seen, (SELECT min(s.ds) FROM " + n.staging + " s WHERE s.ds > l.last_seen) AS gone_day FROM last l");
     affected = "SELECT k AS " + n.k + " FROM " + seen;
   }
   // 1. Observations of the keys staged on ds: every staged state (the latest load wins for one
@@ -201,6 +201,20 @@ std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const Dat
                 " WHERE NOT sp.deleted) h");
   out.push_back("ANALYZE " + ver);
 
+  // 2b. Keys whose validity intervals change (a version added, removed, moved or closed): their
+  //     facts must be keyed again. Type-1 updates and completed inferred members keep every
+  //     surrogate key valid where it was, so their facts are left alone. Facts point to the
+  //     surrogate keys the key has now, before the change: those are what a fact build looks up
+  //     (through the fact's index on the surrogate key, never a scan of the fact).
+  const std::string rekey = QuoteIdent("tmp_" + dim.name + "_rekey");
+  const std::string held = "SELECT d." + n.k + ", d.valid_from, d.valid_to FROM " + n.table + " d WHERE d." + n.k +
+                           " IN (SELECT k FROM " + obs + ") AND d." + n.sk + " <> 0";
+  out.push_back("CREATE TEMP TABLE " + rekey + " ON COMMIT DROP AS\n"
+                "SELECT d." + n.sk + " AS sk FROM " + n.table + " d WHERE d." + n.k + " IN (\n"
+                "  SELECT k FROM ((" + held + " EXCEPT SELECT k, valid_from, valid_to FROM " + ver + ")\n"
+                "    UNION ALL (SELECT k, valid_from, valid_to FROM " + ver + " EXCEPT " + held + ")) c(k, f, t))\n"
+                "  AND d." + n.sk + " <> 0");
+  out.push_back("ANALYZE " + rekey);
   // 3. An inferred member becomes the key's first version, keeping its surrogate key.
   out.push_back("UPDATE " + n.table + " d SET " + set_cols + ", valid_from = v.valid_from, is_inferred = false\n"
                 "FROM " + ver + " v WHERE d.is_inferred AND d." + n.k + " = v.k AND v.version = 1");

@@ -64,6 +64,11 @@ std::string FactDdl(const PipelineSpec& spec, const FactSpec& f) {
   for (const auto& m : f.measures)
     sql += "ALTER TABLE " + table + " ADD COLUMN IF NOT EXISTS " + QuoteIdent(m.name) + " " + m.type + ";\n";
   sql += "CREATE INDEX IF NOT EXISTS " + QuoteIdent(f.name + "_date") + " ON " + table + " (date_key);\n";
+  // A dimension build that moves a version's validity re-keys the facts pointing to it.
+  for (const auto& ref : f.dimensions) {
+    const std::string sk = spec.FindDimension(ref.dimension)->surrogate;
+    sql += "CREATE INDEX IF NOT EXISTS " + QuoteIdent(f.name + "_" + sk) + " ON " + table + " (" + QuoteIdent(sk) + ");\n";
+  }
   return sql;
 }
 
@@ -83,18 +88,12 @@ std::vector<std::string> FactStatements(const PipelineSpec& spec, const FactSpec
     for (const auto& j : f.joins)
       sql += "\nUNION ALL SELECT " + List(f.grain, "s.") + " FROM staging." + QuoteIdent(f.from) + " s WHERE (" +
              List(j.on, "s.") + ") IN (SELECT " + List(j.on) + " FROM staging." + QuoteIdent(j.dataset) + " WHERE ds = $1)";
-    if (!f.dimensions.empty()) {
-      std::string joins, cond;
-      for (size_t i = 0; i < f.dimensions.size(); ++i) {
-        const DimensionSpec& dim = *spec.FindDimension(f.dimensions[i].dimension);
-        const std::string d = "d" + std::to_string(i), sk = QuoteIdent(dim.surrogate), k = QuoteIdent(dim.key);
-        joins += "\n  LEFT JOIN dwh." + QuoteIdent(dim.name) + " " + d + " ON " + d + "." + sk + " = x." + sk;
-        cond += std::string(cond.empty() ? "" : "\n     OR ") + "x." + sk + " = 0 OR " + d + "." + sk + " IS NULL OR " + d +
-                "." + k + " IN (SELECT " + k + " FROM staging." + QuoteIdent(dim.from) + " WHERE ds = $1) OR NOT (x." +
-                ev + " >= " + d + ".valid_from AND x." + ev + " < " + d + ".valid_to)";
-      }
-      sql += "\n-- facts whose dimension history changed today or whose version no longer covers them\n"
-             "UNION ALL SELECT " + List(f.grain, "x.") + " FROM " + table + " x" + joins + "\n  WHERE " + cond;
+    // Facts keyed to a dimension version whose validity today's dimension build changed
+    // (found through the fact's index on each surrogate key).
+    for (const auto& ref : f.dimensions) {
+      const DimensionSpec& dim = *spec.FindDimension(ref.dimension);
+      sql += "\nUNION ALL SELECT " + List(f.grain, "x.") + " FROM " + table + " x WHERE x." + QuoteIdent(dim.surrogate) +
+             " IN (SELECT sk FROM " + QuoteIdent("tmp_" + dim.name + "_rekey") + ")";
     }
     // Rows deleted in the source (CDC tombstones) whose facts are still live.
     for (const auto& del : FactDeletionSources(spec, f)) {

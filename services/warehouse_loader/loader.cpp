@@ -55,7 +55,7 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
     if (config_.warehouse_dsn.empty()) throw InputError("warehouse_dsn (STRATA_PG_DSN) is not configured");
     auto conn = PgConnect(config_.warehouse_dsn);
     std::string ddl = WarehouseDdl(spec_);
-    for (const auto& d : spec_.datasets) ddl += StagingDdl(d);
+    for (const auto& d : spec_.datasets) ddl += StagingDdl(spec_, d);
     RunDdl(*conn, ddl + SharedOpsDdl() + CdcDdl(spec_) + GovernanceDdl());
     cdc_.Start();
   }

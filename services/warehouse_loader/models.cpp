@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS dwh.dim_state (
   abbreviation text NOT NULL UNIQUE,
   name text NOT NULL);
 ALTER TABLE dwh.dim_state ADD COLUMN IF NOT EXISTS population bigint;
+CREATE INDEX IF NOT EXISTS dim_state_name ON dwh.dim_state (name);
 
 -- Reviews from the reviews API, one row per review at its latest version: overlapping and
 -- repeated extractions converge by key, newest updated_at wins.
@@ -60,6 +61,7 @@ CREATE TABLE IF NOT EXISTS dwh.fact_review (
   updated_at timestamptz NOT NULL,
   first_ds date NOT NULL,
   last_ds date NOT NULL);
+CREATE INDEX IF NOT EXISTS fact_review_business ON dwh.fact_review (business_id);
 CREATE TABLE IF NOT EXISTS marts.business_stars (
   business_id text PRIMARY KEY,
   reviews bigint NOT NULL,
@@ -99,6 +101,7 @@ CREATE TABLE IF NOT EXISTS dwh.fact_business_daily (
   review_count integer NOT NULL,
   review_change integer,  -- vs the previous day's snapshot; NULL when there is none
   PRIMARY KEY (business_id, date_key));
+CREATE INDEX IF NOT EXISTS fact_business_daily_date ON dwh.fact_business_daily (date_key);
 
 CREATE TABLE IF NOT EXISTS marts.business_review_changes (
   ds date NOT NULL,
@@ -151,12 +154,26 @@ ON CONFLICT DO NOTHING;
 )SQL" + dims;
 }
 
-std::string StagingDdl(const DatasetSpec& d) {
+std::string StagingDdl(const PipelineSpec& spec, const DatasetSpec& d) {
   std::string cols;
   for (const auto& c : d.columns) cols += ", " + QuoteIdent(c.name) + " " + PgTypeName(c.type);
   const std::string table = "staging." + QuoteIdent(d.name);
-  return "CREATE TABLE IF NOT EXISTS " + table + " (ds date NOT NULL, run_id text NOT NULL" + cols +
-         ");\nCREATE INDEX IF NOT EXISTS " + QuoteIdent(d.name + "_ds") + " ON " + table + " (ds);\n";
+  std::string sql = "CREATE TABLE IF NOT EXISTS " + table + " (ds date NOT NULL, run_id text NOT NULL" + cols +
+                    ");\nCREATE INDEX IF NOT EXISTS " + QuoteIdent(d.name + "_ds") + " ON " + table + " (ds);\n";
+  // Dimensions and facts look up every staged version of the keys a day touched: by key, so
+  // the cost follows the day's keys, never the table's age.
+  bool looked_up = false;
+  for (const auto& dim : spec.dimensions) looked_up = looked_up || dim.from == d.name;
+  for (const auto& f : spec.facts) {
+    looked_up = looked_up || f.from == d.name;
+    for (const auto& j : f.joins) looked_up = looked_up || j.dataset == d.name;
+  }
+  if (looked_up && !d.key.empty()) {
+    std::string key;
+    for (const auto& k : d.key) key += (key.empty() ? "" : ", ") + QuoteIdent(k);
+    sql += "CREATE INDEX IF NOT EXISTS " + QuoteIdent(d.name + "_key") + " ON " + table + " (" + key + ");\n";
+  }
+  return sql;
 }
 
 const std::vector<Model>& AllModels() {
@@ -174,8 +191,16 @@ FROM (SELECT DISTINCT ON (name) name, population FROM staging.state_population
       WHERE ds = (SELECT max(ds) FROM staging.state_population WHERE ds <= $1) ORDER BY name) p
 WHERE p.name = s.name AND s.population IS DISTINCT FROM p.population)SQL"}},
 
+      // Only the businesses whose reviews the day changed are recounted (a review that moved
+      // also recounts the business it left).
       {"reviews",
        {R"SQL(
+CREATE TEMP TABLE tmp_review_businesses ON COMMIT DROP AS
+SELECT business_id FROM staging.reviews WHERE ds = $1
+UNION SELECT f.business_id FROM dwh.fact_review f
+WHERE f.review_id IN (SELECT review_id FROM staging.reviews WHERE ds = $1))SQL",
+        "ANALYZE tmp_review_businesses",
+        R"SQL(
 INSERT INTO dwh.fact_review (review_id, business_id, stars, title, updated_at, first_ds, last_ds)
 SELECT DISTINCT ON (review_id) review_id, business_id, stars, title, updated_at, ds, ds
 FROM staging.reviews WHERE ds = $1
@@ -185,10 +210,11 @@ ON CONFLICT (review_id) DO UPDATE SET business_id = EXCLUDED.business_id, stars 
   first_ds = least(fact_review.first_ds, EXCLUDED.first_ds)
 WHERE EXCLUDED.updated_at > fact_review.updated_at)SQL",
         R"SQL(
-DELETE FROM marts.business_stars)SQL",
+DELETE FROM marts.business_stars WHERE business_id IN (SELECT business_id FROM tmp_review_businesses))SQL",
         R"SQL(
 INSERT INTO marts.business_stars (business_id, reviews, avg_stars)
-SELECT business_id, count(*), round(avg(stars), 2) FROM dwh.fact_review GROUP BY business_id)SQL"}},
+SELECT business_id, count(*), round(avg(stars), 2) FROM dwh.fact_review
+WHERE business_id IN (SELECT business_id FROM tmp_review_businesses) GROUP BY business_id)SQL"}},
 
       // Daily sales for every date whose facts the fact_sales build touched (before or after).
       {"daily_sales",

@@ -16,8 +16,9 @@ namespace strata::loader {
 
 // Schemas, the declared dimensions, ops/dwh/marts tables and the date dimension.
 std::string WarehouseDdl(const PipelineSpec& spec);
-// staging.<dataset> with ds, run_id and the dataset's typed columns.
-std::string StagingDdl(const DatasetSpec& dataset);
+// staging.<dataset> with ds, run_id and the dataset's typed columns, indexed by ds and (for a
+// dataset a dimension or fact reads) by its key.
+std::string StagingDdl(const PipelineSpec& spec, const DatasetSpec& dataset);
 
 struct Model {
   std::string name;

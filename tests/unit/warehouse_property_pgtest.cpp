@@ -563,7 +563,7 @@ class WarehousePropertyTest : public ::testing::Test {
   void Reset() {
     Exec("DROP SCHEMA IF EXISTS raw, staging, dwh, marts, ops, serving CASCADE");
     std::string ddl = WarehouseDdl(spec_);
-    for (const auto& d : spec_.datasets) ddl += StagingDdl(d);
+    for (const auto& d : spec_.datasets) ddl += StagingDdl(spec_, d);
     RunDdl(*conn_, ddl + CdcDdl(spec_));
   }
 
