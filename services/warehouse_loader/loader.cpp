@@ -221,10 +221,12 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
     return r[0][0].as<long long>();
   }
 
-  // Every marts table is replaced in serving in one transaction: readers see the previous
-  // publication until commit, then the new one, never a mix. The same transaction marks every
-  // (mart, day) whose published rows changed — any day, not only ds: a later run moves earlier
-  // days' marts — as pending for the lake's gold layer, which is then rewritten from serving.
+  // serving takes the marts' changes in one transaction: readers see the previous publication
+  // until commit, then the new one, never a mix. What changed comes from the statement triggers
+  // on marts (ops.mart_day_changes / mart_key_changes), so a publish copies the days and keys the
+  // runs since the last one touched, not the whole marts; a table published for the first time
+  // (or one with neither a ds column nor a primary key) is copied whole. Every (mart, day) that
+  // changed is marked pending for the lake's gold layer, then rewritten from serving.
   long long PublishMarts(const TaskRequest& req) {
     auto conn = PgConnect(DsnForTask(config_.warehouse_dsn, req));
     pqxx::work tx(*conn);
@@ -237,22 +239,56 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
     const std::string version = v[0][0].c_str();
     long long rows = 0;
     for (const auto& t : tables) {
-      const std::string name = QuoteIdent(t[0].c_str());
+      const std::string mart = t[0].c_str(), name = QuoteIdent(mart);
       tx.exec("CREATE TABLE IF NOT EXISTS serving." + name + " (LIKE marts." + name + " INCLUDING ALL)");
+      const bool tracked = tx.exec_params("SELECT ops.install_change_triggers($1)", mart)[0][0].as<bool>();
       const bool by_day = !tx.exec_params("SELECT 1 FROM information_schema.columns WHERE table_schema = 'marts' "
-                                          "AND table_name = $1 AND column_name = 'ds'", t[0].c_str()).empty();
+                                          "AND table_name = $1 AND column_name = 'ds'", mart).empty();
+      const bool first = !tx.exec_params("INSERT INTO ops.serving_tables (mart) VALUES ($1) ON CONFLICT DO NOTHING "
+                                         "RETURNING 1", mart).empty();
+      if (first || !tracked) {
+        tx.exec_params("DELETE FROM ops.mart_day_changes WHERE mart = $1", mart);
+        tx.exec_params("DELETE FROM ops.mart_key_changes WHERE mart = $1", mart);
+        tx.exec("DELETE FROM serving." + name);
+        rows += tx.exec("INSERT INTO serving." + name + " SELECT * FROM marts." + name).affected_rows();
+        if (by_day)
+          tx.exec_params("INSERT INTO ops.gold_pending (mart, ds, version) SELECT DISTINCT $1::text, ds, $2::bigint FROM "
+                         "marts." + name + " ON CONFLICT (mart, ds) DO UPDATE SET version = EXCLUDED.version",
+                         mart, version);
+      } else if (by_day) {
+        tx.exec("CREATE TEMP TABLE tmp_publish_days (ds date) ON COMMIT DROP");
+        tx.exec_params("WITH d AS (DELETE FROM ops.mart_day_changes WHERE mart = $1 RETURNING ds) "
+                       "INSERT INTO tmp_publish_days SELECT DISTINCT ds FROM d", mart);
+        tx.exec("DELETE FROM serving." + name + " WHERE ds IN (SELECT ds FROM tmp_publish_days)");
+        rows += tx.exec("INSERT INTO serving." + name + " SELECT * FROM marts." + name +
+                        " WHERE ds IN (SELECT ds FROM tmp_publish_days)").affected_rows();
+        tx.exec_params("INSERT INTO ops.gold_pending (mart, ds, version) SELECT $1::text, ds, $2::bigint FROM tmp_publish_days "
+                       "ON CONFLICT (mart, ds) DO UPDATE SET version = EXCLUDED.version", mart, version);
+        tx.exec("DROP TABLE tmp_publish_days");
+      } else {
+        // The primary key's columns and types, to turn the recorded JSON keys back into rows.
+        std::string cols, typed;
+        int i = 0;
+        for (const auto& c : tx.exec_params(
+                 "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_index x "
+                 "JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey::int2[]) "
+                 "WHERE x.indrelid = ('marts.' || quote_ident($1))::regclass AND x.indisprimary "
+                 "ORDER BY array_position(x.indkey::int2[], a.attnum)", mart)) {
+          cols += (cols.empty() ? "" : ", ") + QuoteIdent(c[0].c_str());
+          typed += (typed.empty() ? "" : ", ") + std::string("(key->>") + std::to_string(i++) + ")::" + c[1].c_str();
+        }
+        tx.exec("CREATE TEMP TABLE tmp_publish_keys (key jsonb) ON COMMIT DROP");
+        tx.exec_params("WITH d AS (DELETE FROM ops.mart_key_changes WHERE mart = $1 RETURNING key) "
+                       "INSERT INTO tmp_publish_keys SELECT key FROM d", mart);
+        const std::string keys = "(" + cols + ") IN (SELECT " + typed + " FROM tmp_publish_keys)";
+        tx.exec("DELETE FROM serving." + name + " WHERE " + keys);
+        rows += tx.exec("INSERT INTO serving." + name + " SELECT * FROM marts." + name + " WHERE " + keys).affected_rows();
+        tx.exec("DROP TABLE tmp_publish_keys");
+      }
+      // The published day's partition exists for every mart with days, even when empty.
       if (by_day)
-        tx.exec_params(
-            "INSERT INTO ops.gold_pending (mart, ds, version)\n"
-            "SELECT $1::text, ds, $2::bigint FROM ((SELECT * FROM marts." + name + " EXCEPT ALL SELECT * FROM serving." + name + ")\n"
-            "  UNION ALL (SELECT * FROM serving." + name + " EXCEPT ALL SELECT * FROM marts." + name + ")) changed\n"
-            "UNION SELECT $1::text, $3::date, $2::bigint\n"
-            "UNION SELECT $1::text, m.ds, $2::bigint FROM (SELECT DISTINCT ds FROM marts." + name + ") m\n"
-            "  WHERE NOT EXISTS (SELECT 1 FROM ops.gold_partitions g WHERE g.mart = $1 AND g.ds = m.ds)\n"
-            "ON CONFLICT (mart, ds) DO UPDATE SET version = EXCLUDED.version",
-            t[0].c_str(), version, req.ds());
-      tx.exec("DELETE FROM serving." + name);
-      rows += tx.exec("INSERT INTO serving." + name + " SELECT * FROM marts." + name).affected_rows();
+        tx.exec_params("INSERT INTO ops.gold_pending (mart, ds, version) VALUES ($1, $2, $3) "
+                       "ON CONFLICT (mart, ds) DO UPDATE SET version = EXCLUDED.version", mart, req.ds(), version);
     }
     tx.commit();
     spdlog::info("published version={} ds={} run_id={} tables={} rows={}", version, req.ds(), req.run_id(),

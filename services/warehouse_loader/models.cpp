@@ -118,6 +118,57 @@ CREATE TABLE IF NOT EXISTS marts.rating_by_price_level (
   avg_rating numeric(4,2) NOT NULL,
   PRIMARY KEY (ds, price_level));
 
+-- What the models changed in marts since the last publish, recorded by statement triggers
+-- (ops.note_mart_change): the days of a mart with a ds column, else the primary-key values.
+-- Publish copies exactly those into serving, so its cost follows the change, not the marts' size.
+CREATE TABLE IF NOT EXISTS ops.mart_day_changes (mart text NOT NULL, ds date NOT NULL, PRIMARY KEY (mart, ds));
+CREATE TABLE IF NOT EXISTS ops.mart_key_changes (mart text NOT NULL, key jsonb NOT NULL, PRIMARY KEY (mart, key));
+CREATE TABLE IF NOT EXISTS ops.serving_tables (mart text PRIMARY KEY, first_published_at timestamptz NOT NULL DEFAULT now());
+CREATE OR REPLACE FUNCTION ops.note_mart_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
+DECLARE
+  key text := '';
+  src text;
+BEGIN
+  FOR i IN 1 .. TG_NARGS - 1 LOOP
+    key := key || CASE WHEN i > 1 THEN ', ' ELSE '' END || format('to_jsonb(r) -> %L', TG_ARGV[i]);
+  END LOOP;
+  FOREACH src IN ARRAY CASE TG_OP WHEN 'INSERT' THEN ARRAY['new_rows'] WHEN 'DELETE' THEN ARRAY['old_rows']
+                                  ELSE ARRAY['new_rows', 'old_rows'] END LOOP
+    IF TG_ARGV[0] = 'ds' THEN
+      EXECUTE format('INSERT INTO ops.mart_day_changes SELECT DISTINCT %L, ds FROM %I r ON CONFLICT DO NOTHING',
+                     TG_TABLE_NAME, src);
+    ELSE
+      EXECUTE format('INSERT INTO ops.mart_key_changes SELECT DISTINCT %L, jsonb_build_array(%s) FROM %I r '
+                     'ON CONFLICT DO NOTHING', TG_TABLE_NAME, key, src);
+    END IF;
+  END LOOP;
+  RETURN NULL;
+END $fn$;
+-- Installs the triggers on marts.<t>: by day when it has a ds column, else by primary key (a
+-- table with neither is copied whole at every publish).
+CREATE OR REPLACE FUNCTION ops.install_change_triggers(t text) RETURNS boolean LANGUAGE plpgsql AS $fn$
+DECLARE
+  args text;
+BEGIN
+  IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = 'marts' AND table_name = t
+             AND column_name = 'ds') THEN
+    args := quote_literal('ds');
+  ELSE
+    SELECT string_agg(quote_literal(a.attname), ', ' ORDER BY array_position(i.indkey::int2[], a.attnum)) INTO args
+    FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey::int2[])
+    WHERE i.indrelid = format('marts.%I', t)::regclass AND i.indisprimary;
+    IF args IS NULL THEN RETURN false; END IF;
+    args := quote_literal('key') || ', ' || args;
+  END IF;
+  EXECUTE format('CREATE OR REPLACE TRIGGER strata_changes_i AFTER INSERT ON marts.%I REFERENCING NEW TABLE AS new_rows '
+                 'FOR EACH STATEMENT EXECUTE FUNCTION ops.note_mart_change(%s)', t, args);
+  EXECUTE format('CREATE OR REPLACE TRIGGER strata_changes_u AFTER UPDATE ON marts.%I REFERENCING NEW TABLE AS new_rows '
+                 'OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION ops.note_mart_change(%s)', t, args);
+  EXECUTE format('CREATE OR REPLACE TRIGGER strata_changes_d AFTER DELETE ON marts.%I REFERENCING OLD TABLE AS old_rows '
+                 'FOR EACH STATEMENT EXECUTE FUNCTION ops.note_mart_change(%s)', t, args);
+  RETURN true;
+END $fn$;
+
 -- serving: the published copy of marts, the only thing the query service reads.
 CREATE TABLE IF NOT EXISTS serving.publications (
   version bigserial PRIMARY KEY,
@@ -151,6 +202,9 @@ SELECT to_char(d, 'YYYYMMDD')::int, d::date, extract(year FROM d)::int, extract(
        trim(to_char(d, 'Day')), trim(to_char(d, 'Month')), extract(isodow FROM d) >= 6
 FROM generate_series('2015-01-01'::date, '2035-12-31'::date, interval '1 day') AS d
 ON CONFLICT DO NOTHING;
+
+SELECT ops.install_change_triggers(table_name::text) FROM information_schema.tables
+WHERE table_schema = 'marts' AND table_type = 'BASE TABLE';
 )SQL" + dims;
 }
 
