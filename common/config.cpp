@@ -48,6 +48,12 @@ int PositiveInt(const std::string& text, const std::string& path, bool allow_zer
                    " integer, got \"" + text + "\"");
 }
 
+bool Bool(const std::string& text, const std::string& path) {
+  if (text == "true") return true;
+  if (text == "false") return false;
+  throw InputError("config " + path + ": expected true or false, got \"" + text + "\"");
+}
+
 }  // namespace
 
 const std::vector<std::string>& ServiceNames() {
@@ -107,6 +113,7 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
       else if (key == "task_retries") c.task_retries = PositiveInt(Scalar(kv.second, path), path, /*allow_zero=*/true);
       else if (key == "max_active_runs") c.max_active_runs = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "reclaim_idle_ms") c.reclaim_idle_ms = PositiveInt(Scalar(kv.second, path), path);
+      else if (key == "reuse_port") c.reuse_port = Bool(Scalar(kv.second, path), path);
       else if (key == "services") {
         if (!kv.second.IsMap()) throw InputError("config " + path + ": expected a mapping");
         for (const auto& svc : kv.second) {
@@ -146,6 +153,7 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
   if (const char* v = env("STRATA_BATCH_ROWS")) c.batch_rows = PositiveInt(v, "STRATA_BATCH_ROWS");
   if (const char* v = env("STRATA_BUS_HIGH_WATER")) c.bus_high_water = PositiveInt(v, "STRATA_BUS_HIGH_WATER");
   if (const char* v = env("STRATA_RECLAIM_IDLE_MS")) c.reclaim_idle_ms = PositiveInt(v, "STRATA_RECLAIM_IDLE_MS");
+  if (const char* v = env("STRATA_REUSE_PORT")) c.reuse_port = Bool(v, "STRATA_REUSE_PORT");
   if (const char* v = env("STRATA_QUERY_RATE_LIMIT_RPS"))
     c.query_rate_limit_rps = PositiveInt(v, "STRATA_QUERY_RATE_LIMIT_RPS");
   if (const char* v = env("STRATA_QUERY_TIMEOUT_MS")) c.query_timeout_ms = PositiveInt(v, "STRATA_QUERY_TIMEOUT_MS");

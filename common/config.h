@@ -7,6 +7,7 @@
 //   STRATA_PG_DSN, STRATA_SOURCE_DSN, STRATA_REDIS_URL, STRATA_LAKE_ROOT, STRATA_PIPELINE_SPEC,
 //   STRATA_WEBHOOK_URL, STRATA_WEBHOOK_FORMAT, STRATA_SOURCE_HTTP, STRATA_BATCH_ROWS, STRATA_RECLAIM_IDLE_MS,
 //   STRATA_TASK_TIMEOUT_SECONDS, STRATA_TASK_RETRIES, STRATA_MAX_ACTIVE_RUNS, STRATA_QUERY_TOKENS, STRATA_QUERY_RATE_LIMIT_RPS, STRATA_QUERY_TIMEOUT_MS,
+//   STRATA_REUSE_PORT,
 //   STRATA_<SERVICE>_GRPC and STRATA_<SERVICE>_METRICS (host:port) for
 //   INGEST, LAKE_EXPORT, WAREHOUSE_LOADER, QUALITY, QUERY, CONTROLLER.
 #pragma once
@@ -47,6 +48,9 @@ struct Config {
   int max_active_runs = 1;   // runs the leader controller executes at once
   // Bus entries pending this long on a consumer are presumed orphaned and reclaimed.
   int reclaim_idle_ms = 60000;
+  // Let several processes listen on one gRPC/HTTP address (SO_REUSEPORT). Off: a second
+  // instance on a live address fails start-up instead of silently splitting the traffic.
+  bool reuse_port = false;
   std::map<std::string, Endpoint> services;
 
   // The endpoint of a known service; throws InputError for an unknown name.

@@ -7,6 +7,7 @@
 #include <prometheus/registry.h>
 #include <spdlog/spdlog.h>
 
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
@@ -15,6 +16,7 @@
 
 #include "common/config.h"
 #include "common/errors.h"
+#include "common/http_server.h"
 #include "common/log.h"
 
 namespace strata {
@@ -49,19 +51,33 @@ int ServiceMain(int argc, char** argv, const std::string& service, const Compone
     const Config config = LoadConfig(config_path);
     const Endpoint& ep = config.endpoint(service);
     auto registry = std::make_shared<prometheus::Registry>();
-    prometheus::Exposer exposer(ep.metrics);
-    exposer.RegisterCollectable(registry);
+    std::unique_ptr<prometheus::Exposer> exposer;
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(ep.metrics);
+    } catch (const std::exception&) {
+      const std::string why = BindProblem(ep.metrics);
+      throw EnvError("cannot listen for metrics on " + ep.metrics + (why.empty() ? "" : ": " + why));
+    }
+    exposer->RegisterCollectable(registry);
 
     std::unique_ptr<Component> component = make(config, *registry);
 
     grpc::EnableDefaultHealthCheckService(true);
     grpc::reflection::InitProtoReflectionServerBuilderPlugin();
     grpc::ServerBuilder builder;
+    // gRPC sets SO_REUSEPORT by default, which lets a second instance share a live address.
+    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, config.reuse_port ? 1 : 0);
     int bound_port = 0;
     builder.AddListeningPort(ep.grpc, grpc::InsecureServerCredentials(), &bound_port);
     for (grpc::Service* s : component->GrpcServices()) builder.RegisterService(s);
     std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-    if (!server || bound_port == 0) throw EnvError("cannot listen for gRPC on " + ep.grpc);
+    if (!server || bound_port == 0) {
+      const std::string why = BindProblem(ep.grpc);
+      throw EnvError("cannot listen for gRPC on " + ep.grpc + (why.empty() ? "" : ": " + why) +
+                     (why == std::strerror(EADDRINUSE)
+                          ? " (another process listens there; set reuse_port: true to share the address on purpose)"
+                          : ""));
+    }
     component->Start();
     server->GetHealthCheckService()->SetServingStatus(true);
     spdlog::info("started grpc={} metrics={}", ep.grpc, ep.metrics);

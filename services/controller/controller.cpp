@@ -144,13 +144,14 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
   std::vector<grpc::Service*> GrpcServices() override { return {this}; }
 
   void Start() override {
-    leader_thread_ = std::thread([this] { Lead(); });
+    // The page first: a taken address must fail start-up before the leader thread exists.
     const std::string& listen = config_.endpoint("controller").http;
     if (!listen.empty()) {
       RegisterPage();
-      http_.Start(listen, "controller status page");
+      http_.Start(listen, "controller status page", config_.reuse_port);
       spdlog::info("status page on http://{}/", listen);
     }
+    leader_thread_ = std::thread([this] { Lead(); });
   }
   void Stop() override {
     http_.Stop();

@@ -560,7 +560,7 @@ class QueryImpl final : public Component, public pb::Query::Service {
     const std::string& listen = config_.endpoint("query").http;
     if (listen.empty()) return;
     RegisterRoutes();
-    http_.Start(listen, "query HTTP gateway");
+    http_.Start(listen, "query HTTP gateway", config_.reuse_port);
     spdlog::info("http gateway listening on {}", listen);
   }
 
