@@ -40,7 +40,8 @@ bool IsValidDate(const std::string& ds) {
   const int y = std::stoi(ds.substr(0, 4));
   const unsigned m = static_cast<unsigned>(std::stoi(ds.substr(5, 2)));
   const unsigned d = static_cast<unsigned>(std::stoi(ds.substr(8, 2)));
-  if (m < 1 || m > 12 || d < 1) return false;
+  // Year 0000 does not exist (1 BC precedes AD 1; PostgreSQL refuses it).
+  if (y < 1 || m < 1 || m > 12 || d < 1) return false;
   static const unsigned kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
   const bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
   const unsigned max_day = (m == 2 && leap) ? 29 : kDays[m - 1];

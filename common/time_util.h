@@ -9,6 +9,7 @@ namespace strata {
 int64_t ParseDate(const std::string& ds, const std::string& what = "date");
 std::string FormatDate(int64_t days_since_epoch);
 std::string AddDays(const std::string& ds, int64_t days);
+// A strict YYYY-MM-DD calendar date from 0001-01-01 to 9999-12-31.
 bool IsValidDate(const std::string& ds);
 int64_t NowUnixMs();
 // Microseconds since the epoch of "YYYY-MM-DD[T ]HH:MM:SS[.ffffff][Z|±HH[:MM]]" (no offset: UTC).

@@ -13,6 +13,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
 #include <unordered_map>
@@ -143,14 +144,21 @@ grpc::Status CheckLimit(int requested, int fallback, int* out) {
   return grpc::Status::OK;
 }
 
+// Client values appear in messages only through QuoteForMessage: a short, escaped prefix.
 grpc::Status CheckStatus(const std::string& status) {
   if (status.empty() || kStatuses.count(status)) return grpc::Status::OK;
-  return Invalid("status: unknown status '" + status + "' (known: open, shipped, delivered, cancelled)");
+  return Invalid("status: unknown status " + QuoteForMessage(status) + " (known: open, shipped, delivered, cancelled)");
+}
+
+grpc::Status CheckDate(const char* name, const std::string& ds) {
+  if (IsValidDate(ds)) return grpc::Status::OK;
+  return Invalid(std::string(name) + ": expected a date YYYY-MM-DD from 0001-01-01 to 9999-12-31, got " +
+                 QuoteForMessage(ds));
 }
 
 grpc::Status CheckRange(const std::string& from, const std::string& to) {
-  if (!IsValidDate(from)) return Invalid("from: expected YYYY-MM-DD, got \"" + from + "\"");
-  if (!IsValidDate(to)) return Invalid("to: expected YYYY-MM-DD, got \"" + to + "\"");
+  if (auto st = CheckDate("from", from); !st.ok()) return st;
+  if (auto st = CheckDate("to", to); !st.ok()) return st;
   if (from > to) return Invalid("from: must not be after to (" + from + " > " + to + ")");
   return grpc::Status::OK;
 }
@@ -351,13 +359,10 @@ class QueryCore {
           tx.exec("SET LOCAL TIME ZONE 'UTC'; SET LOCAL statement_timeout = " + std::to_string(remaining));
           fill(tx);
         });
-      } catch (const pqxx::sql_error& e) {
-        reply->Clear();
-        st = e.sqlstate() == "57014" ? grpc::Status{grpc::StatusCode::DEADLINE_EXCEEDED, "query exceeded its deadline"}
-                                     : grpc::Status{grpc::StatusCode::UNAVAILABLE, std::string("warehouse: ") + e.what()};
       } catch (const std::exception& e) {
+        // The client gets a code and a message it can act on; PostgreSQL's text goes to the log.
         reply->Clear();
-        st = {grpc::StatusCode::UNAVAILABLE, std::string("warehouse: ") + e.what()};
+        st = WarehouseFailure(call, e);
       }
     }
     const std::string bytes = st.ok() ? reply->SerializeAsString() : "";
@@ -373,6 +378,20 @@ class QueryCore {
     std::lock_guard<std::mutex> lock(flight_mu_);
     inflight_.erase(key);
     return st;
+  }
+
+  static grpc::Status WarehouseFailure(const Call& call, const std::exception& e) {
+    const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e);
+    const std::string state = sql ? sql->sqlstate() : "";
+    if (state == "57014") return {grpc::StatusCode::DEADLINE_EXCEEDED, "query exceeded its deadline"};
+    if (state.rfind("22", 0) == 0) {
+      // Data exception: a parameter passed validation but not PostgreSQL (validation should
+      // have caught it; the log says which).
+      spdlog::warn("warehouse refused a parameter method={} sqlstate={} error={}", call.method, state, e.what());
+      return Invalid("a parameter is outside the range the warehouse accepts");
+    }
+    spdlog::error("warehouse query failed method={} sqlstate={} error={}", call.method, state, e.what());
+    return {grpc::StatusCode::UNAVAILABLE, "the warehouse is unavailable; try again shortly"};
   }
 
   // ---- the analytics --------------------------------------------------------------------
@@ -510,7 +529,8 @@ class QueryCore {
 
   grpc::Status Dispatch(const Call& call, const pb::RatingByPriceLevelRequest& req,
                         pb::RatingByPriceLevelReply* reply) {
-    if (!req.ds().empty() && !IsValidDate(req.ds())) return Invalid("ds: expected YYYY-MM-DD, got \"" + req.ds() + "\"");
+    if (!req.ds().empty())
+      if (auto st = CheckDate("ds", req.ds()); !st.ok()) return st;
     return Cached(call, req.ds(), reply, [&](pqxx::transaction_base& tx) {
       const auto r = tx.exec_params(
           "SELECT ds::text, price_level, businesses, avg_rating::float8 FROM serving.rating_by_price_level "
@@ -605,14 +625,10 @@ class QueryImpl final : public Component, public pb::Query::Service {
                                    "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
                                    "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
     const int code = static_cast<int>(st.error_code());
-    std::string msg;
-    for (char c : st.error_message()) {
-      if (c == '"' || c == '\\') msg.push_back('\\');
-      msg.push_back(c);
-    }
-    SendJson(res, HttpStatusFor(code),
-             std::string("{\"error\":{\"code\":\"") + (code >= 0 && code <= 16 ? kNames[code] : "UNKNOWN") +
-                 "\",\"message\":\"" + msg + "\"}}");
+    const nlohmann::json body = {
+        {"error", {{"code", code >= 0 && code <= 16 ? kNames[code] : "UNKNOWN"}, {"message", st.error_message()}}}};
+    // Any byte a message carries stays valid JSON (invalid UTF-8 becomes U+FFFD).
+    SendJson(res, HttpStatusFor(code), body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   }
 
   // Parses an integer query parameter; absent means 0 (the method's default).
@@ -626,7 +642,7 @@ class QueryImpl final : public Component, public pb::Query::Service {
       if (used == v.size()) return grpc::Status::OK;
     } catch (const std::exception&) {
     }
-    return Invalid(std::string(name) + ": expected an integer, got \"" + v + "\"");
+    return Invalid(std::string(name) + ": expected an integer, got " + QuoteForMessage(v));
   }
 
   template <typename Req, typename Reply>

@@ -1,5 +1,5 @@
 // What strata makes of hostile input before any handler sees it: how much of a bad value an
-// error message may quote, how the HTTP reader judges a request that is
+// error message may quote, which dates exist, how the HTTP reader judges a request that is
 // still arriving, and the reuse_port setting.
 #include <gtest/gtest.h>
 
@@ -10,6 +10,7 @@
 #include "common/config.h"
 #include "common/errors.h"
 #include "common/http_server.h"
+#include "common/time_util.h"
 
 namespace strata {
 namespace {
@@ -31,6 +32,14 @@ TEST(QuoteForMessage, EscapesEverythingOutsidePrintableAscii) {
   // A cut through a multi-byte character leaves only escapes, never half a character.
   const std::string q = QuoteForMessage("\xc3\xa9\xc3\xa9", 3);
   EXPECT_EQ(q, "\"\\xc3\\xa9\\xc3\"... (4 bytes)");
+}
+
+TEST(Dates, YearZeroDoesNotExist) {
+  EXPECT_FALSE(IsValidDate("0000-01-01"));
+  EXPECT_FALSE(IsValidDate("0000-12-31"));
+  EXPECT_TRUE(IsValidDate("0001-01-01"));
+  EXPECT_TRUE(IsValidDate("9999-12-31"));
+  EXPECT_THROW(ParseDate("0000-01-01", "ds"), InputError);
 }
 
 HttpLimits Limits() {
