@@ -1,6 +1,7 @@
 #include "common/pg.h"
 
 #include <libpq-fe.h>
+#include <poll.h>
 
 #include <vector>
 
@@ -15,6 +16,52 @@ std::unique_ptr<pqxx::connection> PgConnect(const std::string& dsn) {
   } catch (const std::exception& e) {
     throw EnvError(std::string("postgres connect: ") + e.what());
   }
+}
+
+bool PgConnectionLost(const pqxx::connection& conn) {
+  if (!conn.is_open()) return true;
+  const int fd = conn.sock();
+  if (fd < 0) return true;
+  // An idle connection has nothing to read: anything there (a FATAL "terminating connection"
+  // notice, end of file, an error) means the server is done with it.
+  pollfd p{fd, POLLIN, 0};
+  return ::poll(&p, 1, 0) != 0;
+}
+
+PgPool::PgPool(std::string dsn, size_t max_idle, std::function<void(const std::string&)> on_reconnect)
+    : dsn_(std::move(dsn)), max_idle_(max_idle), on_reconnect_(std::move(on_reconnect)) {}
+
+std::unique_ptr<pqxx::connection> PgPool::Acquire() {
+  for (;;) {
+    std::unique_ptr<pqxx::connection> c;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (idle_.empty()) break;
+      c = std::move(idle_.back());
+      idle_.pop_back();
+    }
+    if (!PgConnectionLost(*c)) return c;
+    if (on_reconnect_) on_reconnect_("an idle connection was closed by the server");
+  }
+  return PgConnect(dsn_);
+}
+
+void PgPool::Release(std::unique_ptr<pqxx::connection> c) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (idle_.size() < max_idle_) idle_.push_back(std::move(c));
+}
+
+bool PgPool::Broken(const pqxx::connection& c, const std::exception& e) {
+  return dynamic_cast<const pqxx::broken_connection*>(&e) != nullptr || !c.is_open();
+}
+
+std::unique_ptr<pqxx::connection> PgPool::Fresh(const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    idle_.clear();  // they went down with the one that broke
+  }
+  if (on_reconnect_) on_reconnect_(why);
+  return PgConnect(dsn_);
 }
 
 void RunDdl(pqxx::connection& conn, const std::string& sql) {

@@ -5,9 +5,11 @@
 //    services starting together don't race on CREATE SCHEMA IF NOT EXISTS.
 //  * CopyConn: a raw libpq connection for COPY FROM STDIN streaming; bytes go from a reader
 //    straight to the server in 256 KiB chunks, so memory is flat in the input size.
+//  * PgPool: a few reused connections that survive a server restart.
 #pragma once
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <vector>
 #include <pqxx/pqxx>
@@ -19,6 +21,54 @@ namespace strata {
 
 std::unique_ptr<pqxx::connection> PgConnect(const std::string& dsn);
 void RunDdl(pqxx::connection& conn, const std::string& sql);
+
+// True when `conn` can no longer be used: libpq lost it (PQstatus != CONNECTION_OK), or the
+// server closed it while it sat idle (a restart, an idle timeout: the socket is readable, or
+// shut, with no query outstanding). Costs one non-blocking poll().
+bool PgConnectionLost(const pqxx::connection& conn);
+
+// A few connections to one database, reused across calls (connecting costs more than most
+// queries). Thread-safe.
+//
+// With(fn) lends fn a connection. A pooled connection the server has closed is noticed before
+// it is lent and replaced. A call that fails because its connection broke mid-way
+// (pqxx::broken_connection, or libpq's status no longer CONNECTION_OK) drops every idle
+// connection — a restart breaks them all — and runs fn once more on a fresh one, so a server
+// restart costs callers only the calls in flight while the server was down. fn must therefore
+// be safe to run twice: read-only work, or a transaction that had not committed. A failure for
+// any other reason is rethrown and the connection discarded. Connect failures throw EnvError.
+class PgPool {
+ public:
+  // `on_reconnect(why)` is called (outside the pool's lock) each time a broken connection is
+  // replaced, for a metric and a log line.
+  explicit PgPool(std::string dsn, size_t max_idle = 16,
+                  std::function<void(const std::string& why)> on_reconnect = nullptr);
+
+  template <typename Fn>
+  void With(Fn&& fn) {
+    std::unique_ptr<pqxx::connection> c = Acquire();
+    try {
+      fn(*c);
+    } catch (const std::exception& e) {
+      if (!Broken(*c, e)) throw;
+      c = Fresh(e.what());
+      fn(*c);
+    }
+    Release(std::move(c));
+  }
+
+ private:
+  std::unique_ptr<pqxx::connection> Acquire();
+  void Release(std::unique_ptr<pqxx::connection> c);
+  static bool Broken(const pqxx::connection& c, const std::exception& e);
+  std::unique_ptr<pqxx::connection> Fresh(const std::string& why);
+
+  std::string dsn_;
+  size_t max_idle_;
+  std::function<void(const std::string&)> on_reconnect_;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<pqxx::connection>> idle_;
+};
 
 class CopyConn {
  public:

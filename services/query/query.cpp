@@ -55,41 +55,19 @@ struct Metrics {
                     .Help("Queries sent to PostgreSQL, by method").Register(r)),
         degraded(prometheus::BuildCounter().Name("strata_query_degraded_total")
                      .Help("Requests answered without the cache because Redis failed").Register(r)),
+        reconnects(prometheus::BuildCounter().Name("strata_query_pg_reconnects_total")
+                       .Help("Warehouse connections found broken (e.g. after a restart) and replaced").Register(r)),
         latency(prometheus::BuildHistogram().Name("strata_query_request_duration_seconds")
                     .Help("Request latency by method").Register(r)) {
     degraded.Add({});  // exposed as 0 from the start: an absent series cannot be alerted on
+    reconnects.Add({});
   }
   prometheus::Family<prometheus::Counter>& requests;
   prometheus::Family<prometheus::Counter>& cache;
   prometheus::Family<prometheus::Counter>& backend;
   prometheus::Family<prometheus::Counter>& degraded;
+  prometheus::Family<prometheus::Counter>& reconnects;
   prometheus::Family<prometheus::Histogram>& latency;
-};
-
-// A few warehouse connections reused across requests (connect costs more than most queries).
-class PgPool {
- public:
-  explicit PgPool(std::string dsn) : dsn_(std::move(dsn)) {}
-  template <typename Fn>
-  void With(Fn fn) {
-    std::unique_ptr<pqxx::connection> c;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (!idle_.empty()) {
-        c = std::move(idle_.back());
-        idle_.pop_back();
-      }
-    }
-    if (!c || !c->is_open()) c = PgConnect(dsn_);
-    fn(*c);  // a throwing query drops the connection instead of returning a broken one
-    std::lock_guard<std::mutex> lock(mu_);
-    if (idle_.size() < 16) idle_.push_back(std::move(c));
-  }
-
- private:
-  std::string dsn_;
-  std::mutex mu_;
-  std::vector<std::unique_ptr<pqxx::connection>> idle_;
 };
 
 // Process-local copy of recent answers, keyed like Redis (version included) so a publish
@@ -173,8 +151,14 @@ grpc::Status CheckPage(const std::string& token, long long* offset) {
 class QueryCore {
  public:
   QueryCore(const Config& config, prometheus::Registry& registry)
-      : config_(config), metrics_(registry), pool_(config.warehouse_dsn),
-        local_(config.query_cache_ttl_seconds), version_(config.redis_url, kPublishVersionKey) {
+      : config_(config), metrics_(registry),
+        pool_(config.warehouse_dsn, 16,
+              [this](const std::string& why) {
+                metrics_.reconnects.Add({}).Increment();
+                spdlog::warn("warehouse connection replaced: {}", why);
+              }),
+        local_(config.query_cache_ttl_seconds),
+        version_(config.redis_url, kPublishVersionKey) {
     for (int i = 0; i < 8; ++i) redis_.push_back(std::make_unique<RedisClient>(config.redis_url, 500));
     if (config_.query_tokens.empty())
       spdlog::warn("query authentication is off: STRATA_QUERY_TOKENS is not set");
@@ -354,6 +338,7 @@ class QueryCore {
       try {
         metrics_.backend.Add({{"method", call.method}}).Increment();
         pool_.With([&](pqxx::connection& c) {
+          reply->Clear();  // a retry on a fresh connection starts over
           pqxx::read_transaction tx(c);
           // One round trip for both settings; the deadline becomes the statement timeout.
           tx.exec("SET LOCAL TIME ZONE 'UTC'; SET LOCAL statement_timeout = " + std::to_string(remaining));
@@ -549,7 +534,7 @@ class QueryCore {
 
   Config config_;
   Metrics metrics_;
-  PgPool pool_;
+  PgPool pool_;  // every warehouse query
   LocalCache local_;
   VersionWatcher version_;
   std::map<std::string, Series> series_;
