@@ -123,8 +123,17 @@ std::vector<StreamEntry> ParseEntries(const RedisReply& entries) {
   return out;
 }
 
-VersionWatcher::VersionWatcher(std::string redis_url, std::string key)
-    : url_(std::move(redis_url)), key_(std::move(key)) {}
+long long AnnounceVersion(RedisClient& redis, const std::string& key, long long version) {
+  static const char* kScript =
+      "local cur = tonumber(redis.call('GET', KEYS[1]) or '-1') "
+      "local v = tonumber(ARGV[1]) "
+      "if v > cur then redis.call('SET', KEYS[1], ARGV[1]) redis.call('PUBLISH', KEYS[1], ARGV[1]) return v end "
+      "return cur";
+  return redis.Command({"EVAL", kScript, "1", key, std::to_string(version)}).integer;
+}
+
+VersionWatcher::VersionWatcher(std::string redis_url, std::string key, Authority authority)
+    : url_(std::move(redis_url)), key_(std::move(key)), authority_(std::move(authority)) {}
 
 VersionWatcher::~VersionWatcher() { Stop(); }
 
@@ -147,6 +156,7 @@ void VersionWatcher::Loop() {
   rest = rest.substr(0, rest.find('/'));
   const std::string host = rest.substr(0, rest.rfind(':'));
   const int port = std::stoi(rest.substr(rest.rfind(':') + 1));
+  auto last_authority = std::chrono::steady_clock::time_point{};
   while (!stop_) {
     // Subscribe first, then read the key: a bump between the two is seen either way.
     timeval connect_tv{0, 500000};
@@ -163,8 +173,24 @@ void VersionWatcher::Loop() {
     if (sub) freeReplyObject(sub);
     try {
       const RedisReply v = probe.Command({"GET", key_});
-      Observe(v.type == RedisReply::kString ? std::stoll(v.str) : 0);
-      known_ = true;
+      const auto now = std::chrono::steady_clock::now();
+      if (v.type == RedisReply::kString) {
+        Observe(std::stoll(v.str));
+        known_ = true;
+      } else if (!authority_) {
+        known_ = true;  // no writer yet: version 0
+      } else {
+        // The key is gone (Redis lost its data): derive it again before trusting anything.
+        const std::optional<long long> a = authority_();
+        last_authority = now;
+        if (a) Observe(AnnounceVersion(probe, key_, *a));
+        known_ = a.has_value();
+      }
+      if (authority_ && now - last_authority >= std::chrono::seconds(5)) {
+        last_authority = now;
+        const std::optional<long long> a = authority_();
+        if (a && *a > version_.load()) Observe(AnnounceVersion(probe, key_, *a));
+      }
     } catch (const std::exception&) {
       known_ = false;
     }

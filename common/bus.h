@@ -18,9 +18,11 @@
 // batches, XACK).
 #pragma once
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -34,7 +36,9 @@ inline constexpr const char* kEventStream = "strata:events";
 inline constexpr const char* kDeadLetterStream = "strata:deadletter";
 inline constexpr const char* kCdcStream = "strata:cdc";  // ChangeBatch in field "batch"; group "warehouse-loader"
 inline constexpr const char* kExtractStream = "strata:extract";  // + ":<pipeline>"; ExtractShard in "shard"; group "ingest"
-inline constexpr const char* kPublishVersionKey = "strata:publish_version";
+// The warehouse's published version (serving.publications.version, never a Redis counter, so
+// it keeps growing across Redis restarts); also the channel its changes are PUBLISHed on.
+inline constexpr const char* kPublishVersionKey = "strata:serving_version";
 
 struct RedisReply {
   enum Type { kNil, kString, kInteger, kArray, kStatus } type = kNil;
@@ -91,13 +95,25 @@ class Bus {
   RedisClient client_;
 };
 
+// Raises the integer in `key` to `version` unless it already holds as much, and PUBLISHes the
+// new value on the channel of the same name; one atomic script, so concurrent announcers never
+// move it backwards. Returns the value the key holds afterwards. Throws EnvError.
+long long AnnounceVersion(RedisClient& redis, const std::string& key, long long version);
+
 // Follows an integer kept in a Redis key whose writers also PUBLISH the new value on a channel
-// of the same name (strata:publish_version). Pushes arrive within a round trip; the key is
+// of the same name (strata:serving_version). Pushes arrive within a round trip; the key is
 // also re-read every second so a missed message costs at most a second. known() is false
-// until the first read succeeds and again while Redis is unreachable.
+// until the first read succeeds and again while Redis is unreachable. version() never goes
+// down.
+//
+// With an `authority` (the query service reads serving.publications), the key is re-derived
+// from it: when the key is missing (Redis restarted and lost it) it is announced from the
+// authority before it counts as known, and every few seconds a higher authoritative value
+// (an announcement that never reached Redis) is announced.
 class VersionWatcher {
  public:
-  VersionWatcher(std::string redis_url, std::string key);
+  using Authority = std::function<std::optional<long long>()>;
+  VersionWatcher(std::string redis_url, std::string key, Authority authority = nullptr);
   ~VersionWatcher();
   void Start();
   void Stop();
@@ -109,6 +125,7 @@ class VersionWatcher {
  private:
   void Loop();
   std::string url_, key_;
+  Authority authority_;
   std::atomic<long long> version_{0};
   std::atomic<bool> known_{false};
   std::atomic<bool> stop_{false};

@@ -937,13 +937,8 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
       events_.erase(run_id);
     }
     const std::string final_state = cancelled ? "cancelled" : failure.empty() ? "succeeded" : "failed";
+    if (failure.empty()) AnnouncePublication(run_id);
     try {
-      if (failure.empty()) {
-        // The marts were published: a new version makes every cached answer unreachable at once.
-        RedisClient redis(config_.redis_url);
-        const RedisReply v = redis.Command({"INCR", kPublishVersionKey});
-        redis.Command({"PUBLISH", kPublishVersionKey, std::to_string(v.integer)});
-      }
       SetRun(run_id, final_state, failure);
     } catch (const std::exception& e) {
       spdlog::error("cannot record run end run_id={} error={}", run_id, e.what());
@@ -954,6 +949,23 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
     metrics_.run_duration.Add({}, prometheus::Histogram::BucketBoundaries{1, 5, 15, 60, 300, 900, 3600})
         .Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count());
     spdlog::info("run finished run_id={} ds={} state={} message={}", run_id, ds, final_state, failure);
+  }
+
+  // The marts were published: announcing the warehouse's publication version makes every
+  // cached answer unreachable at once. The version comes from serving.publications, not from a
+  // Redis counter, so it keeps growing when Redis restarts empty. Best effort: the query
+  // service also reads serving.publications itself every few seconds.
+  void AnnouncePublication(const std::string& run_id) {
+    try {
+      auto conn = PgConnect(config_.warehouse_dsn);
+      pqxx::read_transaction tx(*conn);
+      const long long version =
+          tx.exec("SELECT coalesce(max(version), 0) FROM serving.publications")[0][0].as<long long>();
+      RedisClient redis(config_.redis_url);
+      AnnounceVersion(redis, kPublishVersionKey, version);
+    } catch (const std::exception& e) {
+      spdlog::warn("cannot announce the published version run_id={} error={}", run_id, e.what());
+    }
   }
 
   // A timed-out task's database work is really stopped: its connections carry the task's

@@ -1,7 +1,8 @@
 // controller: runs a pipeline's DAG for a logical date. It calls the services' gRPC APIs to
 // start tasks and learns of their completion from events on strata:events. Runs and task runs
-// are recorded in ops.runs / ops.task_runs; a successful run bumps the published warehouse
-// version in Redis (strata:publish_version), which invalidates the query cache.
+// are recorded in ops.runs / ops.task_runs; a successful run announces the published warehouse
+// version (serving.publications.version) in Redis (strata:serving_version), which invalidates
+// the query cache.
 #pragma once
 #include <memory>
 

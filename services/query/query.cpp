@@ -14,6 +14,7 @@
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <thread>
 #include <unordered_map>
@@ -40,9 +41,11 @@ using Clock = std::chrono::system_clock;
 
 const std::set<std::string> kStatuses = {"open", "shipped", "delivered", "cancelled"};
 
-// One round trip: read the published version and the entry cached under it.
+// One round trip: read the published version and the entry cached under it. An empty reply
+// means the version key is gone (Redis restarted empty): it is derived again from the warehouse.
 const char* kLookupScript =
-    "local v = redis.call('GET', KEYS[1]) or '0' "
+    "local v = redis.call('GET', KEYS[1]) "
+    "if not v then return {} end "
     "return {v, redis.call('GET', 'strata:q:v' .. v .. ':' .. ARGV[1])}";
 
 struct Metrics {
@@ -158,7 +161,7 @@ class QueryCore {
                 spdlog::warn("warehouse connection replaced: {}", why);
               }),
         local_(config.query_cache_ttl_seconds),
-        version_(config.redis_url, kPublishVersionKey) {
+        version_(config.redis_url, kPublishVersionKey, [this] { return WarehouseVersion(); }) {
     for (int i = 0; i < 8; ++i) redis_.push_back(std::make_unique<RedisClient>(config.redis_url, 500));
     if (config_.query_tokens.empty())
       spdlog::warn("query authentication is off: STRATA_QUERY_TOKENS is not set");
@@ -255,6 +258,24 @@ class QueryCore {
 
   RedisClient& Redis() { return *redis_[next_redis_++ % redis_.size()]; }
 
+  // The warehouse's published version: what cache keys are derived from, whatever Redis holds.
+  // nullopt when the warehouse cannot say (unreachable).
+  std::optional<long long> WarehouseVersion() {
+    try {
+      long long v = 0;
+      pool_.With([&](pqxx::connection& c) {
+        pqxx::read_transaction tx(c);
+        v = tx.exec("SELECT coalesce(max(version), 0) FROM serving.publications")[0][0].as<long long>();
+      });
+      return v;
+    } catch (const pqxx::undefined_table&) {
+      return 0;  // nothing published yet
+    } catch (const std::exception& e) {
+      spdlog::debug("cannot read the published version: {}", e.what());
+      return std::nullopt;
+    }
+  }
+
   // Cache-aside with single-flight. `fill(tx)` writes the answer into `reply` from PostgreSQL.
   template <typename Reply, typename Fill>
   grpc::Status Cached(const Call& call, const std::string& params, Reply* reply, Fill fill) {
@@ -272,7 +293,13 @@ class QueryCore {
     bool redis_ok = true;
     try {
       const RedisReply r = Redis().Command({"EVAL", kLookupScript, "1", kPublishVersionKey, suffix});
-      if (r.type == RedisReply::kArray && r.elements.size() >= 1) version = r.elements[0].str;
+      if (r.type == RedisReply::kArray && !r.elements.empty()) {
+        version = r.elements[0].str;
+      } else if (const auto v = WarehouseVersion()) {
+        version = std::to_string(AnnounceVersion(Redis(), kPublishVersionKey, *v));
+      } else {
+        throw EnvError("the published version is unknown (Redis lost it and the warehouse cannot say)");
+      }
       version_.Observe(std::stoll(version));
       if (r.elements.size() == 2 && r.elements[1].type == RedisReply::kString && reply->ParseFromString(r.elements[1].str)) {
         reply->set_cached(true);
@@ -534,7 +561,7 @@ class QueryCore {
 
   Config config_;
   Metrics metrics_;
-  PgPool pool_;  // every warehouse query
+  PgPool pool_;  // every warehouse query, the published version included
   LocalCache local_;
   VersionWatcher version_;
   std::map<std::string, Series> series_;
