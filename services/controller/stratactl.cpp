@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -55,9 +56,67 @@ int Fail(const grpc::Status& st, const std::string& what) {
   return 2;
 }
 
+bool Transient(const grpc::Status& st) {
+  return st.error_code() == grpc::StatusCode::UNAVAILABLE || st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+}
+
+// Reads runs while the CLI waits for them. A controller that stops answering (a restart is
+// routine) is retried until the wait's deadline, with a line on stderr while it is away and
+// one when it is back; only other errors, or the deadline, end the wait.
+class RunPoller {
+ public:
+  RunPoller(strata::v1::Controller::Stub& stub, std::string address, std::chrono::steady_clock::time_point deadline)
+      : stub_(stub), address_(std::move(address)), deadline_(deadline) {}
+
+  grpc::Status Get(const std::string& run_id, RunInfo* out) {
+    for (;;) {
+      const auto now = std::chrono::steady_clock::now();
+      grpc::ClientContext ctx;
+      // Wait for the channel to (re)connect rather than failing at once while it is down.
+      ctx.set_wait_for_ready(true);
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - now);
+      ctx.set_deadline(std::chrono::system_clock::now() +
+                       std::clamp(left, std::chrono::milliseconds(100), std::chrono::milliseconds(5000)));
+      strata::v1::GetRunRequest req;
+      req.set_run_id(run_id);
+      const grpc::Status st = stub_.GetRun(&ctx, req, out);
+      if (st.ok()) {
+        if (away_) std::cerr << "stratactl: controller " << address_ << " answers again; still waiting\n";
+        away_ = false;
+        return st;
+      }
+      if (!Transient(st) || std::chrono::steady_clock::now() >= deadline_) return st;
+      const auto t = std::chrono::steady_clock::now();
+      if (!away_ || t - last_note_ >= std::chrono::seconds(5)) {
+        const auto secs = std::chrono::duration_cast<std::chrono::seconds>(deadline_ - t).count();
+        std::cerr << "stratactl: controller " << address_ << " unreachable (" << st.error_message()
+                  << "); retrying for up to " << secs << " s more\n";
+        last_note_ = t;
+      }
+      away_ = true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    }
+  }
+
+ private:
+  strata::v1::Controller::Stub& stub_;
+  std::string address_;
+  std::chrono::steady_clock::time_point deadline_;
+  bool away_ = false;
+  std::chrono::steady_clock::time_point last_note_;
+};
+
+// The wait ended on an error: unreachable until the deadline is exit 3, anything else Fail().
+int WaitFailed(const grpc::Status& st, const std::string& what, int timeout_s) {
+  if (!Transient(st)) return Fail(st, what);
+  std::cerr << "stratactl: " << what << ": the controller stayed unreachable until the --timeout of " << timeout_s
+            << " s passed (" << st.error_message() << ")\n";
+  return 3;
+}
+
 // Starts a run for ds and waits for it; returns the exit code for that run.
-int RunOne(strata::v1::Controller::Stub& stub, const std::string& pipeline, const std::string& ds, bool json,
-           int timeout_s) {
+int RunOne(strata::v1::Controller::Stub& stub, const std::string& address, const std::string& pipeline,
+           const std::string& ds, bool json, int timeout_s) {
   strata::v1::StartRunRequest req;
   req.set_pipeline(pipeline);
   req.set_ds(ds);
@@ -70,19 +129,16 @@ int RunOne(strata::v1::Controller::Stub& stub, const std::string& pipeline, cons
   }
   const bool tty = !json && isatty(fileno(stderr));
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  RunPoller poller(stub, address, deadline);
   while (!Terminal(info.state())) {
     if (std::chrono::steady_clock::now() > deadline) {
       std::cerr << "stratactl: run " << info.run_id() << " still " << info.state() << " after " << timeout_s << " s\n";
       return 1;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(250));
-    strata::v1::GetRunRequest g;
-    g.set_run_id(info.run_id());
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     RunInfo next;
-    const auto st = stub.GetRun(&ctx, g, &next);
-    if (!st.ok()) return Fail(st, "get run " + info.run_id());
+    const auto st = poller.Get(info.run_id(), &next);
+    if (!st.ok()) return WaitFailed(st, "get run " + info.run_id(), timeout_s);
     info = next;
     if (tty) {
       int done = 0;
@@ -197,14 +253,20 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
 
-  auto stub = strata::v1::Controller::NewStub(grpc::CreateChannel(controller, grpc::InsecureChannelCredentials()));
+  // Reconnect quickly after a controller restart (gRPC's default backoff grows to two minutes).
+  grpc::ChannelArguments channel_args;
+  channel_args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 250);
+  channel_args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 250);
+  channel_args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  auto stub = strata::v1::Controller::NewStub(
+      grpc::CreateCustomChannel(controller, grpc::InsecureChannelCredentials(), channel_args));
 
   if (*run) {
     if (!strata::IsValidDate(date)) {
       std::cerr << "stratactl run: --date: expected YYYY-MM-DD, got \"" << date << "\"\n";
       return 2;
     }
-    return RunOne(*stub, pipeline, date, json, timeout_s);
+    return RunOne(*stub, controller, pipeline, date, json, timeout_s);
   }
   if (*backfill) {
     strata::v1::BackfillRequest req;
@@ -234,16 +296,14 @@ int main(int argc, char** argv) {
     std::vector<RunInfo> runs(reply.runs().begin(), reply.runs().end());
     const bool tty = !json && isatty(fileno(stderr));
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+    RunPoller poller(*stub, controller, deadline);
     for (;;) {
       int done = 0, failed = 0;
       for (auto& r : runs) {
         if (!Terminal(r.state())) {
-          grpc::ClientContext ctx;
-          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-          strata::v1::GetRunRequest g;
-          g.set_run_id(r.run_id());
           RunInfo next;
-          if (!stub->GetRun(&ctx, g, &next).ok()) return 3;
+          const auto st = poller.Get(r.run_id(), &next);
+          if (!st.ok()) return WaitFailed(st, "backfill: get run " + r.run_id(), timeout_s);
           r = next;
         }
         done += Terminal(r.state()) ? 1 : 0;
@@ -335,13 +395,11 @@ int main(int argc, char** argv) {
       st = stub->GetRun(&ctx, req, &info);
     }
     if (!st.ok()) return Fail(st, *cancel ? "cancel" : *clear ? "clear" : "tasks");
+    RunPoller poller(*stub, controller, std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s));
     while (*clear && wait && !Terminal(info.state())) {
       std::this_thread::sleep_for(std::chrono::milliseconds(250));
-      grpc::ClientContext poll;
-      poll.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-      strata::v1::GetRunRequest req;
-      req.set_run_id(run_id);
-      if (!stub->GetRun(&poll, req, &info).ok()) return 3;
+      const auto st = poller.Get(run_id, &info);
+      if (!st.ok()) return WaitFailed(st, "clear: get run " + run_id, timeout_s);
     }
     if (json) std::cout << RunJson(info).dump() << "\n";
     else PrintRun(info);
