@@ -201,19 +201,19 @@ std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const Dat
                 " WHERE NOT sp.deleted) h");
   out.push_back("ANALYZE " + ver);
 
-  // 2b. Keys whose validity intervals change (a version added, removed, moved or closed): their
-  //     facts must be keyed again. Type-1 updates and completed inferred members keep every
-  //     surrogate key valid where it was, so their facts are left alone. Facts point to the
-  //     surrogate keys the key has now, before the change: those are what a fact build looks up
-  //     (through the fact's index on the surrogate key, never a scan of the fact).
+  // 2b. Where validity is lost: for every version held of a key staged today, the part of its
+  //     interval that the derived history no longer gives it — all of it when the version goes,
+  //     [new valid_to, old valid_to) when it shrinks. Facts point to the version that covered
+  //     their event, so exactly the facts of (sk, event in [lo, hi)) need another version; a
+  //     version that grows or keeps its interval (type-1 updates, completed inferred members)
+  //     moves no fact. A fact build finds them through its (surrogate key, event time) index:
+  //     a customer who moves today re-keys today's facts after the move, not their history.
   const std::string rekey = QuoteIdent("tmp_" + dim.name + "_rekey");
-  const std::string held = "SELECT d." + n.k + ", d.valid_from, d.valid_to FROM " + n.table + " d WHERE d." + n.k +
-                           " IN (SELECT k FROM " + obs + ") AND d." + n.sk + " <> 0";
   out.push_back("CREATE TEMP TABLE " + rekey + " ON COMMIT DROP AS\n"
-                "SELECT d." + n.sk + " AS sk FROM " + n.table + " d WHERE d." + n.k + " IN (\n"
-                "  SELECT k FROM ((" + held + " EXCEPT SELECT k, valid_from, valid_to FROM " + ver + ")\n"
-                "    UNION ALL (SELECT k, valid_from, valid_to FROM " + ver + " EXCEPT " + held + ")) c(k, f, t))\n"
-                "  AND d." + n.sk + " <> 0");
+                "SELECT d." + n.sk + " AS sk, CASE WHEN v.k IS NULL THEN d.valid_from ELSE v.valid_to END AS lo, d.valid_to AS hi\n"
+                "FROM " + n.table + " d LEFT JOIN " + ver + " v ON v.k = d." + n.k + " AND v.valid_from = d.valid_from\n"
+                "WHERE d." + n.k + " IN (SELECT k FROM " + obs + ") AND d." + n.sk + " <> 0\n"
+                "  AND (v.k IS NULL OR v.valid_to < d.valid_to)");
   out.push_back("ANALYZE " + rekey);
   // 3. An inferred member becomes the key's first version, keeping its surrogate key.
   out.push_back("UPDATE " + n.table + " d SET " + set_cols + ", valid_from = v.valid_from, is_inferred = false\n"

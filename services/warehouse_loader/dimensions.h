@@ -31,8 +31,9 @@ namespace strata::loader {
 std::string DimensionDdl(const DimensionSpec& dim, const DatasetSpec& from);
 
 // The model's statements, in order, for one logical date ($1). They leave the temp table
-// tmp_<name>_rekey (sk): the surrogate keys whose validity the build changed, so a fact build
-// later in the transaction keys again exactly the facts that point to them.
+// tmp_<name>_rekey (sk, lo, hi): per surrogate key, the validity [lo, hi) the build took from it,
+// so a fact build later in the transaction keys again exactly the facts of that key whose event
+// falls there.
 std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const DatasetSpec& from);
 
 // INSERT of inferred members for the natural keys returned by `keys_query` (one column) that

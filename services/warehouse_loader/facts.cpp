@@ -1,6 +1,7 @@
 #include "services/warehouse_loader/facts.h"
 
 #include <algorithm>
+#include <cctype>
 #include <functional>
 
 #include "common/pg.h"
@@ -32,6 +33,25 @@ std::string LatestOrder(const DatasetSpec& d, const std::vector<std::string>& ke
   return order + ", " + alias + ".ds DESC, " + alias + ".run_id DESC";
 }
 
+// The natural-key columns of the fact's dimensions that are not grain columns: stored in the
+// fact, so its attribution is visible and a header change can be compared with what it used.
+std::vector<std::string> NaturalKeys(const FactSpec& f) {
+  std::vector<std::string> out;
+  for (const auto& ref : f.dimensions)
+    if (std::find(f.grain.begin(), f.grain.end(), ref.key) == f.grain.end() &&
+        std::find(out.begin(), out.end(), ref.key) == out.end())
+      out.push_back(ref.key);
+  return out;
+}
+
+// Whether `sql` names `col` as an identifier (a conservative, textual test).
+bool Names(const std::string& sql, const std::string& col) {
+  const auto ident = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
+  for (size_t p = sql.find(col); p != std::string::npos; p = sql.find(col, p + 1))
+    if ((p == 0 || !ident(sql[p - 1])) && (p + col.size() == sql.size() || !ident(sql[p + col.size()]))) return true;
+  return false;
+}
+
 std::string DateKey(const std::string& ts) { return "to_char(" + ts + " AT TIME ZONE 'UTC', 'YYYYMMDD')::int"; }
 
 bool Contains(const std::vector<std::string>& all, const std::vector<std::string>& some) {
@@ -57,17 +77,22 @@ std::string FactDdl(const PipelineSpec& spec, const FactSpec& f) {
   sql += "  date_key integer NOT NULL,\n";
   for (const auto& ref : f.dimensions)
     sql += "  " + QuoteIdent(spec.FindDimension(ref.dimension)->surrogate) + " bigint NOT NULL,\n";
+  for (const auto& k : NaturalKeys(f)) sql += "  " + QuoteIdent(k) + " " + PgTypeName(ColumnOf(spec, f, k).type) + ",\n";
   for (const auto& m : f.measures) sql += "  " + QuoteIdent(m.name) + " " + m.type + ",\n";
   sql += "  " + QuoteIdent(f.event_time) + " timestamptz NOT NULL,\n  is_deleted boolean NOT NULL DEFAULT false,\n"
          "  PRIMARY KEY (" + List(f.grain) + "));\n";
   sql += "ALTER TABLE " + table + " ADD COLUMN IF NOT EXISTS is_deleted boolean NOT NULL DEFAULT false;\n";
   for (const auto& m : f.measures)
     sql += "ALTER TABLE " + table + " ADD COLUMN IF NOT EXISTS " + QuoteIdent(m.name) + " " + m.type + ";\n";
+  for (const auto& k : NaturalKeys(f))
+    sql += "ALTER TABLE " + table + " ADD COLUMN IF NOT EXISTS " + QuoteIdent(k) + " " +
+           PgTypeName(ColumnOf(spec, f, k).type) + ";\n";
   sql += "CREATE INDEX IF NOT EXISTS " + QuoteIdent(f.name + "_date") + " ON " + table + " (date_key);\n";
   // A dimension build that moves a version's validity re-keys the facts pointing to it.
   for (const auto& ref : f.dimensions) {
     const std::string sk = spec.FindDimension(ref.dimension)->surrogate;
-    sql += "CREATE INDEX IF NOT EXISTS " + QuoteIdent(f.name + "_" + sk) + " ON " + table + " (" + QuoteIdent(sk) + ");\n";
+    sql += "CREATE INDEX IF NOT EXISTS " + QuoteIdent(f.name + "_" + sk + "_at") + " ON " + table + " (" + QuoteIdent(sk) +
+           ", " + QuoteIdent(f.event_time) + ");\n";
   }
   return sql;
 }
@@ -85,15 +110,39 @@ std::vector<std::string> FactStatements(const PipelineSpec& spec, const FactSpec
   if (merge) {
     std::string sql = "CREATE TEMP TABLE " + affected + " ON COMMIT DROP AS\nSELECT " + grain + " FROM staging." +
                       QuoteIdent(f.from) + " WHERE ds = $1";
-    for (const auto& j : f.joins)
+    // The lines of headers staged today, when the header changed what their facts hold: its
+    // event time or a dimension key (stored in the fact), or when no live fact has it yet (its
+    // lines were staged before it). A status change alone rebuilds nothing. A measure that
+    // reads a header column makes every header staged today count.
+    for (const auto& j : f.joins) {
+      const DatasetSpec& jd = *spec.Find(j.dataset);
+      std::vector<std::string> used;
+      bool measured = false;
+      for (const auto& c : jd.columns) {
+        if (from.ColumnIndex(c.name) >= 0) continue;  // the line's own column wins
+        const bool keyed = std::find_if(f.dimensions.begin(), f.dimensions.end(),
+                                        [&](const auto& r) { return r.key == c.name; }) != f.dimensions.end();
+        if (c.name == f.event_time || keyed) used.push_back(c.name);
+        for (const auto& m : f.measures) measured = measured || Names(m.sql, c.name);
+      }
+      std::string match, differs;
+      for (const auto& c : j.on) match += std::string(match.empty() ? "" : " AND ") + "x." + QuoteIdent(c) + " = h." + QuoteIdent(c);
+      for (const auto& c : used)
+        differs += std::string(differs.empty() ? "" : " OR ") + "x." + QuoteIdent(c) + " IS DISTINCT FROM h." + QuoteIdent(c);
+      const std::string changed =
+          measured ? "" : "\n    AND (NOT EXISTS (SELECT 1 FROM " + table + " x WHERE " + match + " AND NOT x.is_deleted)" +
+                              (differs.empty() ? "" : "\n         OR EXISTS (SELECT 1 FROM " + table + " x WHERE " + match +
+                                                          " AND (" + differs + "))") + ")";
       sql += "\nUNION ALL SELECT " + List(f.grain, "s.") + " FROM staging." + QuoteIdent(f.from) + " s WHERE (" +
-             List(j.on, "s.") + ") IN (SELECT " + List(j.on) + " FROM staging." + QuoteIdent(j.dataset) + " WHERE ds = $1)";
-    // Facts keyed to a dimension version whose validity today's dimension build changed
-    // (found through the fact's index on each surrogate key).
+             List(j.on, "s.") + ") IN (\n  SELECT " + List(j.on, "h.") + " FROM staging." + QuoteIdent(j.dataset) +
+             " h WHERE h.ds = $1" + changed + ")";
+    }
+    // Facts whose event falls where today's dimension build took validity from their version
+    // (through the fact's (surrogate key, event time) index).
     for (const auto& ref : f.dimensions) {
       const DimensionSpec& dim = *spec.FindDimension(ref.dimension);
-      sql += "\nUNION ALL SELECT " + List(f.grain, "x.") + " FROM " + table + " x WHERE x." + QuoteIdent(dim.surrogate) +
-             " IN (SELECT sk FROM " + QuoteIdent("tmp_" + dim.name + "_rekey") + ")";
+      sql += "\nUNION ALL SELECT " + List(f.grain, "x.") + " FROM " + QuoteIdent("tmp_" + dim.name + "_rekey") + " r JOIN " +
+             table + " x ON x." + QuoteIdent(dim.surrogate) + " = r.sk AND x." + ev + " >= r.lo AND x." + ev + " < r.hi";
     }
     // Rows deleted in the source (CDC tombstones) whose facts are still live.
     for (const auto& del : FactDeletionSources(spec, f)) {
@@ -196,6 +245,11 @@ std::vector<std::string> FactStatements(const PipelineSpec& spec, const FactSpec
       target.push_back(f.measures[i].name);
       updated.push_back(f.measures[i].name);
       values.push_back("s.m" + std::to_string(i));
+    }
+    for (const auto& k : NaturalKeys(f)) {
+      target.push_back(k);
+      updated.push_back(k);
+      values.push_back("s." + QuoteIdent(k));
     }
     target.push_back(f.event_time);
     updated.push_back(f.event_time);
