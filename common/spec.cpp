@@ -538,7 +538,7 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
       const std::string path = origin + ":checks[" + std::to_string(i) + "]";
       OnlyKeys(cs[i], path, {"name", "kind", "severity", "table", "column", "columns", "to", "values", "min",
                              "max", "max_age_hours", "lookback_days", "max_sigma", "date_column", "sql",
-                             "datasets", "fact", "measure"});
+                             "datasets", "fact", "measure", "slice"});
       CheckSpec c;
       const YAML::Node n = cs[i];
       c.kind = Str(n["kind"], path + ".kind");
@@ -585,6 +585,10 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
         CheckIdent(c.date_column, path + ".date_column");
       }
       if (n["sql"]) c.sql = Str(n["sql"], path + ".sql");
+      if (n["slice"]) {
+        c.slice = Str(n["slice"], path + ".slice");
+        CheckIdent(c.slice, path + ".slice");
+      }
       const bool needs_column = c.kind == "not_null" || c.kind == "unique" || c.kind == "relationships" ||
                                 c.kind == "accepted_values" || c.kind == "range" || c.kind == "freshness";
       if ((needs_column || c.kind == "volume_anomaly") && c.table.empty())

@@ -117,6 +117,10 @@ struct CheckSpec {
   double max_sigma = 3;             // volume_anomaly
   std::string date_column = "ds";   // volume_anomaly: the column that holds the logical date
   std::string sql;                  // custom_sql: returns the failing rows; {ds} is the date literal
+  // Row-level kinds and freshness: only the rows of the run's day, by this column (a date or
+  // timestamp column compared as a date, or a yyyymmdd `..._key`), so a check's cost follows the
+  // day instead of the table's age. Empty: the whole table.
+  std::string slice;
   std::vector<std::string> datasets;  // reconciliation / dead_letters: empty means all
   // reconciliation of a declared fact: every row of its `from` dataset staged on ds (not
   // deleted in the source) has a live fact row; the gap is reported in rows and in `measure`.

@@ -9,15 +9,25 @@
 
 namespace strata::quality {
 
+std::string DateKeyExpr(const std::string& column, const std::string& ds_literal) {
+  if (column.size() > 4 && column.compare(column.size() - 4, 4, "_key") == 0)
+    return QuoteIdent(column) + " = to_char(" + ds_literal + "::date, 'YYYYMMDD')::int";
+  return QuoteIdent(column) + "::date = " + ds_literal + "::date";
+}
+
 std::optional<std::string> FailingRowsSql(const CheckSpec& c, const std::string& ds_literal,
                                           const std::function<std::string(const std::string&)>& quote) {
-  const std::string table = c.table.empty() ? "" : QuoteQualified(c.table);
+  const std::string table =
+      c.table.empty() ? ""
+      : c.slice.empty() ? QuoteQualified(c.table)
+                        : "(SELECT * FROM " + QuoteQualified(c.table) + " WHERE " + DateKeyExpr(c.slice, ds_literal) + ")";
+  const std::string alias = c.slice.empty() ? "" : " sliced";
   const std::string col = c.columns.empty() ? "" : QuoteIdent(c.columns.front());
-  if (c.kind == "not_null") return "SELECT * FROM " + table + " WHERE " + col + " IS NULL";
+  if (c.kind == "not_null") return "SELECT * FROM " + table + alias + " WHERE " + col + " IS NULL";
   if (c.kind == "unique") {
     std::string cols;
     for (const auto& k : c.columns) cols += (cols.empty() ? "" : ", ") + QuoteIdent(k);
-    return "SELECT " + cols + ", count(*) AS occurrences FROM " + table + " GROUP BY " + cols +
+    return "SELECT " + cols + ", count(*) AS occurrences FROM " + table + alias + " GROUP BY " + cols +
            " HAVING count(*) > 1";
   }
   if (c.kind == "relationships")
@@ -26,13 +36,13 @@ std::optional<std::string> FailingRowsSql(const CheckSpec& c, const std::string&
   if (c.kind == "accepted_values") {
     std::string list;
     for (const auto& v : c.values) list += (list.empty() ? "" : ", ") + quote(v);
-    return "SELECT * FROM " + table + " WHERE " + col + " IS NOT NULL AND " + col + "::text NOT IN (" + list + ")";
+    return "SELECT * FROM " + table + alias + " WHERE " + col + " IS NOT NULL AND " + col + "::text NOT IN (" + list + ")";
   }
   if (c.kind == "range") {
     std::string cond;
     if (!c.min.empty()) cond += col + " < " + c.min;
     if (!c.max.empty()) cond += (cond.empty() ? "" : " OR ") + col + " > " + c.max;
-    return "SELECT * FROM " + table + " WHERE " + cond;
+    return "SELECT * FROM " + table + alias + " WHERE " + cond;
   }
   if (c.kind == "custom_sql") {
     std::string sql = c.sql;

@@ -17,9 +17,14 @@ struct CheckResult {
   std::string sample = "[]";  // JSON array of up to 5 failing rows
 };
 
+// The condition "column holds the day ds": a yyyymmdd integer for a `..._key` column, else the
+// column compared as a date. `ds_literal` is the quoted date.
+std::string DateKeyExpr(const std::string& column, const std::string& ds_literal);
+
 // For row-level kinds (not_null, unique, relationships, accepted_values, range, custom_sql):
-// a SELECT whose rows are the failures. `ds_literal` is the quoted date for {ds} in custom SQL.
-// nullopt for kinds evaluated otherwise. Values are quoted with `quote`.
+// a SELECT whose rows are the failures, over the check's slice of the table when it has one.
+// `ds_literal` is the quoted date for {ds} in custom SQL and the slice. nullopt for kinds
+// evaluated otherwise. Values are quoted with `quote`.
 std::optional<std::string> FailingRowsSql(const CheckSpec& check, const std::string& ds_literal,
                                           const std::function<std::string(const std::string&)>& quote);
 

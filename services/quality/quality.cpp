@@ -84,12 +84,6 @@ struct Metrics {
   prometheus::Family<prometheus::Counter>& alerts;
 };
 
-std::string DateKeyExpr(const std::string& column, const std::string& ds_literal) {
-  // Date keys are yyyymmdd integers; other date columns compare as dates.
-  if (column.size() > 4 && column.compare(column.size() - 4, 4, "_key") == 0)
-    return QuoteIdent(column) + " = to_char(" + ds_literal + "::date, 'YYYYMMDD')::int";
-  return QuoteIdent(column) + "::date = " + ds_literal + "::date";
-}
 
 class QualityImpl final : public Component, public strata::v1::Quality::Service {
  public:
@@ -330,7 +324,8 @@ class QualityImpl final : public Component, public strata::v1::Quality::Service 
     CheckResult r = Base(c, c.table + "." + c.columns.front());
     // Age of the newest business timestamp at the end of the logical day.
     const auto row = tx.exec("SELECT extract(epoch FROM (" + tx.quote(req.ds()) + "::date + 1)::timestamptz - max(" +
-                             QuoteIdent(c.columns.front()) + ")) / 3600.0 FROM " + QuoteQualified(c.table))[0];
+                             QuoteIdent(c.columns.front()) + ")) / 3600.0 FROM " + QuoteQualified(c.table) +
+                             (c.slice.empty() ? "" : " WHERE " + DateKeyExpr(c.slice, tx.quote(req.ds()))))[0];
     char threshold[64];
     std::snprintf(threshold, sizeof threshold, "<= %.1f h", c.max_age_hours);
     r.threshold = threshold;

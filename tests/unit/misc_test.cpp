@@ -98,6 +98,21 @@ TEST(Quality, FailingRowsSqlPerKind) {
             "SELECT * FROM marts.daily_sales WHERE ds = '2024-01-02' AND revenue < 0");
   c.kind = "freshness";
   EXPECT_FALSE(quality::FailingRowsSql(c, "'2024-01-02'", quote).has_value());
+  // A sliced check reads the run's day only: a date key, or a date column.
+  c.kind = "not_null";
+  c.columns = {"customer_key"};
+  c.slice = "date_key";
+  EXPECT_EQ(*quality::FailingRowsSql(c, "'2024-01-02'", quote),
+            "SELECT * FROM (SELECT * FROM \"dwh\".\"fact_sales\" WHERE \"date_key\" = to_char('2024-01-02'::date, "
+            "'YYYYMMDD')::int) sliced WHERE \"customer_key\" IS NULL");
+  c.kind = "relationships";
+  c.slice = "ordered_at";
+  c.to_table = "dwh.dim_customer";
+  c.to_column = "customer_key";
+  EXPECT_EQ(*quality::FailingRowsSql(c, "'2024-01-02'", quote),
+            "SELECT t.* FROM (SELECT * FROM \"dwh\".\"fact_sales\" WHERE \"ordered_at\"::date = '2024-01-02'::date) t "
+            "WHERE t.\"customer_key\" IS NOT NULL AND NOT EXISTS (SELECT 1 FROM \"dwh\".\"dim_customer\" p WHERE "
+            "p.\"customer_key\" = t.\"customer_key\")");
 }
 
 TEST(SourceSim, BusinessPagesAreDeterministicAndPaginated) {
