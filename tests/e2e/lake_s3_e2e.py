@@ -12,6 +12,7 @@ import zlib
 
 import botocore.config
 import botocore.session
+import psycopg2
 
 from strata_e2e import ENV, check, finish, metric, metrics, sim_advance, src, stratactl, wh
 
@@ -128,4 +129,44 @@ for table, sql in [("orders", "SELECT count(*) FROM shop.orders WHERE (updated_a
              f"FROM staging.{table} WHERE ds = %s", (DS2,))[0]
     lake = manifest("bronze", table, DS2)["rows"]
     check(got[0] == got[1] == lake == want, f"{table} of {DS2}: source {want} = lake {lake} = staged {got[0]}, no duplicates")
+
+# --- gold follows serving on S3: a later day that changes an earlier day's marts rewrites its gold -----
+def gold_rows(mart, ds):
+    m = manifest("gold", mart, ds)
+    rows = []
+    for f in m["files"]:
+        with tempfile.NamedTemporaryFile(suffix=".parquet") as tmp:
+            tmp.write(get(f"lake/gold/{mart}/dt={ds}/{f['path']}"))
+            tmp.flush()
+            out = subprocess.run(["node", f"{ROOT}/tests/parquet/dump.mjs", tmp.name], capture_output=True, text=True,
+                                 check=True)
+            rows.extend(json.loads(out.stdout))
+    return m, rows
+
+
+DS3 = "2024-01-03"
+conn = psycopg2.connect(ENV["STRATA_SOURCE_DSN"])
+conn.autocommit = True
+with conn.cursor() as cur:  # a line of an order placed on DS changes on DS3, the way an application changes it
+    cur.execute("""UPDATE shop.order_items SET quantity = quantity + 7, updated_at = %s
+                   WHERE (order_id, line_no) = (SELECT i.order_id, i.line_no FROM shop.order_items i JOIN shop.orders o
+                                                USING (order_id) WHERE (o.ordered_at AT TIME ZONE 'UTC')::date = %s
+                                                ORDER BY 1, 2 LIMIT 1)""", (DS3 + " 00:30:00+00", DS))
+conn.close()
+before_gold = manifest("gold", "daily_sales", DS)
+sim_advance(DS3)
+rc, state, err = run_day(DS3)
+check(rc == 0 and state == "succeeded", f"the run of {DS3} succeeds")
+m, got = gold_rows("daily_sales", DS)
+want = wh("SELECT orders, units, revenue::float FROM serving.daily_sales WHERE ds = %s", (DS,))[0]
+version = wh("SELECT version FROM ops.gold_partitions WHERE mart = 'daily_sales' AND ds = %s", (DS,))[0][0]
+check(m["publish_version"] > before_gold["publish_version"] and m["publish_version"] == version,
+      f"gold/daily_sales/dt={DS} on S3 was rewritten by the run of {DS3} (publish_version "
+      f"{before_gold['publish_version']} -> {m['publish_version']})")
+check(len(got) == 1 and (int(got[0]["orders"]), int(got[0]["units"]), got[0]["revenue"]) == (want[0], want[1], want[2]),
+      f"and it equals serving for {DS}: {want}")
+src_units = src("""SELECT sum(i.quantity) FROM shop.order_items i JOIN shop.orders o USING (order_id)
+                   WHERE (o.ordered_at AT TIME ZONE 'UTC')::date = %s""", (DS,))[0][0]
+check(want[1] == src_units, f"which holds the source's units for {DS} after the change ({src_units})")
+check(wh("SELECT count(*) FROM ops.gold_pending")[0][0] == 0, "nothing is left pending")
 finish()
