@@ -3,7 +3,7 @@ BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build test demo up down bench clean
+.PHONY: all deps build test demo up down bench bench-history clean
 
 all: build
 
@@ -29,6 +29,10 @@ down:
 
 bench: build
 	@bash bench/run.sh $(BUILD)/bin
+	@bash bench/history.sh $(BUILD)/bin
+
+bench-history: build
+	@bash bench/history.sh $(BUILD)/bin
 
 clean:
 	rm -rf $(BUILD) .strata
