@@ -12,6 +12,7 @@
 #include "services/warehouse_loader/cdc_apply.h"
 #include "services/quality/checks.h"
 #include "services/warehouse_loader/models.h"
+#include "tests/unit/pg_warehouse.h"
 
 namespace strata::loader {
 namespace {
@@ -20,22 +21,13 @@ namespace {
 const std::string kEpochFrom =
     "CASE WHEN valid_from = '-infinity' THEN '-infinity' ELSE extract(epoch FROM valid_from)::bigint::text END";
 
-std::string AdminDsn() {
-  const char* dsn = std::getenv("STRATA_PG_ADMIN_DSN");
-  return dsn ? dsn : "";
-}
+using pgtest::AdminDsn;
 
 class ModelsTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (AdminDsn().empty()) GTEST_SKIP() << "STRATA_PG_ADMIN_DSN not set";
-    {
-      pqxx::connection admin(AdminDsn() + " dbname=postgres");
-      pqxx::nontransaction tx(admin);
-      tx.exec("DROP DATABASE IF EXISTS strata_pgtest WITH (FORCE)");
-      tx.exec("CREATE DATABASE strata_pgtest");
-    }
-    conn_ = std::make_unique<pqxx::connection>(AdminDsn() + " dbname=strata_pgtest");
+    wh_ = std::make_unique<pgtest::PgWarehouse>("strata_pgtest");
     UseSpec(LoadPipelineSpec(std::getenv("STRATA_PIPELINE_SPEC")),
             {"dim_product", "dim_customer", "fact_sales", "daily_sales", "orders_current"});
   }
@@ -43,34 +35,15 @@ class ModelsTest : public ::testing::Test {
   void UseSpec(PipelineSpec spec, std::vector<std::string> models) {
     spec.models = std::move(models);
     spec_ = std::move(spec);
-    std::string ddl = WarehouseDdl(spec_);
-    for (const auto& d : spec_.datasets) ddl += StagingDdl(spec_, d);
-    RunDdl(*conn_, ddl + CdcDdl(spec_));
+    wh_->Install(spec_);
   }
 
-  void Exec(const std::string& sql) {
-    pqxx::work tx(*conn_);
-    tx.exec("SET LOCAL TIME ZONE 'UTC'");
-    tx.exec(sql);
-    tx.commit();
-  }
-
-  void Build(const std::string& ds) {
-    pqxx::work tx(*conn_);
-    tx.exec("SET LOCAL TIME ZONE 'UTC'");
-    for (const Model& m : ResolveModels(spec_)) RunModel(tx, m, ds);
-    tx.commit();
-  }
+  void Exec(const std::string& sql) { wh_->Exec(sql); }
+  void Build(const std::string& ds) { wh_->Build(spec_, ds); }
 
   std::string Query(const std::string& sql) {
-    pqxx::work tx(*conn_);
-    tx.exec("SET LOCAL TIME ZONE 'UTC'");
-    const auto r = tx.exec(sql);
     std::string out;
-    for (const auto& row : r) {
-      for (int i = 0; i < static_cast<int>(row.size()); ++i) out += (i ? "|" : "") + std::string(row[i].is_null() ? "NULL" : row[i].c_str());
-      out += "\n";
-    }
+    for (const auto& line : wh_->Rows(sql)) out += line + "\n";
     return out;
   }
 
@@ -106,7 +79,7 @@ INSERT INTO staging.order_items VALUES
 )");
   }
 
-  std::unique_ptr<pqxx::connection> conn_;
+  std::unique_ptr<pgtest::PgWarehouse> wh_;
   PipelineSpec spec_;
 };
 
@@ -476,7 +449,7 @@ INSERT INTO staging.products VALUES ('2024-01-03', 'r3', 1, 'Pen', 'office', 3.5
 INSERT INTO staging.orders VALUES ('2024-01-03', 'r3', 10, 1, 'delivered', '2024-01-01 13:00+00', '2024-01-03 09:00+00');
 INSERT INTO staging.order_items VALUES ('2024-01-03', 'r3', 12, 1, 1, 1, 3.5, '2024-01-03 14:00+00');
 INSERT INTO staging.orders VALUES ('2024-01-03', 'r3', 12, 2, 'open', '2024-01-03 14:00+00', '2024-01-03 14:00+00');)");
-  pqxx::work tx(*conn_);
+  pqxx::work tx(wh_->conn());
   tx.exec("SET LOCAL TIME ZONE 'UTC'");
   tx.exec("SET LOCAL enable_seqscan = off");
   std::string scans;

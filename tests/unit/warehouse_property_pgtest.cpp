@@ -37,6 +37,7 @@
 #include "common/spec.h"
 #include "services/warehouse_loader/cdc_apply.h"
 #include "services/warehouse_loader/models.h"
+#include "tests/unit/pg_warehouse.h"
 
 namespace strata::loader {
 namespace {
@@ -534,10 +535,7 @@ std::string Diff(const std::vector<std::string>& expected, const std::vector<std
 // ---------------------------------------------------------------------------------------------
 // The warehouse side.
 
-std::string AdminDsn() {
-  const char* dsn = std::getenv("STRATA_PG_ADMIN_DSN");
-  return dsn ? dsn : "";
-}
+using pgtest::AdminDsn;
 
 // What both schedules must agree on (natural content only, never surrogate keys).
 struct Content {
@@ -548,13 +546,7 @@ class WarehousePropertyTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (AdminDsn().empty()) GTEST_SKIP() << "STRATA_PG_ADMIN_DSN not set";
-    {
-      pqxx::connection admin(AdminDsn() + " dbname=postgres");
-      pqxx::nontransaction tx(admin);
-      tx.exec(std::string("DROP DATABASE IF EXISTS ") + kDb + " WITH (FORCE)");
-      tx.exec(std::string("CREATE DATABASE ") + kDb);
-    }
-    conn_ = std::make_unique<pqxx::connection>(AdminDsn() + " dbname=" + kDb);
+    wh_ = std::make_unique<pgtest::PgWarehouse>(kDb);
     spec_ = LoadPipelineSpec(std::getenv("STRATA_PIPELINE_SPEC"));
     spec_.models = {"dim_product", "dim_customer", "fact_sales", "daily_sales", "orders_current"};
   }
@@ -562,38 +554,12 @@ class WarehousePropertyTest : public ::testing::Test {
   // An empty warehouse: every schema the DDL creates is dropped and created again.
   void Reset() {
     Exec("DROP SCHEMA IF EXISTS raw, staging, dwh, marts, ops, serving CASCADE");
-    std::string ddl = WarehouseDdl(spec_);
-    for (const auto& d : spec_.datasets) ddl += StagingDdl(spec_, d);
-    RunDdl(*conn_, ddl + CdcDdl(spec_));
+    wh_->Install(spec_);
   }
 
-  void Exec(const std::string& sql) {
-    pqxx::work tx(*conn_);
-    tx.exec("SET LOCAL TIME ZONE 'UTC'");
-    tx.exec(sql);
-    tx.commit();
-  }
-
-  void Build(const std::string& ds) {
-    pqxx::work tx(*conn_);
-    tx.exec("SET LOCAL TIME ZONE 'UTC'");
-    for (const Model& m : ResolveModels(spec_)) RunModel(tx, m, ds);
-    tx.commit();
-  }
-
-  std::vector<std::string> Query(const std::string& sql) {
-    pqxx::work tx(*conn_);
-    tx.exec("SET LOCAL TIME ZONE 'UTC'");
-    const auto r = tx.exec(sql);
-    std::vector<std::string> out;
-    for (const auto& row : r) {
-      std::string line;
-      for (int i = 0; i < static_cast<int>(row.size()); ++i)
-        line += (i ? "|" : "") + std::string(row[i].is_null() ? "NULL" : row[i].c_str());
-      out.push_back(std::move(line));
-    }
-    return Sorted(out);
-  }
+  void Exec(const std::string& sql) { wh_->Exec(sql); }
+  void Build(const std::string& ds) { wh_->Build(spec_, ds); }
+  std::vector<std::string> Query(const std::string& sql) { return Sorted(wh_->Rows(sql)); }
 
   std::string Checksum() {
     return Query(
@@ -778,7 +744,7 @@ class WarehousePropertyTest : public ::testing::Test {
   }
 
   PipelineSpec spec_;
-  std::unique_ptr<pqxx::connection> conn_;
+  std::unique_ptr<pgtest::PgWarehouse> wh_;
 };
 
 std::vector<Event> EventsOfDay(const std::vector<Event>& log, int day) {
