@@ -187,7 +187,8 @@ DimensionSpec ParseDimension(const YAML::Node& n, const PipelineSpec& spec, cons
 
 FactSpec ParseFact(const YAML::Node& n, const PipelineSpec& spec, const std::string& origin, size_t i) {
   const std::string path = origin + ":facts[" + std::to_string(i) + "]";
-  OnlyKeys(n, path, {"name", "from", "grain", "join", "event_time", "dimensions", "measures", "mode", "on_delete"});
+  OnlyKeys(n, path, {"name", "from", "grain", "join", "event_time", "dimensions", "measures", "mode", "on_delete",
+                     "deleted"});
   FactSpec f;
   f.name = Str(n["name"], path + ".name");
   CheckIdent(f.name, path + ".name");
@@ -269,6 +270,12 @@ FactSpec ParseFact(const YAML::Node& n, const PipelineSpec& spec, const std::str
     f.on_delete = Str(n["on_delete"], path + ".on_delete");
     if (f.on_delete != "delete" && f.on_delete != "flag")
       Fail(path + ".on_delete", "unknown policy '" + f.on_delete + "' (known: delete, flag)");
+  }
+  if (n["deleted"]) {
+    f.deleted = Str(n["deleted"], path + ".deleted");
+    const ColumnType t = column(f.deleted, path + ".deleted").type;
+    if (t != ColumnType::kBool && t != ColumnType::kTimestamp)
+      Fail(path + ".deleted", "'" + f.deleted + "' must be a bool or timestamp column (true, or set, when deleted)");
   }
   return f;
 }

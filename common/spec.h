@@ -199,6 +199,10 @@ struct FactSpec {
   // A grain (or its header) deleted in the source, as seen through change data capture:
   // delete (the fact row goes) | flag (it stays with is_deleted = true, outside every mart).
   std::string on_delete = "delete";
+  // A soft-delete column of `from` or a join (bool true, or a timestamp set, when the row is
+  // deleted): such a row is deleted too. And when `from` is extracted as a full snapshot, a grain
+  // missing from the latest snapshot is deleted.
+  std::string deleted;
 };
 
 struct PipelineSpec {

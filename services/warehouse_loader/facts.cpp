@@ -144,6 +144,14 @@ std::vector<std::string> FactStatements(const PipelineSpec& spec, const FactSpec
       sql += "\nUNION ALL SELECT " + List(f.grain, "x.") + " FROM " + QuoteIdent("tmp_" + dim.name + "_rekey") + " r JOIN " +
              table + " x ON x." + QuoteIdent(dim.surrogate) + " = r.sk AND x." + ev + " >= r.lo AND x." + ev + " < r.hi";
     }
+    // (snapshot `from`) Live facts whose grain today's non-empty snapshot lacks.
+    if (from.source.incremental == "snapshot") {
+      std::string match;
+      for (const auto& g : f.grain) match += " AND s." + QuoteIdent(g) + " = x." + QuoteIdent(g);
+      const std::string staging = "staging." + QuoteIdent(f.from);
+      sql += "\nUNION ALL SELECT " + List(f.grain, "x.") + " FROM " + table + " x WHERE NOT x.is_deleted AND EXISTS (SELECT 1 FROM " +
+             staging + " WHERE ds = $1) AND NOT EXISTS (SELECT 1 FROM " + staging + " s WHERE s.ds = $1" + match + ")";
+    }
     // Rows deleted in the source (CDC tombstones) whose facts are still live.
     for (const auto& del : FactDeletionSources(spec, f)) {
       if (!Contains(f.grain, del.key)) continue;  // a header key outside the grain: its lines carry their own tombstones
@@ -192,6 +200,18 @@ std::vector<std::string> FactStatements(const PipelineSpec& spec, const FactSpec
       if (std::find(cols.begin(), cols.end(), ref.key) == cols.end()) cols.push_back(ref.key);
     std::string deleted;
     for (const auto& del : FactDeletionSources(spec, f)) deleted += std::string(deleted.empty() ? "" : " OR ") + Tombstone(del.dataset, del.key, "r");
+    if (!f.deleted.empty())
+      deleted += std::string(deleted.empty() ? "" : " OR ") +
+                 (ColumnOf(spec, f, f.deleted).type == ColumnType::kBool ? "coalesce(r." + QuoteIdent(f.deleted) + ", false)"
+                                                                         : "r." + QuoteIdent(f.deleted) + " IS NOT NULL");
+    if (from.source.incremental == "snapshot") {
+      // Gone from the latest snapshot (the source as it is now, whichever day is built).
+      std::string match;
+      for (const auto& g : f.grain) match += " AND l." + QuoteIdent(g) + " = r." + QuoteIdent(g);
+      const std::string staging = "staging." + QuoteIdent(f.from);
+      deleted += std::string(deleted.empty() ? "" : " OR ") + "NOT EXISTS (SELECT 1 FROM " + staging +
+                 " l WHERE l.ds = (SELECT max(ds) FROM " + staging + ")" + match + ")";
+    }
     std::string sql = "CREATE TEMP TABLE " + src + " ON COMMIT DROP AS\nWITH " + ctes + "\nSELECT " + List(cols) + ", " +
                       (deleted.empty() ? "false" : deleted) + " AS _deleted";
     for (size_t i = 0; i < f.measures.size(); ++i)
@@ -220,7 +240,8 @@ std::vector<std::string> FactStatements(const PipelineSpec& spec, const FactSpec
     out.push_back("DELETE FROM " + table + " WHERE date_key = to_char($1::date, 'YYYYMMDD')::int AND (" + grain +
                   ") NOT IN (SELECT " + grain + " FROM " + src + (f.on_delete == "delete" ? " WHERE NOT _deleted" : "") + ")");
   // 6b. Rows deleted in the source leave the fact (policy delete); policy flag keeps them below.
-  if (f.on_delete == "delete" && !FactDeletionSources(spec, f).empty())
+  if (f.on_delete == "delete" && (!FactDeletionSources(spec, f).empty() || !f.deleted.empty() ||
+                                  from.source.incremental == "snapshot"))
     out.push_back("DELETE FROM " + table + " WHERE (" + grain + ") IN (SELECT " + grain + " FROM " + src + " WHERE _deleted)");
 
   // 7. Merge by grain, keyed to the dimension versions valid at the event.

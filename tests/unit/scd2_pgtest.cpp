@@ -473,6 +473,47 @@ INSERT INTO staging.orders VALUES ('2024-01-03', 'r3', 12, 2, 'open', '2024-01-0
   EXPECT_EQ(scans, "");
 }
 
+TEST_F(ModelsTest, ASoftDeleteColumnDeletesTheFact) {
+  PipelineSpec spec = spec_;
+  DatasetSpec& items = const_cast<DatasetSpec&>(*spec.Find("order_items"));
+  items.columns.push_back({"deleted_at", ColumnType::kTimestamp, ""});
+  spec.facts[0].deleted = "deleted_at";
+  Exec("DROP TABLE staging.order_items");  // staged again with the new column
+  UseSpec(spec, spec_.models);
+  Exec(R"(
+INSERT INTO staging.customers VALUES
+  ('2024-01-01', 'r1', 1, 'Ann', 'a@x', 'A street', 'Springfield', 'CA', 'consumer', '2024-01-01 03:00+00', '2024-01-01 03:00+00');
+INSERT INTO staging.products VALUES ('2024-01-01', 'r1', 1, 'Pen', 'office', 2.5, '2024-01-01 00:01:00+00');
+INSERT INTO staging.orders VALUES ('2024-01-01', 'r1', 10, 1, 'open', '2024-01-01 13:00+00', '2024-01-01 13:00+00');
+INSERT INTO staging.order_items VALUES
+  ('2024-01-01', 'r1', 10, 1, 1, 2, 2.5, '2024-01-01 13:00+00', NULL),
+  ('2024-01-01', 'r1', 10, 2, 1, 4, 2.5, '2024-01-01 13:00+00', NULL);)");
+  Build("2024-01-01");
+  // The application marks line 2 deleted the next day.
+  Exec("INSERT INTO staging.order_items VALUES ('2024-01-02', 'r2', 10, 2, 1, 4, 2.5, '2024-01-02 09:00+00', "
+       "'2024-01-02 09:00+00')");
+  Build("2024-01-02");
+  EXPECT_EQ(Query("SELECT order_id, line_no, amount FROM dwh.fact_sales ORDER BY 1, 2"), "10|1|5.00\n");
+  EXPECT_EQ(Query("SELECT ds, units, revenue FROM marts.daily_sales"), "2024-01-01|2|5.00\n");
+  Build("2024-01-01");  // re-running the day that staged it live brings nothing back
+  EXPECT_EQ(Query("SELECT order_id, line_no FROM dwh.fact_sales ORDER BY 1, 2"), "10|1\n");
+}
+
+TEST_F(ModelsTest, AGrainMissingFromTheLatestSnapshotIsDeleted) {
+  PipelineSpec spec = spec_;
+  const_cast<DatasetSpec&>(*spec.Find("order_items")).source.incremental = "snapshot";
+  UseSpec(spec, spec_.models);
+  StageDay1And2();  // day 2's snapshot of order_items holds only line (11, 1)
+  Exec("INSERT INTO staging.order_items VALUES ('2024-01-02', 'r2', 10, 1, 1, 2, 2.5, '2024-01-01 13:00+00')");
+  Build("2024-01-01");
+  EXPECT_EQ(Query("SELECT order_id, line_no FROM dwh.fact_sales ORDER BY 1, 2"), "10|1\n")
+      << "built from day 1's snapshot but judged by the latest: (10, 2) is gone from the source";
+  Build("2024-01-02");
+  EXPECT_EQ(Query("SELECT order_id, line_no FROM dwh.fact_sales ORDER BY 1, 2"), "10|1\n11|1\n");
+  EXPECT_EQ(Query("SELECT ds, units, revenue FROM marts.daily_sales ORDER BY ds"),
+            "2024-01-01|2|5.00\n2024-01-02|1|3.00\n");
+}
+
 TEST_F(ModelsTest, FlagPolicyKeepsDeletedFactsOutOfTheMarts) {
   PipelineSpec spec = spec_;
   spec.facts[0].on_delete = "flag";

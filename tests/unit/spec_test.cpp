@@ -204,6 +204,10 @@ models: [dim_product, fact_lines]
   EXPECT_EQ(s.facts[0].on_delete, "delete");
   EXPECT_EQ(with("event_time: placed_at", "event_time: placed_at\n    on_delete: drop"),
             "p.yaml:facts[0].on_delete: unknown policy 'drop' (known: delete, flag)");
+  EXPECT_EQ(with("event_time: placed_at", "event_time: placed_at\n    deleted: qty"),
+            "p.yaml:facts[0].deleted: 'qty' must be a bool or timestamp column (true, or set, when deleted)");
+  EXPECT_EQ(with("event_time: placed_at", "event_time: placed_at\n    deleted: gone"),
+            "p.yaml:facts[0].deleted: 'gone' is not a column of 'lines' or a joined dataset");
   EXPECT_EQ(with("name: units", "name: is_deleted"),
             "p.yaml:facts[0].measures[0].name: column 'is_deleted' already exists in the fact table");
   // Fact reconciliation: the fact and its measure must exist.
