@@ -88,7 +88,7 @@ std::string DimensionDdl(const DimensionSpec& dim, const DatasetSpec& from) {
   return sql;
 }
 
-std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const DatasetSpec& from) {
+std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const DatasetSpec& from, bool captured) {
   const Names n = NamesOf(dim, from);
   const std::string obs = QuoteIdent("tmp_" + dim.name + "_obs"), ver = QuoteIdent("tmp_" + dim.name + "_versions");
   auto nulls = [&](const std::string& c) { return "NULL::" + n.type(c); };
@@ -139,9 +139,26 @@ std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const Dat
         "SELECT l.k, l.last_seen, (SELECT min(s.ds) FROM " + n.staging + " s WHERE s.ds > l.last_seen) AS gone_day FROM last l");
     affected = "SELECT k AS " + n.k + " FROM " + seen;
   }
+  // 0b. (CDC-captured datasets) Keys deleted in the source whose current version is still live.
+  std::string cdc_obs;
+  if (captured) {
+    const std::string changes = "raw." + QuoteIdent(from.name + "_changes"), current = "raw." + QuoteIdent(from.name + "_current");
+    affected = "(" + affected + ")\n  UNION SELECT t." + n.k + " FROM " + current + " t JOIN " + n.table + " d ON d." + n.k +
+               " = t." + n.k + " AND d.is_current AND NOT d.is_deleted AND NOT d.is_inferred AND d." + n.sk +
+               " <> 0 WHERE t._deleted";
+    // Every state the change stream saw of the affected keys (a daily extract sees only the
+    // last of a day), and every delete, at its commit time (a deleted row has no business time).
+    cdc_obs = ",\ncaptured AS (\n"
+              "  SELECT s." + n.k + " AS k, s." + n.e + " AS t, " + n.deleted_expr + " AS deleted" + attrs_s + ", 0 AS precedence\n"
+              "  FROM " + changes + " s WHERE s." + n.k + " IN (SELECT " + n.k + " FROM affected) AND s.op IN ('c', 'u', 'r')\n"
+              "    AND s." + n.e + " IS NOT NULL\n"
+              "  UNION ALL\n"
+              "  SELECT s." + n.k + ", s.commit_time, true" + attrs_null + ", 0 FROM " + changes + " s\n"
+              "  WHERE s." + n.k + " IN (SELECT " + n.k + " FROM affected) AND s.op = 'd')";
+  }
   // 1. Observations of the keys staged on ds: every staged state (the latest load wins for one
-  //    instant), the versions already held, the deletions already recorded, and (snapshot
-  //    datasets) the deletions absent keys mean.
+  //    instant), the versions already held, the deletions already recorded, (snapshot datasets)
+  //    the deletions absent keys mean, and (CDC) every captured change.
   out.push_back("CREATE TEMP TABLE " + obs + " ON COMMIT DROP AS\n"
                 "WITH affected AS (" + affected + "),\n"
                 "staged AS (\n"
@@ -158,8 +175,9 @@ std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const Dat
                 (dim.absent_means_deleted ? "\n  UNION ALL\n  SELECT g.k, (g.gone_day + 1)::timestamptz, true" + attrs_null +
                                                 ", 2 FROM " + seen + " g WHERE g.gone_day IS NOT NULL"
                                           : "") +
-                ")\n"
-                "SELECT DISTINCT ON (k, t) * FROM (SELECT * FROM staged UNION ALL SELECT * FROM known) u\n"
+                ")" + cdc_obs + "\n"
+                "SELECT DISTINCT ON (k, t) * FROM (SELECT * FROM staged UNION ALL SELECT * FROM known" +
+                (captured ? " UNION ALL SELECT * FROM captured" : "") + ") u\n"
                 "ORDER BY k, t, precedence");
   out.push_back("ANALYZE " + obs);  // temp tables are never auto-analyzed
 

@@ -34,7 +34,10 @@ std::string DimensionDdl(const DimensionSpec& dim, const DatasetSpec& from);
 // tmp_<name>_rekey (sk, lo, hi): per surrogate key, the validity [lo, hi) the build took from it,
 // so a fact build later in the transaction keys again exactly the facts of that key whose event
 // falls there.
-std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const DatasetSpec& from);
+// `captured`: `from` is captured by CDC, so the history also takes every state and every
+// delete of raw.<from>_changes for the affected keys (and keys deleted in the source whose
+// current version is still live are affected).
+std::vector<std::string> DimensionStatements(const DimensionSpec& dim, const DatasetSpec& from, bool captured = false);
 
 // INSERT of inferred members for the natural keys returned by `keys_query` (one column) that
 // the dimension does not hold yet. Valid from -infinity to infinity until completed.

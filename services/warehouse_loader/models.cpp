@@ -360,7 +360,8 @@ std::vector<Model> ResolveModels(const PipelineSpec& spec) {
   std::vector<Model> out;
   for (const auto& name : spec.models) {
     if (const DimensionSpec* dim = spec.FindDimension(name)) {
-      out.push_back({name, DimensionStatements(*dim, *spec.Find(dim->from))});
+      const bool captured = std::find(spec.cdc.datasets.begin(), spec.cdc.datasets.end(), dim->from) != spec.cdc.datasets.end();
+      out.push_back({name, DimensionStatements(*dim, *spec.Find(dim->from), captured)});
       continue;
     }
     if (const FactSpec* fact = spec.FindFact(name)) {

@@ -514,6 +514,40 @@ TEST_F(ModelsTest, AGrainMissingFromTheLatestSnapshotIsDeleted) {
             "2024-01-01|2|5.00\n2024-01-02|1|3.00\n");
 }
 
+// A dimension whose dataset CDC captures takes every intermediate version and every delete
+// from the change stream, which a daily extract cannot see.
+TEST_F(ModelsTest, ACapturedDimensionTakesEveryVersionAndDeleteFromTheChangeStream) {
+  PipelineSpec spec = spec_;
+  spec.cdc.datasets.push_back("customers");
+  UseSpec(spec, spec_.models);
+  StageDay1And2();
+  const std::string cols = "(lsn, seq, op, commit_time, customer_id, name, email, address, city, state, segment, "
+                           "created_at, updated_at)";
+  // Ann moves twice on day 2 before the extract sees her last address; Bob is deleted on day 3.
+  Exec("INSERT INTO raw.customers_changes " + cols + " VALUES "
+       "('0/1', 1, 'u', '2024-01-02 05:00+00', 1, 'Ann', 'a@x', 'Interim street', 'Springfield', 'CA', 'consumer', "
+       "'2024-01-01 03:00+00', '2024-01-02 05:00+00'), "
+       "('0/2', 1, 'u', '2024-01-02 08:00+00', 1, 'Ann', 'a@x', 'B street', 'Springfield', 'CA', 'consumer', "
+       "'2024-01-01 03:00+00', '2024-01-02 08:00+00'), "
+       "('0/3', 1, 'd', '2024-01-03 10:00+00', 2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)");
+  Exec("INSERT INTO raw.customers_current (customer_id, name, email, address, city, state, segment, created_at, updated_at, "
+       "_lsn, _seq, _commit_time, _deleted) VALUES (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '0/3', 1, "
+       "'2024-01-03 10:00+00', true)");
+  Build("2024-01-01");
+  Build("2024-01-02");
+  Build("2024-01-03");
+  EXPECT_EQ(Query("SELECT customer_id, address, valid_from, valid_to, is_current, is_deleted FROM dwh.dim_customer "
+                  "WHERE customer_id > 0 ORDER BY customer_id, valid_from"),
+            "1|A street|-infinity|2024-01-02 05:00:00+00|f|f\n"
+            "1|Interim street|2024-01-02 05:00:00+00|2024-01-02 08:00:00+00|f|f\n"
+            "1|B street|2024-01-02 08:00:00+00|infinity|t|f\n"
+            "2|X street|-infinity|2024-01-03 10:00:00+00|f|t\n");
+  const std::string after = Checksum();
+  Build("2024-01-02");
+  Build("2024-01-03");
+  EXPECT_EQ(Checksum(), after) << "re-running the days changes nothing";
+}
+
 TEST_F(ModelsTest, FlagPolicyKeepsDeletedFactsOutOfTheMarts) {
   PipelineSpec spec = spec_;
   spec.facts[0].on_delete = "flag";
