@@ -57,7 +57,9 @@ int Fail(const grpc::Status& st, const std::string& what) {
 }
 
 bool Transient(const grpc::Status& st) {
-  return st.error_code() == grpc::StatusCode::UNAVAILABLE || st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+  // A controller shutting down for a restart cancels the calls it is still serving.
+  return st.error_code() == grpc::StatusCode::UNAVAILABLE || st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ||
+         st.error_code() == grpc::StatusCode::CANCELLED;
 }
 
 // Reads runs while the CLI waits for them. A controller that stops answering (a restart is

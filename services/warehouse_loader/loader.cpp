@@ -137,6 +137,9 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
     CopyConn pg(DsnForTask(config_.warehouse_dsn, req));
     pg.Exec("BEGIN");
     pg.Exec("SET LOCAL TIME ZONE 'UTC'");
+    // One load of a partition at a time: a resumed run can start a second attempt while the
+    // first still runs; the second waits, then replaces what the first staged.
+    pg.ExecParams("SELECT pg_advisory_xact_lock(7400003, hashtext($1))", {d.name + "/" + req.ds()});
     for (size_t i = want.size(); i < manifest->columns.size(); ++i)
       pg.Exec("ALTER TABLE " + table + " ADD COLUMN IF NOT EXISTS " + QuoteIdent(manifest->columns[i]) + " text");
     pg.ExecParams("DELETE FROM " + table + " WHERE ds = $1", {req.ds()});

@@ -23,13 +23,11 @@ simulated day at a time:
       docs/operations.md and docs/architecture.md say;
   D6  the same restart while the abandoned attempt of a task is still running when the run is
       resumed.
-Two documented behaviours fail today and are asserted only with STRATA_CLAIMS_KNOWN_BUGS=1
-(otherwise printed as KNOWN BUG): a `stratactl run` waiting through a graceful restart exits 2 on
-a CANCELLED GetRun instead of polling on (D5), and a resumed run whose abandoned attempt is still
-running stages that partition twice and fails its reconciliation check (D6).
+D5 also holds a `stratactl run` waiting through the graceful restart to polling on (a shutting-down
+controller answers CANCELLED), and D6 the resumed run to staging the partition once while the
+abandoned attempt still runs (the loader loads one partition at a time).
 
-Environment: STRATA_BUILD_BIN (default <repo>/build/bin); STRATA_CLAIMS_KNOWN_BUGS=1 also asserts
-the known bug above; STRATA_PIPELINE_SPEC is ignored (the test writes its own spec from
+Environment: STRATA_BUILD_BIN (default <repo>/build/bin); STRATA_PIPELINE_SPEC is ignored (the test writes its own spec from
 pipelines/demo.yaml). Run with /usr/bin/python3.
 """
 import csv
@@ -535,13 +533,10 @@ def claim_controller_restart():
         waiter_err = err_file.read().strip()
         err_file.close()
         waited = waiter.returncode == 0 and info.get("state") == "succeeded" and info.get("run_id") == rid
-        known_bug(waited, f"the stratactl run waiting through the restart printed the run succeeded and exited 0 "
+        check(waited, f"the stratactl run waiting through the restart printed the run succeeded and exited 0 "
                           f"(exit {waiter.returncode}, {info.get('state')}; stderr: {waiter_err[-160:]})")
-        # KNOWN BUG 1 (above; docs/operations.md: "a controller restart is routine for stratactl: a
-        # waiting run ... keeps polling"): on a graceful restart (SIGTERM) a GetRun that the
-        # shutting-down server still receives ends CANCELLED, which stratactl does not count as
-        # transient (only UNAVAILABLE and DEADLINE_EXCEEDED): the waiter exits 2 with
-        # "get run R: CANCELLED" while the run goes on to succeed.
+        # A shutting-down controller answers the GetRun it still receives CANCELLED; stratactl
+        # counts that as transient, like UNAVAILABLE, and polls on.
     finally:
         blocker.close()
         if waiter is not None and waiter.poll() is None:
@@ -569,27 +564,15 @@ def claim_controller_restart():
         final = run_state(rid)
         staged = wh("SELECT count(*) FROM staging.states WHERE ds = %s", (DAY[6],))[0][0]
         check(finished, f"the resumed run finished ({final})")
-        # KNOWN BUG 2: the new leader launches load.states again while the abandoned attempt is
-        # still running in the loader; both DELETE the day's rows (none yet) and COPY theirs under
-        # compatible locks, so the day is staged twice and the run fails its reconciliation check.
-        # Documented: "the others are launched again (every task is idempotent)" and the run is
-        # resumed to success.
-        known_bug(final[0] == "succeeded" and staged == expected,
-                  f"with both attempts in flight the resumed run still succeeds and stages the {expected} states "
-                  f"once (run {final[0]}: {final[1]}; {staged} rows in staging.states for {DAY[6]})")
+        # The loader loads one partition at a time (an advisory lock per dataset and day): attempt 2
+        # waits for the abandoned attempt 1, then replaces what it staged.
+        check(final[0] == "succeeded" and staged == expected,
+              f"with both attempts in flight the resumed run still succeeds and stages the {expected} states "
+              f"once (run {final[0]}: {final[1]}; {staged} rows in staging.states for {DAY[6]})")
     finally:
         blocker.close()
         if waiter is not None and waiter.poll() is None:
             waiter.kill()
-
-
-def known_bug(cond, what):
-    """A documented behaviour the code does not have yet (see the report in the test): asserted with
-    STRATA_CLAIMS_KNOWN_BUGS=1, otherwise printed."""
-    if os.environ.get("STRATA_CLAIMS_KNOWN_BUGS") == "1":
-        return check(cond, what)
-    print(f"{'ok  ' if cond else 'KNOWN BUG (asserted only with STRATA_CLAIMS_KNOWN_BUGS=1):'} {what}", flush=True)
-    return cond
 
 
 def scenario():
