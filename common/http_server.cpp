@@ -401,6 +401,7 @@ class HttpListener::Impl final : public httplib::Server {
     bool body_phase = false;  // the head is in; the deadline is the body's
     bool eof = false;         // the client will send nothing more (it may still read)
     bool lingering = false;   // refused: answered, waiting briefly for the client to go
+    int served = 0;           // requests answered on this connection so far
   };
 
   // Called by httplib's accept loop for each new connection.
@@ -429,7 +430,7 @@ class HttpListener::Impl final : public httplib::Server {
     --open_;
   }
   // A kept-alive connection goes back to the reader with what it already sent of its next request.
-  void Return(int fd, std::string leftover) {
+  void Return(int fd, std::string leftover, int served) {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) {
       CloseFd(fd);
@@ -439,6 +440,7 @@ class HttpListener::Impl final : public httplib::Server {
     const bool idle = leftover.empty();
     const auto deadline = SteadyClock::now() + Ms(idle ? limits_.idle_timeout_ms : limits_.header_timeout_ms);
     incoming_.push_back({fd, std::move(leftover), deadline, idle});
+    incoming_.back().served = served;
     Wake();
   }
 
@@ -494,7 +496,7 @@ class HttpListener::Impl final : public httplib::Server {
         switch (scan.state) {
           case HeadScan::kComplete: {
             std::lock_guard<std::mutex> lock(mu_);
-            ready_.push_back({c.fd, std::move(c.buf), c.deadline});
+            ready_.push_back(std::move(c));
             ready_cv_.notify_one();
             continue;
           }
@@ -578,15 +580,15 @@ class HttpListener::Impl final : public httplib::Server {
         c = std::move(ready_.front());
         ready_.pop_front();
       }
-      Serve(c.fd, std::move(c.buf));
+      Serve(c.fd, std::move(c.buf), c.served);
     }
   }
 
   // Answers the requests of one connection while they arrive whole (pipelined), then hands the
   // connection back to the reader or closes it.
-  void Serve(int fd, std::string bytes) {
+  void Serve(int fd, std::string bytes, int served) {
     ConnStream stream(fd, std::move(bytes), limits_);
-    for (int served = 0;; ++served) {
+    for (;; ++served) {
       stream.StartRequest();
       bool stopping;
       {
@@ -602,7 +604,7 @@ class HttpListener::Impl final : public httplib::Server {
         stream.Refill(std::move(leftover));
         continue;
       }
-      return Return(fd, std::move(leftover));
+      return Return(fd, std::move(leftover), served + 1);
     }
   }
 

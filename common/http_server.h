@@ -31,7 +31,7 @@ struct HttpLimits {
   int idle_timeout_ms = 5000;     // a kept-alive connection waiting for its next request
   int write_timeout_ms = 10000;   // each blocked write of an answer
   size_t max_header_bytes = 16 * 1024;
-  size_t max_body_bytes = 1024 * 1024;
+  size_t max_body_bytes = 64 * 1024;  // no endpoint takes more; the reader buffers whole bodies
   int workers = 0;                // handler threads; 0: max(8, cores - 1)
   int max_connections = 512;      // open connections, waiting or being answered
 };
