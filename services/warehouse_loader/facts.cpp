@@ -113,7 +113,8 @@ std::vector<std::string> FactStatements(const PipelineSpec& spec, const FactSpec
     // The lines of headers staged today, when the header changed what their facts hold: its
     // event time or a dimension key (stored in the fact), or when no live fact has it yet (its
     // lines were staged before it). A status change alone rebuilds nothing. A measure that
-    // reads a header column makes every header staged today count.
+    // reads a header column, or a soft-delete column on the header, makes every header staged
+    // today count.
     for (const auto& j : f.joins) {
       const DatasetSpec& jd = *spec.Find(j.dataset);
       std::vector<std::string> used;
@@ -124,6 +125,7 @@ std::vector<std::string> FactStatements(const PipelineSpec& spec, const FactSpec
                                         [&](const auto& r) { return r.key == c.name; }) != f.dimensions.end();
         if (c.name == f.event_time || keyed) used.push_back(c.name);
         for (const auto& m : f.measures) measured = measured || Names(m.sql, c.name);
+        measured = measured || c.name == f.deleted;  // a soft-deleted header deletes its lines
       }
       std::string match, differs;
       for (const auto& c : j.on) match += std::string(match.empty() ? "" : " AND ") + "x." + QuoteIdent(c) + " = h." + QuoteIdent(c);

@@ -160,6 +160,10 @@ BEGIN
     IF args IS NULL THEN RETURN false; END IF;
     args := quote_literal('key') || ', ' || args;
   END IF;
+  IF (SELECT count(*) FROM pg_trigger WHERE tgrelid = format('marts.%I', t)::regclass
+      AND tgname IN ('strata_changes_i', 'strata_changes_u', 'strata_changes_d')) = 3 THEN
+    RETURN true;  -- installed (a publish asks every time; no lock taken then)
+  END IF;
   EXECUTE format('CREATE OR REPLACE TRIGGER strata_changes_i AFTER INSERT ON marts.%I REFERENCING NEW TABLE AS new_rows '
                  'FOR EACH STATEMENT EXECUTE FUNCTION ops.note_mart_change(%s)', t, args);
   EXECUTE format('CREATE OR REPLACE TRIGGER strata_changes_u AFTER UPDATE ON marts.%I REFERENCING NEW TABLE AS new_rows '
