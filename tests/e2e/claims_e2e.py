@@ -41,12 +41,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import psycopg2
+
+from own_stack import Webhook, clean_env, query, stack_env, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
@@ -73,21 +73,6 @@ def step(title):
 
 
 # --- the stack -------------------------------------------------------------------------------------
-def stack_env(stack_dir):
-    out = subprocess.run(["bash", "-c", f". '{stack_dir}/env' && env -0"], capture_output=True, check=True).stdout
-    env = {}
-    for item in out.decode().split("\0"):
-        if "=" in item:
-            k, v = item.split("=", 1)
-            env[k] = v
-    return env
-
-
-def clean_env():
-    """The caller's environment without another stack's addresses."""
-    return {k: v for k, v in os.environ.items() if not (k.startswith("STRATA_") or k.startswith("AWS_"))}
-
-
 def write_spec(path):
     """pipelines/demo.yaml plus `reviews_ignored`: the same reviews API with the default drift policy."""
     with open(os.path.join(ROOT, "pipelines", "demo.yaml")) as f:
@@ -140,35 +125,12 @@ def sim_control(**knobs):
         assert r.status == 200
 
 
-def query(dsn, sql, params=None):
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET TIME ZONE 'UTC'")
-            cur.execute(sql, params)
-            rows = cur.fetchall() if cur.description else []
-        conn.commit()
-        return rows
-    finally:
-        conn.close()
-
-
 def wh(sql, params=None):
     return query(ENV["STRATA_PG_DSN"], sql, params)
 
 
 def src(sql, params=None):
     return query(ENV["STRATA_SOURCE_DSN"], sql, params)
-
-
-def wait_until(cond, seconds, what):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.3)
-    print(f"     timed out after {seconds} s waiting for {what}", flush=True)
-    return False
 
 
 def scrape(addr):
@@ -188,34 +150,6 @@ def metric(service, name, labels):
         if all(f'{k}="{v}"' in head for k, v in labels.items()):
             found, total = True, total + float(value)
     return total if found else None
-
-
-class Webhook:
-    """The alert receiver on the stack's STRATA_WEBHOOK_PORT; closed = the port refuses."""
-
-    def __init__(self, port):
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                try:
-                    received.append(json.loads(body))
-                except ValueError:
-                    received.append({"raw": body.decode(errors="replace")})
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        HTTPServer.allow_reuse_address = True
-        self.server = HTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def run_day(day, expect="succeeded"):

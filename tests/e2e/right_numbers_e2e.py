@@ -32,14 +32,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 import urllib.request
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import psycopg2
+
+from own_stack import Webhook, clean_env, query, stack_env, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
@@ -76,22 +76,6 @@ def step(title):
 
 
 # --- the stack ---------------------------------------------------------------------------------------
-def stack_env(stack_dir):
-    out = subprocess.run(["bash", "-c", f". '{stack_dir}/env' && env -0"], capture_output=True, check=True).stdout
-    env = {}
-    for item in out.decode().split("\0"):
-        if "=" in item:
-            k, v = item.split("=", 1)
-            env[k] = v
-    return env
-
-
-def clean_env():
-    """The caller's environment without another stack's addresses (a STRATA_PIPELINE_SPEC is kept)."""
-    return {k: v for k, v in os.environ.items()
-            if not (k.startswith("STRATA_") or k.startswith("AWS_")) or k == "STRATA_PIPELINE_SPEC"}
-
-
 def run(*args, timeout=1800):
     p = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env=ENV)
     return p.returncode, p.stdout, p.stderr
@@ -105,17 +89,6 @@ def sim_advance(day):
     rc, out, err = run(f"{BIN}/strata-source-sim", "advance", "--through", day.isoformat(), timeout=300)
     if rc != 0:
         raise RuntimeError(f"strata-source-sim advance --through {day}: {err.strip()}")
-
-
-def query(dsn, sql, params=None):
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET TIME ZONE 'UTC'")
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 def wh(sql, params=None):
@@ -140,43 +113,6 @@ def execute(dsn, statements):
         return rows
     finally:
         conn.close()
-
-
-def wait_until(cond, seconds, what):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.5)
-    print(f"     timed out after {seconds} s waiting for {what}", flush=True)
-    return False
-
-
-class Webhook:
-    """Receives the quality service's alerts (so they are not retried against a closed port)."""
-
-    def __init__(self, port):
-        received = self.received = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                try:
-                    received.append(json.loads(body))
-                except ValueError:
-                    received.append({"raw": body.decode(errors="replace")})
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = HTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def cdc_caught_up(seconds=180):
@@ -809,7 +745,7 @@ def main():
             print(f"missing binary {BIN}/{name} (set STRATA_BUILD_BIN)", flush=True)
             sys.exit(2)
     stack_dir = tempfile.mkdtemp(prefix="strata-right-numbers-")
-    base_env = clean_env()
+    base_env = clean_env(keep=("STRATA_PIPELINE_SPEC",))
     ok = False
     try:
         step(f"infra/stack.sh up --dir {stack_dir} --bin {BIN}")
