@@ -36,17 +36,14 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
 
 import psycopg2
 
-from own_stack import Webhook, clean_env, query, stack_env, wait_until
+from own_stack import Webhook, clean_env, query, run_on_own_stack, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
@@ -533,50 +530,22 @@ def scenario():
 
 
 def main():
-    global ENV, WEBHOOK
-    started = time.time()
-    for name in ("strata-source-sim", "strata-ingest", "strata-lake-export", "strata-warehouse-loader",
-                 "strata-quality", "strata-query", "strata-controller", "stratactl"):
-        if not os.access(os.path.join(BIN, name), os.X_OK):
-            print(f"missing binary {BIN}/{name} (set STRATA_BUILD_BIN)", flush=True)
-            sys.exit(2)
-    stack_dir = tempfile.mkdtemp(prefix="strata-claims-")
-    spec = os.path.join(stack_dir, "claims.yaml")
-    write_spec(spec)
-    base_env = dict(clean_env(), STRATA_PIPELINE_SPEC=spec, STRATA_TASK_RETRIES="2")
-    ok = False
-    try:
-        step(f"infra/stack.sh up --dir {stack_dir} --bin {BIN}")
-        p = subprocess.run([f"{ROOT}/infra/stack.sh", "up", "--dir", stack_dir, "--bin", BIN, "--start",
-                            START.isoformat()], env=base_env, capture_output=True, text=True, timeout=300)
-        if p.returncode != 0:
-            print(p.stdout, p.stderr, flush=True)
-            raise RuntimeError("the stack did not start")
-        ENV = dict(base_env, **stack_env(stack_dir))
-        WEBHOOK = Webhook(int(ENV["STRATA_WEBHOOK_PORT"]))
-        scenario()
-        ok = not FAILURES
-    except Exception as e:  # an unexpected error is a failure too, after the stack is down
-        import traceback
-        traceback.print_exc()
-        FAILURES.append(f"unexpected error: {e}")
-    finally:
-        if WEBHOOK:
-            WEBHOOK.close()
-        down = subprocess.run([f"{ROOT}/infra/stack.sh", "down", "--dir", stack_dir], env=base_env,
-                              capture_output=True, text=True, timeout=300)
-        print(down.stdout.strip(), down.stderr.strip(), flush=True)
-        if ok:
-            shutil.rmtree(stack_dir, ignore_errors=True)
-        else:
-            print(f"stack logs kept in {stack_dir}/logs", flush=True)
-    print(f"\n{time.time() - started:.0f} s", flush=True)
-    if FAILURES:
-        print(f"{len(FAILURES)} assertion(s) failed:", flush=True)
-        for f in FAILURES:
-            print(f"  - {f}", flush=True)
-        sys.exit(1)
-    print("all assertions passed", flush=True)
+    def prepare(stack_dir):
+        spec = os.path.join(stack_dir, "claims.yaml")
+        write_spec(spec)
+        return {"STRATA_PIPELINE_SPEC": spec, "STRATA_TASK_RETRIES": "2"}
+
+    def with_stack(env, webhook):
+        global ENV, WEBHOOK
+        ENV, WEBHOOK = env, webhook
+        try:
+            scenario()
+        finally:
+            if WEBHOOK is not webhook and WEBHOOK is not None:  # the scenario restarts its receiver
+                WEBHOOK.close()
+
+    run_on_own_stack(ROOT, BIN, "strata-claims-", clean_env(), ["--start", START.isoformat()], with_stack, FAILURES,
+                     prepare)
 
 
 if __name__ == "__main__":

@@ -79,3 +79,57 @@ class Webhook:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+BINARIES = ("strata-source-sim", "strata-ingest", "strata-lake-export", "strata-warehouse-loader", "strata-quality",
+            "strata-query", "strata-controller", "stratactl")
+
+
+def run_on_own_stack(root, bin_dir, prefix, base_env, up_args, scenario, failures, prepare=None):
+    """Starts infra/stack.sh in a new temporary directory (`prepare(stack_dir)` may return extra
+    environment first), calls scenario(env, webhook) with the stack's environment and a webhook
+    receiver on its port, always stops the stack, prints the failures collected in `failures` and
+    exits 1 when there are any (2 when a binary is missing). An unexpected error is a failure too.
+    The stack directory is removed after a green run and kept, with its logs, after a red one."""
+    started = time.time()
+    for name in BINARIES:
+        if not os.access(os.path.join(bin_dir, name), os.X_OK):
+            print(f"missing binary {bin_dir}/{name} (set STRATA_BUILD_BIN)", flush=True)
+            raise SystemExit(2)
+    import shutil
+    import tempfile
+    import traceback
+    stack_dir = tempfile.mkdtemp(prefix=prefix)
+    env = dict(base_env, **(prepare(stack_dir) if prepare else {}))
+    webhook, ok = None, False
+    try:
+        print(f"\n=== infra/stack.sh up --dir {stack_dir} --bin {bin_dir} ({time.strftime('%H:%M:%S')})", flush=True)
+        p = subprocess.run([f"{root}/infra/stack.sh", "up", "--dir", stack_dir, "--bin", bin_dir, *up_args], env=env,
+                           capture_output=True, text=True, timeout=300)
+        if p.returncode != 0:
+            print(p.stdout, p.stderr, flush=True)
+            raise RuntimeError("the stack did not start")
+        stack = dict(env, **stack_env(stack_dir))
+        webhook = Webhook(int(stack["STRATA_WEBHOOK_PORT"]))
+        scenario(stack, webhook)
+        ok = not failures
+    except Exception as e:
+        traceback.print_exc()
+        failures.append(f"unexpected error: {e}")
+    finally:
+        if webhook:
+            webhook.close()
+        down = subprocess.run([f"{root}/infra/stack.sh", "down", "--dir", stack_dir], env=env, capture_output=True,
+                              text=True, timeout=300)
+        print(down.stdout.strip(), down.stderr.strip(), flush=True)
+        if ok:
+            shutil.rmtree(stack_dir, ignore_errors=True)
+        else:
+            print(f"stack logs kept in {stack_dir}/logs", flush=True)
+    print(f"\n{time.time() - started:.0f} s", flush=True)
+    if failures:
+        print(f"{len(failures)} assertion(s) failed:", flush=True)
+        for f in failures:
+            print(f"  - {f}", flush=True)
+        raise SystemExit(1)
+    print("all assertions passed", flush=True)

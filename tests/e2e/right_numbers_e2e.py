@@ -28,10 +28,7 @@ via infra/stack.sh). Run with /usr/bin/python3.
 import datetime as dt
 import json
 import os
-import shutil
 import subprocess
-import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -39,7 +36,7 @@ from decimal import Decimal
 
 import psycopg2
 
-from own_stack import Webhook, clean_env, query, stack_env, wait_until
+from own_stack import clean_env, query, run_on_own_stack, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
@@ -737,50 +734,14 @@ WEBHOOK = None
 
 
 def main():
-    global ENV, WEBHOOK
-    started = time.time()
-    for name in ("strata-source-sim", "strata-ingest", "strata-lake-export", "strata-warehouse-loader",
-                 "strata-quality", "strata-query", "strata-controller", "stratactl"):
-        if not os.access(os.path.join(BIN, name), os.X_OK):
-            print(f"missing binary {BIN}/{name} (set STRATA_BUILD_BIN)", flush=True)
-            sys.exit(2)
-    stack_dir = tempfile.mkdtemp(prefix="strata-right-numbers-")
-    base_env = clean_env(keep=("STRATA_PIPELINE_SPEC",))
-    ok = False
-    try:
-        step(f"infra/stack.sh up --dir {stack_dir} --bin {BIN}")
-        p = subprocess.run([f"{ROOT}/infra/stack.sh", "up", "--dir", stack_dir, "--bin", BIN, "--start",
-                            START.isoformat(), "--seed", SEED], env=base_env, capture_output=True, text=True,
-                           timeout=300)
-        if p.returncode != 0:
-            print(p.stdout, p.stderr, flush=True)
-            raise RuntimeError("the stack did not start")
-        ENV = dict(base_env, **stack_env(stack_dir))
+    def with_stack(env, webhook):
+        global ENV, WEBHOOK
+        ENV, WEBHOOK = env, webhook
         os.environ.update({k: v for k, v in ENV.items() if k.startswith("STRATA_")})
-        WEBHOOK = Webhook(int(ENV["STRATA_WEBHOOK_PORT"]))
         scenario()
-        ok = not FAILURES
-    except Exception as e:  # an unexpected error is a failure too, after the stack is down
-        import traceback
-        traceback.print_exc()
-        FAILURES.append(f"unexpected error: {e}")
-    finally:
-        if WEBHOOK:
-            WEBHOOK.close()
-        down = subprocess.run([f"{ROOT}/infra/stack.sh", "down", "--dir", stack_dir], env=base_env,
-                              capture_output=True, text=True, timeout=300)
-        print(down.stdout.strip(), down.stderr.strip(), flush=True)
-        if ok:
-            shutil.rmtree(stack_dir, ignore_errors=True)
-        else:
-            print(f"stack logs kept in {stack_dir}/logs", flush=True)
-    print(f"\n{time.time() - started:.0f} s", flush=True)
-    if FAILURES:
-        print(f"{len(FAILURES)} assertion(s) failed:", flush=True)
-        for f in FAILURES:
-            print(f"  - {f}", flush=True)
-        sys.exit(1)
-    print("all assertions passed", flush=True)
+
+    run_on_own_stack(ROOT, BIN, "strata-right-numbers-", clean_env(keep=("STRATA_PIPELINE_SPEC",)),
+                     ["--start", START.isoformat(), "--seed", SEED], with_stack, FAILURES)
 
 
 if __name__ == "__main__":
