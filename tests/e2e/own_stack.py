@@ -28,18 +28,25 @@ def clean_env(keep=()):
             if not (k.startswith("STRATA_") or k.startswith("AWS_")) or k in keep}
 
 
-def query(dsn, sql, params=None):
-    """Runs one statement in its own transaction (committed) and returns its rows, if any."""
+def execute(dsn, statements):
+    """Runs (sql, params) pairs in one transaction (committed); returns the last statement's rows."""
     conn = psycopg2.connect(dsn)
+    rows = []
     try:
         with conn.cursor() as cur:
             cur.execute("SET TIME ZONE 'UTC'")
-            cur.execute(sql, params)
-            rows = cur.fetchall() if cur.description else []
+            for sql, params in statements:
+                cur.execute(sql, params)
+                rows = cur.fetchall() if cur.description else []
         conn.commit()
         return rows
     finally:
         conn.close()
+
+
+def query(dsn, sql, params=None):
+    """One statement in its own committed transaction; its rows, if any."""
+    return execute(dsn, [(sql, params)])
 
 
 def wait_until(cond, seconds, what, interval=0.3):

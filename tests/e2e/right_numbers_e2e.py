@@ -34,9 +34,7 @@ import urllib.parse
 import urllib.request
 from decimal import Decimal
 
-import psycopg2
-
-from own_stack import clean_env, query, run_on_own_stack, wait_until
+from own_stack import clean_env, execute, query, run_on_own_stack, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
@@ -94,22 +92,6 @@ def wh(sql, params=None):
 
 def src(sql, params=None):
     return query(ENV["STRATA_SOURCE_DSN"], sql, params)
-
-
-def execute(dsn, statements):
-    """Runs (sql, params) pairs in one transaction; returns the last statement's rows."""
-    conn = psycopg2.connect(dsn)
-    rows = []
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SET TIME ZONE 'UTC'")
-            for sql, params in statements:
-                cur.execute(sql, params)
-                rows = cur.fetchall() if cur.description else []
-        conn.commit()
-        return rows
-    finally:
-        conn.close()
 
 
 def cdc_caught_up(seconds=180):
