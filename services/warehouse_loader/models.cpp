@@ -298,21 +298,38 @@ GROUP BY d.date, p.product_id, p.name)SQL"}},
       {"orders_current",
        {R"SQL(
 CREATE TEMP TABLE tmp_affected_orders ON COMMIT DROP AS
-SELECT order_id FROM staging.orders WHERE ds = $1
-UNION SELECT order_id FROM tmp_fact_sales_affected)SQL",
+SELECT order_id, bool_or(lines) AS lines, bool_or(staged) AS staged FROM (
+  SELECT order_id, false AS lines, true AS staged FROM staging.orders WHERE ds = $1
+  UNION ALL SELECT order_id, true, false FROM tmp_fact_sales_affected) a
+GROUP BY order_id)SQL",
         "ANALYZE tmp_affected_orders",
+        // The latest staged header of every affected order: when no later day is staged (a
+        // daily run), the day's own version for the orders staged today (read through the ds
+        // index); otherwise, and for orders whose lines alone changed, the newest of its staged
+        // versions through the key index. The amount is re-summed only where the order's lines
+        // changed today or the mart lacks the order (a status change keeps the amount the mart
+        // holds). Cost follows the day's orders, never the table's age.
         R"SQL(
 INSERT INTO marts.orders_current (order_id, customer_id, status, ordered_at, updated_at, amount)
-WITH latest AS (
+WITH newest AS (SELECT $1 >= coalesce((SELECT max(ds) FROM staging.orders), $1) AS is_newest),
+headers AS (
   SELECT DISTINCT ON (o.order_id) o.order_id, o.customer_id, o.status, o.ordered_at, o.updated_at
-  FROM staging.orders o WHERE o.order_id IN (SELECT order_id FROM tmp_affected_orders)
-  ORDER BY o.order_id, o.updated_at DESC, o.ds DESC),
-amounts AS (  -- one grouped pass over the facts instead of a lookup per order
-  SELECT f.order_id, sum(f.amount) AS amount FROM dwh.fact_sales f
-  WHERE f.order_id IN (SELECT order_id FROM tmp_affected_orders) AND NOT f.is_deleted GROUP BY f.order_id)
-SELECT l.order_id, l.customer_id, l.status, l.ordered_at, l.updated_at, a.amount
-FROM latest l LEFT JOIN amounts a USING (order_id)
-ORDER BY l.order_id
+  FROM staging.orders o WHERE o.ds = $1 AND (SELECT is_newest FROM newest)
+  ORDER BY o.order_id, o.updated_at DESC)
+SELECT h.order_id, h.customer_id, h.status, h.ordered_at, h.updated_at,
+       CASE WHEN a.lines OR c.order_id IS NULL
+            THEN (SELECT sum(f.amount) FROM dwh.fact_sales f WHERE f.order_id = a.order_id AND NOT f.is_deleted)
+            ELSE c.amount END
+FROM (SELECT * FROM headers
+      UNION ALL
+      SELECT a.order_id, l.customer_id, l.status, l.ordered_at, l.updated_at
+      FROM tmp_affected_orders a CROSS JOIN LATERAL (
+        SELECT o.customer_id, o.status, o.ordered_at, o.updated_at FROM staging.orders o
+        WHERE o.order_id = a.order_id ORDER BY o.updated_at DESC, o.ds DESC LIMIT 1) l
+      WHERE NOT (a.staged AND (SELECT is_newest FROM newest))) h
+JOIN tmp_affected_orders a USING (order_id)
+LEFT JOIN marts.orders_current c USING (order_id)
+ORDER BY h.order_id
 ON CONFLICT (order_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
   ordered_at = EXCLUDED.ordered_at, updated_at = EXCLUDED.updated_at, amount = EXCLUDED.amount
 WHERE orders_current.updated_at <= EXCLUDED.updated_at  -- never behind what CDC already applied
