@@ -6,6 +6,7 @@
 # first three and the last three days) into the "## History" section of bench/RESULTS.md.
 #
 #   bench/history.sh [BIN_DIR]
+#   STRATA_BENCH_HISTORY_DAYS=14 STRATA_BENCH_KEEP=1 bench/history.sh   # shorter, stack left up
 set -euo pipefail
 BIN=${1:-build/bin}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -22,7 +23,8 @@ mkdir -p "$DIR"
 sed -e '/^cdc:/,/^$/d' -e '/rate_limit: {rps: 50/d' "$ROOT/pipelines/demo.yaml" >"$DIR/../bench-history.yaml"
 STRATA_PIPELINE_SPEC="$DIR/../bench-history.yaml" STRATA_BATCH_ROWS=${STRATA_BATCH_ROWS:-10000} \
   "$ROOT/infra/stack.sh" up --dir "$DIR" --bin "$BIN" --start "$START" >/dev/null
-trap '"$ROOT/infra/stack.sh" down --dir "$DIR" >/dev/null' EXIT
+# STRATA_BENCH_KEEP=1 leaves the stack up afterwards, to look into a slow statement.
+[ "${STRATA_BENCH_KEEP:-0}" = 1 ] || trap '"$ROOT/infra/stack.sh" down --dir "$DIR" >/dev/null' EXIT
 # shellcheck disable=SC1091
 . "$DIR/env"
 
