@@ -323,28 +323,43 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
     return IncrementalSelect(d, w, extra_where, Referrers(spec_, d));
   }
 
-  // Streams `select` through a server-side cursor into the sink, batch_rows at a time, so memory
-  // stays flat in the table's size. Returns the rows read; `last` ends as the final row's values
-  // (with rows ordered by (cursor, key), the new watermark).
-  long long StreamSelect(pqxx::transaction_base& tx, const DatasetSpec& d, const std::string& select,
-                         const std::string& where, Sink& sink, std::vector<std::string>& last) {
-    tx.exec("DECLARE strata_extract NO SCROLL CURSOR FOR " + select);
-    const std::string fetch = "FETCH " + std::to_string(config_.batch_rows) + " FROM strata_extract";
+  // Streams `select` as COPY text into the sink, rows decoded as the bytes arrive (no cursor
+  // round trips), so memory stays flat in the table's size. Runs inside `copy`'s open
+  // transaction. Returns the rows read; `last` ends as the final row's values (with rows
+  // ordered by (cursor, key), the new watermark).
+  static long long CopySelect(CopyConn& copy, const DatasetSpec& d, const std::string& select, const std::string& where,
+                              Sink& sink, std::vector<std::string>& last) {
     last.assign(d.columns.size(), std::string());
     std::vector<bool> nulls(d.columns.size());
     long long offset = 0;
-    for (;;) {
-      const pqxx::result r = tx.exec(fetch);
-      if (r.empty()) break;
-      for (const auto& row : r) {
-        for (size_t i = 0; i < d.columns.size(); ++i) {
-          nulls[i] = row[static_cast<int>(i)].is_null();
-          last[i] = nulls[i] ? std::string() : row[static_cast<int>(i)].c_str();
-        }
-        sink.Good(last, nulls, d.source.table + where + " row=" + std::to_string(offset++));
+    copy.CopyOut("COPY (" + select + ") TO STDOUT", [&](const std::vector<std::optional<std::string>>& fields) {
+      const std::string pos = d.source.table + where + " row=" + std::to_string(offset++);
+      if (fields.size() != d.columns.size())
+        throw InputError(pos + ": COPY returned " + std::to_string(fields.size()) + " fields, expected " +
+                         std::to_string(d.columns.size()));
+      for (size_t i = 0; i < fields.size(); ++i) {
+        nulls[i] = !fields[i];
+        if (fields[i]) last[i] = *fields[i];
+        else last[i].clear();
       }
-    }
+      sink.Good(last, nulls, pos);
+    });
     return offset;
+  }
+
+  // A read-only repeatable-read transaction on the source: one snapshot for a whole extraction
+  // (a row updated mid-extract is in this day's snapshot or the next day's, never both halves),
+  // or the coordinator's exported one for a shard.
+  std::unique_ptr<CopyConn> SourceSnapshot(const TaskRequest& req, const std::string& exported = "") {
+    auto copy = std::make_unique<CopyConn>(DsnForTask(config_.source_dsn, req));
+    copy->Exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+    if (!exported.empty()) {
+      if (exported.find_first_not_of("0123456789ABCDEFabcdef-") != std::string::npos)
+        throw InputError("shard snapshot id '" + exported + "' is not a PostgreSQL snapshot id");
+      copy->Exec("SET TRANSACTION SNAPSHOT '" + exported + "'");
+    }
+    copy->Exec("SET LOCAL TIME ZONE 'UTC'");
+    return copy;
   }
 
   // Coordinator of a sharded extraction: holds one repeatable-read snapshot open and exported
@@ -463,16 +478,13 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
       if (d->source.incremental == "watermark") stored = ReadWatermark(req, *d);
       Sink sink(bus, metrics_, req, *d, config_.batch_rows, config_.bus_high_water);
       sink.SetSeqBase(item.shard() * kShardSpan);
-      auto conn = PgConnect(DsnForTask(config_.source_dsn, req));
-      pqxx::transaction<pqxx::isolation_level::repeatable_read, pqxx::readwrite_policy::read_only> tx(*conn);
-      tx.exec("SET TRANSACTION SNAPSHOT " + tx.quote(item.snapshot()));
-      tx.exec("SET LOCAL TIME ZONE 'UTC'");
+      auto copy = SourceSnapshot(req, item.snapshot());
       std::vector<std::string> values;
       const long long read =
-          StreamSelect(tx, *d, PostgresSelect(req, *d, stored ? &*stored : nullptr, ShardPredicate(*d, item.shard(), item.shards())),
-                       " shard=" + s, sink, values);
+          CopySelect(*copy, *d, PostgresSelect(req, *d, stored ? &*stored : nullptr, ShardPredicate(*d, item.shard(), item.shards())),
+                     " shard=" + s, sink, values);
       const bool any = read > 0;
-      tx.commit();
+      copy->Exec("COMMIT");
       const int batches = sink.FinishShard();
       std::string wm;
       if (d->source.incremental == "watermark" && any) {
@@ -522,41 +534,19 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
 
   std::string ExtractPostgres(const TaskRequest& req, const DatasetSpec& d, Sink& sink) {
     if (config_.source_dsn.empty()) throw InputError("source_dsn (STRATA_SOURCE_DSN) is not configured");
-    if (d.source.incremental == "snapshot") {
-      CopyConn copy(DsnForTask(config_.source_dsn, req));
-      copy.Exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
-      copy.Exec("SET LOCAL TIME ZONE 'UTC'");
-      std::vector<std::string> values(d.columns.size());
-      std::vector<bool> nulls(d.columns.size());
-      long long offset = 0;
-      copy.CopyOut("COPY (" + WatermarkSelect(d, nullptr) + ") TO STDOUT", [&](const auto& fields) {
-        if (fields.size() != d.columns.size())
-          throw InputError(d.source.table + " row=" + std::to_string(offset) + ": COPY returned " +
-                           std::to_string(fields.size()) + " fields, expected " + std::to_string(d.columns.size()));
-        for (size_t i = 0; i < fields.size(); ++i) {
-          nulls[i] = !fields[i];
-          values[i] = fields[i] ? *fields[i] : std::string();
-        }
-        sink.Good(values, nulls, d.source.table + " row=" + std::to_string(offset++));
-      });
-      copy.Exec("COMMIT");
-      return "";
-    }
     const bool by_watermark = d.source.incremental == "watermark";
     std::optional<Watermark> stored;
     if (by_watermark) stored = ReadWatermark(req, d);
-    auto conn = PgConnect(DsnForTask(config_.source_dsn, req));
-    // One repeatable-read snapshot for the whole extraction: a row updated mid-extract is
-    // either in this day's snapshot or the next day's, never both halves.
-    pqxx::transaction<pqxx::isolation_level::repeatable_read, pqxx::readwrite_policy::read_only> tx(*conn);
-    tx.exec("SET LOCAL TIME ZONE 'UTC'");
+    auto copy = SourceSnapshot(req);
     std::vector<std::string> values;
-    const long long offset = StreamSelect(tx, d, PostgresSelect(req, d, stored ? &*stored : nullptr, ""), "", sink, values);
-    const size_t cursor_idx = static_cast<size_t>(std::max(0, d.ColumnIndex(d.source.cursor)));
-    tx.commit();
+    const std::string select = d.source.incremental == "snapshot" ? WatermarkSelect(d, nullptr)
+                                                                  : PostgresSelect(req, d, stored ? &*stored : nullptr, "");
+    const long long offset = CopySelect(*copy, d, select, "", sink, values);
+    copy->Exec("COMMIT");
     if (!by_watermark) return "";
     // Rows arrive ordered by (cursor, key): the last one is the new watermark.
     if (offset == 0) return stored ? WatermarkJson(*stored) : "";
+    const size_t cursor_idx = static_cast<size_t>(std::max(0, d.ColumnIndex(d.source.cursor)));
     return WatermarkJson({values[cursor_idx], KeyAfterCursor(d, d.source.cursor, values)});
   }
 
