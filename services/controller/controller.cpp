@@ -682,8 +682,11 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
             }
           } else if (DecodeEvent(e, &ev) && !ev.run_id().empty()) {
             std::lock_guard<std::mutex> lock(mu_);
-            // First word wins: a redelivered or duplicated event never flips a task's outcome.
-            events_[ev.run_id()].emplace(ev.task(), ev);
+            // First word wins: a redelivered or duplicated event never flips a task's outcome. A
+            // later attempt's answer replaces an earlier attempt's, which the run ignores anyway:
+            // read in one batch, the stale answer must not keep out the current one.
+            auto [it, fresh] = events_[ev.run_id()].emplace(ev.task(), ev);
+            if (!fresh && ev.attempt() > it->second.attempt()) it->second = ev;
           }
           bus.Ack(kEventStream, "controller", e.id);
           bus.Delete(kEventStream, e.id);
