@@ -140,8 +140,10 @@ BEGIN
     EXECUTE format('INSERT INTO ops.mart_day_changes SELECT DISTINCT %L, ds FROM %s r ON CONFLICT DO NOTHING',
                    TG_TABLE_NAME, rows);
   ELSE
-    EXECUTE format('INSERT INTO ops.mart_key_changes SELECT DISTINCT %L, jsonb_build_array(%s) FROM %s r '
-                   'ON CONFLICT DO NOTHING', TG_TABLE_NAME, key, rows);
+    -- An insert's or a delete's primary keys are distinct already: no sort.
+    EXECUTE format('INSERT INTO ops.mart_key_changes SELECT %s %L, jsonb_build_array(%s) FROM %s r '
+                   'ON CONFLICT DO NOTHING', CASE WHEN TG_OP = 'UPDATE' THEN 'DISTINCT' ELSE '' END,
+                   TG_TABLE_NAME, key, rows);
   END IF;
   RETURN NULL;
 END $fn$;
@@ -316,9 +318,14 @@ WITH newest AS (SELECT $1 >= coalesce((SELECT max(ds) FROM staging.orders), $1) 
 headers AS (
   SELECT DISTINCT ON (o.order_id) o.order_id, o.customer_id, o.status, o.ordered_at, o.updated_at
   FROM staging.orders o WHERE o.ds = $1 AND (SELECT is_newest FROM newest)
-  ORDER BY o.order_id, o.updated_at DESC)
+  ORDER BY o.order_id, o.updated_at DESC),
+amounts AS (  -- one grouped pass (by index for a few orders, by the key order for many)
+  SELECT f.order_id, sum(f.amount) AS amount FROM dwh.fact_sales f
+  WHERE f.order_id IN (SELECT order_id FROM tmp_affected_orders WHERE lines) AND NOT f.is_deleted
+  GROUP BY f.order_id)
 SELECT h.order_id, h.customer_id, h.status, h.ordered_at, h.updated_at,
-       CASE WHEN a.lines OR c.order_id IS NULL
+       CASE WHEN a.lines THEN m.amount
+            WHEN c.order_id IS NULL
             THEN (SELECT sum(f.amount) FROM dwh.fact_sales f WHERE f.order_id = a.order_id AND NOT f.is_deleted)
             ELSE c.amount END
 FROM (SELECT * FROM headers
@@ -329,6 +336,7 @@ FROM (SELECT * FROM headers
         WHERE o.order_id = a.order_id ORDER BY o.updated_at DESC, o.ds DESC LIMIT 1) l
       WHERE NOT (a.staged AND (SELECT is_newest FROM newest))) h
 JOIN tmp_affected_orders a USING (order_id)
+LEFT JOIN amounts m USING (order_id)
 LEFT JOIN marts.orders_current c USING (order_id)
 ORDER BY h.order_id
 ON CONFLICT (order_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
