@@ -4,6 +4,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -88,7 +89,16 @@ std::optional<Manifest> ReadManifest(const std::string& dir) {
   return ManifestFromJson(ss.str(), path);
 }
 
-AtomicFile::AtomicFile(const std::string& path) : path_(path), tmp_(path + ".tmp." + std::to_string(getpid())) {
+namespace {
+// Two writers of one path in one process (a resumed attempt beside the abandoned one) must not
+// share a temporary file: each rename would find the other's gone.
+std::string TempName(const std::string& path) {
+  static std::atomic<unsigned long> next{0};
+  return path + ".tmp." + std::to_string(getpid()) + "." + std::to_string(next.fetch_add(1));
+}
+}  // namespace
+
+AtomicFile::AtomicFile(const std::string& path) : path_(path), tmp_(TempName(path)) {
   const fs::path target(path);
   std::error_code ec;
   fs::create_directories(target.parent_path(), ec);

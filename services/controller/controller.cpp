@@ -102,6 +102,7 @@ struct Metrics {
         deadline_misses(prometheus::BuildCounter().Name("strata_controller_deadline_misses_total")
                             .Help("Logical dates whose run missed its deadline (alerted once each)").Register(r)) {
     leader.Add({}).Set(0);
+    active.Add({}).Set(0);  // present from start-up: an absent series reads as "no data", not 0
   }
   prometheus::Family<prometheus::Counter>& runs;
   prometheus::Family<prometheus::Counter>& tasks;
