@@ -107,6 +107,8 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
         c.query_cache_ttl_seconds = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "task_timeout_seconds")
         c.task_timeout_seconds = PositiveInt(Scalar(kv.second, path), path);
+      else if (key == "task_lease_seconds")
+        c.task_lease_seconds = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "query_rate_limit_rps")
         c.query_rate_limit_rps = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "query_timeout_ms") c.query_timeout_ms = PositiveInt(Scalar(kv.second, path), path);
@@ -174,6 +176,8 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
   if (const char* v = env("STRATA_MAX_ACTIVE_RUNS")) c.max_active_runs = PositiveInt(v, "STRATA_MAX_ACTIVE_RUNS");
   if (const char* v = env("STRATA_TASK_TIMEOUT_SECONDS"))
     c.task_timeout_seconds = PositiveInt(v, "STRATA_TASK_TIMEOUT_SECONDS");
+  if (const char* v = env("STRATA_TASK_LEASE_SECONDS"))
+    c.task_lease_seconds = PositiveInt(v, "STRATA_TASK_LEASE_SECONDS");
   for (auto& [name, ep] : c.services) {
     const std::string prefix = "STRATA_" + Upper(name) + "_";
     override_str((prefix + "GRPC").c_str(), ep.grpc);

@@ -44,6 +44,9 @@ struct Config {
   int query_rate_limit_rps = 1000;  // per token, token bucket with a burst of 2x
   int query_timeout_ms = 5000;      // per call, also capped by the client's deadline
   int task_timeout_seconds = 900;
+  // A worker refreshes a lease on each task it holds; the controller re-dispatches a task whose
+  // lease has lapsed (common/task_lease.h), so a killed worker costs seconds, not the timeout.
+  int task_lease_seconds = 10;
   int task_retries = 2;      // extra attempts for a failed task (checks are never retried)
   int max_active_runs = 1;   // runs the leader controller executes at once
   // Bus entries pending this long on a consumer are presumed orphaned and reclaimed.

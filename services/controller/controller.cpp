@@ -27,6 +27,7 @@
 #include "common/http_server.h"
 #include "common/pg.h"
 #include "common/spec.h"
+#include "common/task_lease.h"
 #include "common/task_runner.h"
 #include "common/time_util.h"
 #include "services/controller/dag.h"
@@ -100,9 +101,12 @@ struct Metrics {
         leader(prometheus::BuildGauge().Name("strata_controller_leader")
                    .Help("1 while this controller holds the leader lock").Register(r)),
         deadline_misses(prometheus::BuildCounter().Name("strata_controller_deadline_misses_total")
-                            .Help("Logical dates whose run missed its deadline (alerted once each)").Register(r)) {
+                            .Help("Logical dates whose run missed its deadline (alerted once each)").Register(r)),
+        lost_tasks(prometheus::BuildCounter().Name("strata_controller_lost_tasks_total")
+                       .Help("Task attempts re-dispatched because their worker's lease lapsed").Register(r)) {
     leader.Add({}).Set(0);
     active.Add({}).Set(0);  // present from start-up: an absent series reads as "no data", not 0
+    lost_tasks.Add({});
   }
   prometheus::Family<prometheus::Counter>& runs;
   prometheus::Family<prometheus::Counter>& tasks;
@@ -111,6 +115,7 @@ struct Metrics {
   prometheus::Family<prometheus::Gauge>& last_success;
   prometheus::Family<prometheus::Gauge>& leader;
   prometheus::Family<prometheus::Counter>& deadline_misses;
+  prometheus::Family<prometheus::Counter>& lost_tasks;
 };
 
 const char* KindName(TaskKind k) {
@@ -777,6 +782,44 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
   // Runs (or resumes) a run: tasks that already succeeded are kept, the rest are launched as
   // their dependencies succeed. A failed task is retried with exponential backoff and jitter
   // (up to task_retries times; failed checks are data, not luck, and are not retried).
+  // What one run knows of its running tasks' leases (common/task_lease.h).
+  struct LeaseWatch {
+    std::unique_ptr<RedisClient> redis;
+    std::chrono::steady_clock::time_point last_check{};
+    std::map<std::string, std::chrono::steady_clock::time_point> absent_since;
+  };
+
+  // The running tasks whose worker is gone: their lease key has stayed absent for half a lease
+  // (read at most once a second). Exports are driven by the bus and hold no lease.
+  std::set<std::string> LostTasks(const std::string& run_id,
+                                  const std::map<std::string, std::chrono::steady_clock::time_point>& running,
+                                  std::map<std::string, int>& attempts, const std::vector<TaskNode>& dag, LeaseWatch& w) {
+    std::set<std::string> lost;
+    const auto now = std::chrono::steady_clock::now();
+    if (running.empty() || now - w.last_check < 1s) return lost;
+    w.last_check = now;
+    if (!w.redis) w.redis = std::make_unique<RedisClient>(config_.redis_url, 2000);
+    const auto grace = std::chrono::milliseconds(config_.task_lease_seconds * 500L);
+    for (const auto& [name, since] : running) {
+      const auto t = std::find_if(dag.begin(), dag.end(), [&](const TaskNode& n) { return n.name == name; });
+      if (t == dag.end() || t->kind == TaskKind::kExport) continue;
+      strata::v1::TaskRequest req;
+      req.set_run_id(run_id);
+      req.set_task(name);
+      req.set_attempt(attempts[name]);
+      if (ReadLease(*w.redis, LeaseKey(req)) != LeaseState::kAbsent) {
+        w.absent_since.erase(name);
+        continue;
+      }
+      const auto first = w.absent_since.emplace(name, now).first->second;
+      if (now - first >= grace && now - since >= grace) {
+        lost.insert(name);
+        w.absent_since.erase(name);
+      }
+    }
+    return lost;
+  }
+
   void Execute(const std::string& run_id, const std::string& pipeline, const std::string& ds) {
     const auto run_start = std::chrono::steady_clock::now();
     metrics_.active.Add({}).Increment();
@@ -813,6 +856,7 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
       }
       const Window interval = DataInterval(ds);
       std::map<std::string, std::chrono::steady_clock::time_point> running, not_before;
+      LeaseWatch leases;
       const auto timeout = std::chrono::seconds(config_.task_timeout_seconds);
       std::mt19937 rng(std::random_device{}());
       auto last_state_check = std::chrono::steady_clock::now() - 1s;  // check for a cancel first
@@ -869,6 +913,7 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
           failure = "no task of the run can start (a dependency never succeeded)";
           break;
         }
+        const std::set<std::string> lost = LostTasks(run_id, running, attempts, dag, leases);
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait_for(lock, 200ms);
         auto& evs = events_[run_id];
@@ -889,9 +934,15 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
             message = ev->second.message();
             rows = ev->second.rows();
             rejected = ev->second.rejected();
-          } else if (std::chrono::steady_clock::now() - it->second > timeout) {
+          } else if (std::chrono::steady_clock::now() - it->second > timeout || lost.count(name)) {
             state = "failed";
-            message = name + ": no completion within " + std::to_string(config_.task_timeout_seconds) + " s";
+            message = lost.count(name) ? name + ": the worker holding attempt " + std::to_string(attempts[name]) +
+                                             " is gone (its lease lapsed)"
+                                       : name + ": no completion within " + std::to_string(config_.task_timeout_seconds) + " s";
+            if (lost.count(name)) {
+              metrics_.lost_tasks.Add({}).Increment();
+              spdlog::warn("task lost run_id={} task={} attempt={}", run_id, name, attempts[name]);
+            }
             lock.unlock();
             CancelRemote(run_id, name, attempts[name]);
             lock.lock();
@@ -900,7 +951,10 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
             continue;
           }
           lock.unlock();
-          const bool retry = state == "failed" && t.kind != TaskKind::kCheck && attempts[name] <= config_.task_retries;
+          // A check that failed found bad data and is not re-run; a check whose worker was lost
+          // never ran to the end, and is.
+          const bool retry = state == "failed" && (t.kind != TaskKind::kCheck || lost.count(name)) &&
+                             attempts[name] <= config_.task_retries;
           SetTask(run_id, name, retry ? "retrying" : state, attempts[name], rows, rejected, message);
           lock.lock();
           metrics_.tasks.Add({{"kind", KindName(t.kind)}, {"state", retry ? "retrying" : state}}).Increment();

@@ -28,6 +28,7 @@
 #include "common/ops_schema.h"
 #include "common/pg.h"
 #include "common/spec.h"
+#include "common/task_lease.h"
 #include "common/task_runner.h"
 #include "common/time_util.h"
 #include "services/ingest/batch_builder.h"
@@ -235,7 +236,7 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
  public:
   IngestImpl(const Config& config, prometheus::Registry& registry)
       : config_(config), spec_(LoadPipelineSpec(config.pipeline_spec)), metrics_(registry),
-        runner_(2), cdc_(config_, spec_, registry) {
+        leases_(config_.redis_url, std::chrono::seconds(config_.task_lease_seconds)), runner_(2), cdc_(config_, spec_, registry) {
     cdc_.Start();
     shard_worker_ = std::thread([this] { ShardWorkerLoop(); });
   }
@@ -258,8 +259,14 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
       return {grpc::StatusCode::INVALID_ARGUMENT, "ds: expected YYYY-MM-DD, got \"" + req->ds() + "\""};
     if (req->run_id().empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "run_id: must not be empty"};
     TaskRequest copy = *req;
-    if (!runner_.Submit([this, copy, ds] { Run(copy, *ds); }))
+    leases_.Hold(copy);
+    if (!runner_.Submit([this, copy, ds] {
+          Run(copy, *ds);
+          leases_.Release(copy);
+        })) {
+      leases_.Release(copy);
       return {grpc::StatusCode::UNAVAILABLE, "ingest is shutting down"};
+    }
     resp->set_task(req->task());
     return grpc::Status::OK;
   }
@@ -817,6 +824,7 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
   Metrics metrics_;
   std::mutex buckets_mu_;
   std::map<std::string, std::unique_ptr<TokenBucket>> buckets_;  // per dataset, shared by its tasks
+  LeaseKeeper leases_;  // outlives runner_: its tasks release their leases
   TaskRunner runner_;
   CdcStreamer cdc_;
   std::atomic<bool> stop_{false};

@@ -17,6 +17,7 @@
 #include "common/lake_store.h"
 #include "common/pg.h"
 #include "common/spec.h"
+#include "common/task_lease.h"
 #include "common/task_runner.h"
 #include "common/time_util.h"
 #include "services/quality/checks.h"
@@ -88,7 +89,7 @@ struct Metrics {
 class QualityImpl final : public Component, public strata::v1::Quality::Service {
  public:
   QualityImpl(const Config& config, prometheus::Registry& registry)
-      : config_(config), spec_(LoadPipelineSpec(config.pipeline_spec)), metrics_(registry), runner_(1) {
+      : config_(config), spec_(LoadPipelineSpec(config.pipeline_spec)), metrics_(registry), leases_(config_.redis_url, std::chrono::seconds(config_.task_lease_seconds)), runner_(1) {
     if (config_.warehouse_dsn.empty()) throw InputError("warehouse_dsn (STRATA_PG_DSN) is not configured");
     auto conn = PgConnect(config_.warehouse_dsn);
     RunDdl(*conn, std::string(kDdl) + GovernanceDdl());
@@ -102,8 +103,14 @@ class QualityImpl final : public Component, public strata::v1::Quality::Service 
       return {grpc::StatusCode::INVALID_ARGUMENT, "ds: expected YYYY-MM-DD, got \"" + req->ds() + "\""};
     if (req->run_id().empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "run_id: must not be empty"};
     TaskRequest copy = *req;
-    if (!runner_.Submit([this, copy] { Run(copy); }))
+    leases_.Hold(copy);
+    if (!runner_.Submit([this, copy] {
+          Run(copy);
+          leases_.Release(copy);
+        })) {
+      leases_.Release(copy);
       return {grpc::StatusCode::UNAVAILABLE, "quality is shutting down"};
+    }
     resp->set_task(req->task());
     return grpc::Status::OK;
   }
@@ -469,6 +476,7 @@ class QualityImpl final : public Component, public strata::v1::Quality::Service 
   Config config_;
   PipelineSpec spec_;
   Metrics metrics_;
+  LeaseKeeper leases_;  // outlives runner_: its tasks release their leases
   TaskRunner runner_;
 };
 

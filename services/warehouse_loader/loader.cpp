@@ -21,6 +21,7 @@
 #include "common/ops_schema.h"
 #include "common/pg.h"
 #include "common/spec.h"
+#include "common/task_lease.h"
 #include "common/task_runner.h"
 #include "common/time_util.h"
 #include "services/warehouse_loader/cdc_apply.h"
@@ -51,7 +52,7 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
  public:
   LoaderImpl(const Config& config, prometheus::Registry& registry)
       : config_(config), spec_(LoadPipelineSpec(config.pipeline_spec)),
-        models_(ResolveModels(spec_)), metrics_(registry), runner_(2), cdc_(config_, spec_, registry) {
+        models_(ResolveModels(spec_)), metrics_(registry), leases_(config_.redis_url, std::chrono::seconds(config_.task_lease_seconds)), runner_(2), cdc_(config_, spec_, registry) {
     if (config_.warehouse_dsn.empty()) throw InputError("warehouse_dsn (STRATA_PG_DSN) is not configured");
     auto conn = PgConnect(config_.warehouse_dsn);
     std::string ddl = WarehouseDdl(spec_);
@@ -87,6 +88,7 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
     if (!IsValidDate(req.ds()))
       return {grpc::StatusCode::INVALID_ARGUMENT, "ds: expected YYYY-MM-DD, got \"" + req.ds() + "\""};
     if (req.run_id().empty()) return {grpc::StatusCode::INVALID_ARGUMENT, "run_id: must not be empty"};
+    leases_.Hold(req);
     if (!runner_.Submit([this, req, work, kind] {
           const auto start = std::chrono::steady_clock::now();
           strata::v1::Event ev;
@@ -106,8 +108,11 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
           } catch (const std::exception& e) {
             spdlog::error("cannot publish event task={} error={}", req.task(), e.what());
           }
-        }))
+          leases_.Release(req);
+        })) {
+      leases_.Release(req);
       return {grpc::StatusCode::UNAVAILABLE, "warehouse-loader is shutting down"};
+    }
     resp->set_task(req.task());
     return grpc::Status::OK;
   }
@@ -338,6 +343,7 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
   PipelineSpec spec_;
   std::vector<Model> models_;
   Metrics metrics_;
+  LeaseKeeper leases_;  // outlives runner_: its tasks release their leases
   TaskRunner runner_;
   CdcApplier cdc_;
 };
