@@ -473,10 +473,40 @@ struct CdcStreamer::Impl {
         throw EnvError(std::string("cdc: sending feedback: ") + PQerrorMessage(conn));
       last_feedback = Clock::now();
     };
+    // What the warehouse applied (confirmed to the slot) and the lag gauges. Also run while
+    // Publish waits for room on the stream: a stalled loader must show in the lag metrics (and
+    // StrataCdcLagHigh, StrataCdcSlotRetainsWal) rather than freeze them at their last value.
+    const auto poll_progress = [&] {
+      const auto now = Clock::now();
+      if (now - last_applied_poll >= 100ms) {
+        last_applied_poll = now;
+        applied = std::max(applied, AppliedLsn(wh));
+        // An empty stream means the loader has committed everything published (entries leave
+        // the stream only after their transaction commits), including a previous session's.
+        if (pending.changes_size() == 0 && applied < published && bus.Length(kCdcStream) == 0) applied = published;
+        while (!unapplied.empty() && unapplied.front().first <= applied) unapplied.pop_front();
+        // The oldest unapplied commit: of a published batch, else of the one waiting to be.
+        const int64_t oldest_us = !unapplied.empty()          ? unapplied.front().second
+                                  : pending.changes_size() > 0 ? pending.changes(0).commit_unix_us()
+                                                               : 0;
+        repl_lag_g.Set(oldest_us == 0 ? 0.0 : std::max(0.0, (NowUnixMs() * 1000 - oldest_us) / 1e6));
+        send_feedback(false);
+      }
+      if (now - last_lag_poll >= 2s) {
+        last_lag_poll = now;
+        pqxx::work tx(src);
+        const auto r = tx.exec_params(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint FROM pg_replication_slots "
+            "WHERE slot_name = $1",
+            spec.cdc.slot);
+        tx.commit();
+        if (!r.empty() && !r[0][0].is_null()) slot_lag_g.Set(r[0][0].as<double>());
+      }
+    };
     const auto publish_pending = [&] {
       if (pending.changes_size() == 0) return;
       const int64_t first_us = pending.changes(0).commit_unix_us();
-      Publish(bus, pending, pending_end, [&] { send_feedback(false); });
+      Publish(bus, pending, pending_end, poll_progress);
       published = pending_end;
       unapplied.emplace_back(pending_end, first_us);
     };
@@ -515,32 +545,12 @@ struct CdcStreamer::Impl {
       const auto now = Clock::now();
       if (pending.changes_size() > 0 && now - pending_since >= std::chrono::milliseconds(spec.cdc.batch_ms))
         publish_pending();
-      if (now - last_applied_poll >= 100ms) {
-        last_applied_poll = now;
-        applied = std::max(applied, AppliedLsn(wh));
-        // An empty stream means the loader has committed everything published (entries leave
-        // the stream only after their transaction commits), including a previous session's.
-        if (pending.changes_size() == 0 && applied < published && bus.Length(kCdcStream) == 0) applied = published;
-        while (!unapplied.empty() && unapplied.front().first <= applied) unapplied.pop_front();
-        repl_lag_g.Set(unapplied.empty() ? 0.0
-                                         : std::max(0.0, (NowUnixMs() * 1000 - unapplied.front().second) / 1e6));
-        send_feedback(false);
-      }
+      poll_progress();
       if (now - last_heartbeat >= std::chrono::seconds(spec.cdc.heartbeat_seconds)) {
         last_heartbeat = now;
         pqxx::work tx(src);
         tx.exec("SELECT pg_logical_emit_message(false, 'strata_heartbeat', now()::text)");
         tx.commit();
-      }
-      if (now - last_lag_poll >= 2s) {
-        last_lag_poll = now;
-        pqxx::work tx(src);
-        const auto r = tx.exec_params(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint FROM pg_replication_slots "
-            "WHERE slot_name = $1",
-            spec.cdc.slot);
-        tx.commit();
-        if (!r.empty() && !r[0][0].is_null()) slot_lag_g.Set(r[0][0].as<double>());
       }
       // Wait for the socket (or the next periodic task).
       const int sock = PQsocket(conn);
