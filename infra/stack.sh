@@ -119,7 +119,7 @@ up() {
   psql "$pg dbname=postgres" -qAtc "CREATE DATABASE warehouse" -c "CREATE DATABASE source" >/dev/null
 
   redis-server --port "$redis_port" --bind 127.0.0.1 --daemonize yes --dir "$DIR/redis" \
-    --save "" --appendonly no --pidfile "$DIR/run/redis.pid" --logfile "$DIR/logs/redis.log"
+    --save "" --appendonly yes --appendfsync everysec --pidfile "$DIR/run/redis.pid" --logfile "$DIR/logs/redis.log"
 
   {
     echo "# strata local stack — source me: . $DIR/env"

@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <deque>
 #include <map>
+#include <optional>
 #include <set>
 #include <random>
 #include <thread>
@@ -103,10 +104,13 @@ struct Metrics {
         deadline_misses(prometheus::BuildCounter().Name("strata_controller_deadline_misses_total")
                             .Help("Logical dates whose run missed its deadline (alerted once each)").Register(r)),
         lost_tasks(prometheus::BuildCounter().Name("strata_controller_lost_tasks_total")
-                       .Help("Task attempts re-dispatched because their worker's lease lapsed").Register(r)) {
+                       .Help("Task attempts re-dispatched because their worker's lease lapsed").Register(r)),
+        lost_batches(prometheus::BuildCounter().Name("strata_controller_lost_batches_total")
+                         .Help("Exports whose batches were gone from the bus, extracted again").Register(r)) {
     leader.Add({}).Set(0);
     active.Add({}).Set(0);  // present from start-up: an absent series reads as "no data", not 0
     lost_tasks.Add({});
+    lost_batches.Add({});
   }
   prometheus::Family<prometheus::Counter>& runs;
   prometheus::Family<prometheus::Counter>& tasks;
@@ -116,6 +120,7 @@ struct Metrics {
   prometheus::Family<prometheus::Gauge>& leader;
   prometheus::Family<prometheus::Counter>& deadline_misses;
   prometheus::Family<prometheus::Counter>& lost_tasks;
+  prometheus::Family<prometheus::Counter>& lost_batches;
 };
 
 const char* KindName(TaskKind k) {
@@ -779,14 +784,13 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
     return info.committed() && info.run_id() == run_id;
   }
 
-  // Runs (or resumes) a run: tasks that already succeeded are kept, the rest are launched as
-  // their dependencies succeed. A failed task is retried with exponential backoff and jitter
-  // (up to task_retries times; failed checks are data, not luck, and are not retried).
   // What one run knows of its running tasks' leases (common/task_lease.h).
   struct LeaseWatch {
     std::unique_ptr<RedisClient> redis;
     std::chrono::steady_clock::time_point last_check{};
     std::map<std::string, std::chrono::steady_clock::time_point> absent_since;
+    std::chrono::steady_clock::time_point last_bus_check{};
+    std::optional<std::chrono::steady_clock::time_point> drained_since;  // strata:batches seen drained
   };
 
   // The running tasks whose worker is gone: their lease key has stayed absent for half a lease
@@ -817,6 +821,76 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
         w.absent_since.erase(name);
       }
     }
+    return lost;
+  }
+
+  // Runs (or resumes) a run: tasks that already succeeded are kept, the rest are launched as
+  // their dependencies succeed. A failed task is retried with exponential backoff and jitter
+  // (up to task_retries times; failed checks are data, not luck, and are not retried,
+  // unless their worker was lost).
+  // True when lake-export has nothing left to do on strata:batches: the stream is gone (Redis
+  // lost it), or every entry has been delivered to the group and acknowledged. False when it
+  // cannot tell (Redis unreachable).
+  static bool BusDrained(RedisClient& redis) {
+    auto field = [](const RedisReply& r, const std::string& name) -> const RedisReply* {
+      for (size_t i = 0; i + 1 < r.elements.size(); i += 2)
+        if (r.elements[i].str == name) return &r.elements[i + 1];
+      return nullptr;
+    };
+    try {
+      RedisReply stream;
+      try {
+        stream = redis.Command({"XINFO", "STREAM", kBatchStream});
+      } catch (const EnvError& e) {
+        if (std::string(e.what()).find("no such key") != std::string::npos) return true;
+        throw;
+      }
+      const RedisReply* last = field(stream, "last-generated-id");
+      const RedisReply* length = field(stream, "length");
+      for (const auto& g : redis.Command({"XINFO", "GROUPS", kBatchStream}).elements) {
+        const RedisReply* name = field(g, "name");
+        if (!name || name->str != "lake-export") continue;
+        const RedisReply* pending = field(g, "pending");
+        const RedisReply* delivered = field(g, "last-delivered-id");
+        return pending && pending->integer == 0 && delivered && last && delivered->str == last->str;
+      }
+      return length && length->integer == 0;  // no consumer group yet: drained only if empty
+    } catch (const std::exception&) {
+      return false;
+    }
+  }
+
+  // The running exports whose batches are gone: their extract succeeded (every batch was on
+  // the bus), yet for 10 s lake-export has had nothing left to read and the partition is not
+  // committed by this run (Redis restarted without its stream, or the stream was trimmed).
+  std::set<std::string> LostBatches(const std::string& run_id, const std::string& ds,
+                                    const std::map<std::string, std::chrono::steady_clock::time_point>& running,
+                                    const std::vector<TaskNode>& dag, LeaseWatch& w) {
+    std::set<std::string> lost;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - w.last_bus_check < 5s) return lost;
+    w.last_bus_check = now;
+    std::vector<const TaskNode*> exports;
+    for (const auto& [name, since] : running) {
+      const auto t = std::find_if(dag.begin(), dag.end(), [&](const TaskNode& n) { return n.name == name; });
+      if (t != dag.end() && t->kind == TaskKind::kExport && now - since >= 10s) exports.push_back(&*t);
+    }
+    if (exports.empty()) {
+      w.drained_since.reset();
+      return lost;
+    }
+    if (!w.redis) w.redis = std::make_unique<RedisClient>(config_.redis_url, 2000);
+    if (!BusDrained(*w.redis)) {
+      w.drained_since.reset();
+      return lost;
+    }
+    if (!w.drained_since) w.drained_since = now;
+    if (now - *w.drained_since < 10s) return lost;
+    for (const TaskNode* t : exports) {
+      long long rows = 0;
+      if (!ExportAlreadyCommitted(*t, ds, run_id, &rows)) lost.insert(t->name);
+    }
+    w.drained_since.reset();
     return lost;
   }
 
@@ -914,6 +988,7 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
           break;
         }
         const std::set<std::string> lost = LostTasks(run_id, running, attempts, dag, leases);
+        const std::set<std::string> lost_batches = LostBatches(run_id, ds, running, dag, leases);
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait_for(lock, 200ms);
         auto& evs = events_[run_id];
@@ -934,6 +1009,12 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
             message = ev->second.message();
             rows = ev->second.rows();
             rejected = ev->second.rejected();
+          } else if (lost_batches.count(name)) {
+            state = "failed";
+            message = name + ": its batches are gone from the bus (the exporter is idle and the partition is not "
+                             "committed); extracting again";
+            metrics_.lost_batches.Add({}).Increment();
+            spdlog::warn("batches lost run_id={} task={}; extracting again", run_id, name);
           } else if (std::chrono::steady_clock::now() - it->second > timeout || lost.count(name)) {
             state = "failed";
             message = lost.count(name) ? name + ": the worker holding attempt " + std::to_string(attempts[name]) +
@@ -960,6 +1041,16 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
           metrics_.tasks.Add({{"kind", KindName(t.kind)}, {"state", retry ? "retrying" : state}}).Increment();
           if (state == "succeeded") {
             succeeded.push_back(name);
+          } else if (retry && lost_batches.count(name)) {
+            // Its extract runs again (a new attempt; lake-export drops the old attempt's parts),
+            // then the export waits again.
+            const std::string extract = t.deps.front();
+            succeeded.erase(std::remove(succeeded.begin(), succeeded.end(), extract), succeeded.end());
+            pending.push_back(extract);
+            pending.push_back(name);
+            lock.unlock();
+            SetTask(run_id, extract, "retrying", attempts[extract], 0, 0, "its batches were lost on the bus");
+            lock.lock();
           } else if (retry) {
             // Exponential backoff with full jitter, capped at a minute.
             const long base_ms = std::min(60000L, 1000L << std::min(attempts[name], 6));

@@ -21,6 +21,7 @@ strata::v1::Batch BatchBuilder::NewBatch(int seq) const {
   b.set_dataset(req_.dataset());
   b.set_ds(req_.ds());
   b.set_run_id(req_.run_id());
+  b.set_attempt(req_.attempt());
   b.set_seq(seq_base_ + seq);
   b.set_lake_format(lake_format_);
   b.set_lake_compression(lake_compression_);

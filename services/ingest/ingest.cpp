@@ -414,6 +414,7 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
     last.set_dataset(d.name);
     last.set_ds(req.ds());
     last.set_run_id(req.run_id());
+    last.set_attempt(req.attempt());
     last.set_seq(n * kShardSpan);
     last.set_batch_id(BatchBuilder::BatchId(req.run_id(), d.name, n * kShardSpan));
     last.set_last(true);

@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -153,7 +154,7 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
     // A batch of a run older than the committed one is stale: writing it would resurrect a
     // replaced partition. Run ids sort by start time.
     std::optional<Manifest> committed = ReadManifest(*store_, dir);
-    if (committed && committed->run_id > b.run_id()) {
+    if ((committed && committed->run_id > b.run_id()) || !AttemptCurrent(b, dir)) {
       metrics_.batches.Add({{"outcome", "stale"}}).Increment();
     } else {
       WriteBatch(b, dir);
@@ -162,6 +163,32 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
     }
     bus.Ack(kBatchStream, kGroup, e.id);
     bus.Delete(kBatchStream, e.id);
+  }
+
+  // A run's partition is made of one extraction attempt's batches. A batch of an older attempt
+  // than the run directory's is stale; the first batch of a newer attempt clears the older
+  // attempt's parts (after batches were lost on the bus the run extracts again, and the two
+  // extractions' parts must never mix). Batches without an attempt (0) are always current.
+  bool AttemptCurrent(const strata::v1::Batch& b, const std::string& dir) {
+    if (b.attempt() <= 0) return true;
+    const std::string run_dir = dir + "/run=" + b.run_id();
+    auto it = attempts_.find(run_dir);
+    if (it == attempts_.end()) {
+      if (attempts_.size() > 10000) attempts_.clear();  // a cache; the store has the truth
+      const auto stored = store_->Get(run_dir + "/_attempt");
+      it = attempts_.emplace(run_dir, stored ? std::stoi(*stored) : 0).first;
+    }
+    if (b.attempt() < it->second) return false;
+    if (b.attempt() > it->second) {
+      if (it->second > 0) {
+        spdlog::warn("extraction attempt {} replaces attempt {} dataset={} ds={} run_id={}", b.attempt(), it->second,
+                     b.dataset(), b.ds(), b.run_id());
+        store_->RemoveAll(run_dir + "/");
+      }
+      store_->Put(run_dir + "/_attempt", std::to_string(b.attempt()));
+      it->second = b.attempt();
+    }
+    return true;
   }
 
   void WriteBatch(const strata::v1::Batch& b, const std::string& dir) {
@@ -276,6 +303,7 @@ class LakeExportImpl final : public Component, public strata::v1::LakeExport::Se
   std::unique_ptr<LakeStore> store_;
   Metrics metrics_;
   std::string consumer_;
+  std::map<std::string, int> attempts_;  // run directory -> its extraction attempt (one bus thread)
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };

@@ -12,7 +12,13 @@ a task whose lease lapsed. With leases of 3 s and a task timeout of 600 s:
       count it, and staging.states hold the page's states once;
   D3  the same for quality: the checks task is held by a lock on quality.check_results (its
       results wait to be written), the quality service killed and restarted; check is
-      re-dispatched and the run succeeds.
+      re-dispatched and the run succeeds;
+  D4  batches lost on the bus: lake-export is paused (SIGSTOP) until every extract of the day
+      has put its batches on strata:batches, then the stream is deleted (what a Redis restart
+      without persistence leaves) and lake-export resumed. The controller must see the exporter
+      drained with partitions uncommitted, extract again (attempt 2) and finish the run without
+      a human: staging.order_items then holds exactly the source's lines of the day, once, and
+      the bronze manifest lists only the second extraction's parts.
 
 Environment: STRATA_BUILD_BIN (default <repo>/build/bin). Run with /usr/bin/python3.
 """
@@ -32,7 +38,7 @@ from own_stack import clean_env, query, run_on_own_stack, wait_until
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
 START = dt.date(2024, 1, 1)
-DAY = [None] + [(START + dt.timedelta(days=i)).isoformat() for i in range(3)]
+DAY = [None] + [(START + dt.timedelta(days=i)).isoformat() for i in range(4)]
 LEASE_SECONDS = 3
 TIMEOUT_SECONDS = 600
 REDISPATCH_WITHIN = 60  # generous on a loaded 2-core machine; the timeout would take 600 s
@@ -196,6 +202,70 @@ def scenario():
         check(results > 0, f"the re-dispatched checks recorded their results ({results} rows)")
     after = metric("controller", "strata_controller_lost_tasks_total")
     check(after is not None and after >= before + 1, f"strata_controller_lost_tasks_total went up ({before} → {after})")
+
+    lost_batches()
+
+
+def redis(*args):
+    p = subprocess.run(["redis-cli", "-p", ENV["STRATA_REDIS_PORT"], *args], capture_output=True, text=True,
+                       timeout=30, env=ENV)
+    return p.stdout.strip()
+
+
+def lost_batches():
+    step(f"{DAY[4]}: the day's batches are lost on the bus")
+    sim_advance(DAY[4])
+    before = metric("controller", "strata_controller_lost_batches_total")
+    check(before == 0, f"strata_controller_lost_batches_total is present and 0 ({before})")
+    exporter = pid_of("lake_export")
+    os.kill(exporter, signal.SIGSTOP)
+    waiter = subprocess.Popen([f"{BIN}/stratactl", "--json", "run", "--date", DAY[4], "--timeout", "800"], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def extracted():
+            rows = wh("SELECT r.run_id, count(*) FILTER (WHERE t.state = 'succeeded'), count(*) FROM ops.runs r "
+                      "JOIN ops.task_runs t USING (run_id) WHERE r.ds = %s AND t.task LIKE 'extract.%%' "
+                      "GROUP BY r.run_id", (DAY[4],))
+            return rows[0][0] if rows and rows[0][1] == rows[0][2] else None
+        if not check(wait_until(lambda: extracted() is not None, 300, "every extract of the day to succeed"),
+                     "every extract of the day succeeded while lake-export was paused"):
+            return
+        run_id = extracted()
+        queued = int(redis("XLEN", "strata:batches") or 0)
+        check(queued > 0, f"the day's batches wait on strata:batches ({queued} entries)")
+        check(redis("DEL", "strata:batches") == "1", "strata:batches deleted (the stream a restart without AOF loses)")
+        os.kill(exporter, signal.SIGCONT)
+        out, err = waiter.communicate(timeout=800)
+        info = json.loads(out) if out.strip().startswith("{") else {}
+        check(waiter.returncode == 0 and info.get("state") == "succeeded",
+              f"the run of {DAY[4]} succeeds without a human (exit {waiter.returncode}, state {info.get('state')})",
+              [err.strip()[:300]])
+        check(task_row(run_id, "extract.order_items") == ("succeeded", 2), "extract.order_items ran again (attempt 2)",
+              [str(task_row(run_id, "extract.order_items"))])
+        events = wh("SELECT message FROM ops.task_events WHERE run_id = %s AND task = 'export.order_items' "
+                    "ORDER BY id", (run_id,))
+        check(any("gone from the bus" in (m or "") for (m,) in events),
+              "ops.task_events record why export.order_items extracted again", [str(e) for e in events])
+        lines = query(ENV["STRATA_SOURCE_DSN"], "SELECT count(*) FROM shop.order_items WHERE updated_at >= %s::date "
+                      "AND updated_at < %s::date + 1", (DAY[4], DAY[4]))[0][0]
+        staged = wh("SELECT count(*), count(DISTINCT (order_id, line_no)) FROM staging.order_items WHERE ds = %s",
+                    (DAY[4],))[0]
+        check(lines > 0 and staged == (lines, lines),
+              f"staging.order_items holds the source's {lines} lines of {DAY[4]} once", [f"{staged}"])
+        manifest = json.load(open(os.path.join(ENV["STRATA_LAKE_ROOT"], "bronze", "order_items", f"dt={DAY[4]}",
+                                               "_manifest.json")))
+        check(manifest["run_id"] == run_id and sum(f["rows"] for f in manifest["files"]) == lines,
+              f"the bronze manifest of {DAY[4]} is this run's and counts {lines} rows",
+              [f"{manifest['run_id']} {sum(f['rows'] for f in manifest['files'])}"])
+        after = metric("controller", "strata_controller_lost_batches_total")
+        check(after is not None and after >= 1, f"strata_controller_lost_batches_total counted it ({after})")
+    finally:
+        try:
+            os.kill(exporter, signal.SIGCONT)
+        except OSError:
+            pass
+        if waiter.poll() is None:
+            waiter.kill()
 
 
 def main():
