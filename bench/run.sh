@@ -18,87 +18,110 @@ DS=2024-01-01
 mkdir -p "$DIR"
 sed -e '/^cdc:/,/^$/d' -e '/rate_limit: {rps: 50/d' -e 's/limit: 100}/limit: 1000}/' "$ROOT/pipelines/demo.yaml" >"$DIR/../bench-nocdc.yaml"
 sed -e 's/datasets: \[orders, order_items\]/datasets: [orders]/' -e '/rate_limit: {rps: 50/d' "$ROOT/pipelines/demo.yaml" >"$DIR/../bench-cdc.yaml"
-STRATA_PIPELINE_SPEC="$DIR/../bench-nocdc.yaml" \
-STRATA_QUERY_RATE_LIMIT_RPS=100000000 STRATA_BATCH_ROWS=${STRATA_BATCH_ROWS:-10000} "$ROOT/infra/stack.sh" up --dir "$DIR" --bin "$BIN" --start "$DS" >/dev/null
+RUNS=${STRATA_BENCH_RUNS:-3}
+RUNS_FILE=$ROOT/.strata/bench-runs.jsonl
+: >"$RUNS_FILE"
 trap '"$ROOT/infra/stack.sh" down --dir "$DIR" >/dev/null' EXIT
-# shellcheck disable=SC1091
-. "$DIR/env"
-
-echo "bench: generating $ORDERS orders x $ITEMS lines in the source"
-"$BIN/strata-source-sim" advance --through "$DS" --orders-per-day "$ORDERS" --items-per-order "$ITEMS" >/dev/null
-LINES=$(psql "$STRATA_SOURCE_DSN" -qAtc "SELECT count(*) FROM shop.order_items")
-
-echo "bench: pipeline run for $DS"
-t0=$(date +%s.%N)
-"$BIN/stratactl" --json run --date "$DS" --timeout 3600 >"$DIR/run.json"
-t1=$(date +%s.%N)
-
-# Baseline, same server, same table shape, same bytes: the committed partition's part files
-# (their header lines dropped) concatenated into one file and loaded with raw psql \copy.
-for f in "$STRATA_LAKE_ROOT/bronze/order_items/dt=$DS"/run=*/part-*.csv; do tail -n +2 "$f"; done >"$DIR/order_items.csv"
-psql "$STRATA_PG_DSN" -qc "CREATE TABLE staging.order_items_baseline (LIKE staging.order_items INCLUDING ALL)"
-b0=$(date +%s.%N)
-psql "$STRATA_PG_DSN" -qc "\\copy staging.order_items_baseline (ds, run_id, order_id, line_no, product_id, quantity, unit_price, updated_at) FROM '$DIR/order_items.csv' CSV"
-b1=$(date +%s.%N)
-BASE_ROWS=$(psql "$STRATA_PG_DSN" -qAtc "SELECT count(*) FROM staging.order_items_baseline")
-# Baseline for the model build: a bare INSERT ... SELECT of the day's lines into a fact-shaped
-# table (no dimension lookups, no SCD2, no marts).
-psql "$STRATA_PG_DSN" -qc "CREATE TABLE staging.fact_baseline (LIKE dwh.fact_sales)"
-m0=$(date +%s.%N)
-psql "$STRATA_PG_DSN" -qc "INSERT INTO staging.fact_baseline SELECT i.order_id, i.line_no, to_char(i.updated_at, 'YYYYMMDD')::int, 0, 0, i.quantity, i.unit_price, i.quantity * i.unit_price, i.updated_at FROM staging.order_items i WHERE i.ds = '$DS'"
-m1=$(date +%s.%N)
-
 rss() { awk '/VmHWM/ {print int($2/1024)}' "/proc/$(cat "$DIR/run/$1.pid")/status" 2>/dev/null || echo "?"; }
-RSS="ingest $(rss ingest) MiB, lake-export $(rss lake_export) MiB, warehouse-loader $(rss warehouse_loader) MiB, controller $(rss controller) MiB"
 
-python3 - "$DIR/run.json" "$LINES" "$BASE_ROWS" "$t0" "$t1" "$b0" "$b1" "$RSS" "$ROOT/bench/RESULTS.md" "$m0" "$m1" <<'PY'
-import json, os, platform, subprocess, sys, datetime
+# The same day RUNS times, each on a fresh stack and an empty warehouse (the medians are what
+# RESULTS.md reports); the last stack stays up for the query, HTTP and CDC parts below.
+for i in $(seq 1 "$RUNS"); do
+  if [ "$i" -gt 1 ]; then
+    "$ROOT/infra/stack.sh" down --dir "$DIR" >/dev/null
+    rm -rf "$DIR"
+    mkdir -p "$DIR"
+  fi
+  STRATA_PIPELINE_SPEC="$DIR/../bench-nocdc.yaml" \
+  STRATA_QUERY_RATE_LIMIT_RPS=100000000 STRATA_BATCH_ROWS=${STRATA_BATCH_ROWS:-10000} "$ROOT/infra/stack.sh" up --dir "$DIR" --bin "$BIN" --start "$DS" >/dev/null
+  # shellcheck disable=SC1091
+  . "$DIR/env"
+
+  echo "bench: run $i of $RUNS: generating $ORDERS orders x $ITEMS lines in the source"
+  "$BIN/strata-source-sim" advance --through "$DS" --orders-per-day "$ORDERS" --items-per-order "$ITEMS" >/dev/null
+  LINES=$(psql "$STRATA_SOURCE_DSN" -qAtc "SELECT count(*) FROM shop.order_items")
+
+  echo "bench: run $i of $RUNS: pipeline run for $DS"
+  t0=$(date +%s.%N)
+  "$BIN/stratactl" --json run --date "$DS" --timeout 3600 >"$DIR/run.json"
+  t1=$(date +%s.%N)
+
+  # Baseline, same server, same table shape, same bytes: the committed partition's part files
+  # (their header lines dropped) concatenated into one file and loaded with raw psql \copy.
+  for f in "$STRATA_LAKE_ROOT/bronze/order_items/dt=$DS"/run=*/part-*.csv; do tail -n +2 "$f"; done >"$DIR/order_items.csv"
+  psql "$STRATA_PG_DSN" -qc "CREATE TABLE staging.order_items_baseline (LIKE staging.order_items INCLUDING ALL)"
+  b0=$(date +%s.%N)
+  psql "$STRATA_PG_DSN" -qc "\\copy staging.order_items_baseline (ds, run_id, order_id, line_no, product_id, quantity, unit_price, updated_at) FROM '$DIR/order_items.csv' CSV"
+  b1=$(date +%s.%N)
+  BASE_ROWS=$(psql "$STRATA_PG_DSN" -qAtc "SELECT count(*) FROM staging.order_items_baseline")
+  # Baseline for the model build: a bare INSERT ... SELECT of the day's lines into a fact-shaped
+  # table (no dimension lookups, no SCD2, no marts).
+  psql "$STRATA_PG_DSN" -qc "CREATE TABLE staging.fact_baseline (LIKE dwh.fact_sales)"
+  m0=$(date +%s.%N)
+  psql "$STRATA_PG_DSN" -qc "INSERT INTO staging.fact_baseline SELECT i.order_id, i.line_no, to_char(i.updated_at, 'YYYYMMDD')::int, 0, 0, i.quantity, i.unit_price, i.quantity * i.unit_price, i.updated_at FROM staging.order_items i WHERE i.ds = '$DS'"
+  m1=$(date +%s.%N)
+  psql "$STRATA_PG_DSN" -qc "DROP TABLE staging.order_items_baseline, staging.fact_baseline"
+  RSS="ingest $(rss ingest) MiB, lake-export $(rss lake_export) MiB, warehouse-loader $(rss warehouse_loader) MiB, controller $(rss controller) MiB"
+  python3 - "$DIR/run.json" "$LINES" "$BASE_ROWS" "$t0" "$t1" "$b0" "$b1" "$m0" "$m1" "$RSS" >>"$RUNS_FILE" <<'PY'
+import json, sys
 run = json.load(open(sys.argv[1]))
 lines, base_rows = int(sys.argv[2]), int(sys.argv[3])
-t0, t1, b0, b1 = map(float, sys.argv[4:8])
-rss, out = sys.argv[8], sys.argv[9]
-model_base = float(sys.argv[11]) - float(sys.argv[10])
+t0, t1, b0, b1, m0, m1 = map(float, sys.argv[4:10])
 tasks = {t["task"]: t for t in run["tasks"]}
 assert run["state"] == "succeeded", run
 assert tasks["load.order_items"]["rows"] == lines == base_rows, (tasks["load.order_items"], lines, base_rows)
-stages = [(s, tasks[f"{s}.order_items"]["duration_seconds"]) for s in ("extract", "export", "load")]
-chain = sum(d for _, d in stages)
-labels = {"extract": "extract → bus (order_items)",
-          "export": "export: commit after the last batch (lake writes overlap the extract)",
-          "load": "load: lake → staging COPY (order_items)"}
-base = b1 - b0
+print(json.dumps({"lines": lines, "run": t1 - t0, "copy": b1 - b0, "insert_select": m1 - m0, "rss": sys.argv[10],
+                  **{f"{s}": tasks[f"{s}.order_items"]["duration_seconds"] for s in ("extract", "export", "load")},
+                  "model": tasks["model"]["duration_seconds"], "check": tasks["check"]["duration_seconds"]}))
+PY
+  tail -n 1 "$RUNS_FILE"
+done
+
+python3 - "$RUNS_FILE" "$ROOT/bench/RESULTS.md" <<'PY'
+import datetime, json, os, platform, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1])]
+out = sys.argv[2]
+med = lambda k: statistics.median(r[k] for r in runs)
+each = lambda k: ", ".join(f"{r[k]:.2f}" for r in runs)
+lines = runs[0]["lines"]
+chain = med("extract") + med("export") + med("load")
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 mem = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))) // 1024 // 1024
-rows = [f"| {labels[s]} | {d:.2f} | {lines / d:,.0f} |" if s != "export" else f"| {labels[s]} | {d:.2f} | – |"
-        for s, d in stages]
-rows.append(f"| extract→export→load chain (order_items) | {chain:.2f} | {lines / chain:,.0f} |")
-rows.append(f"| model build (all models, whole day) | {tasks['model']['duration_seconds']:.2f} | {lines / tasks['model']['duration_seconds']:,.0f} |")
-rows.append(f"| checks | {tasks['check']['duration_seconds']:.2f} | – |")
-rows.append(f"| whole run, 6 datasets (stratactl wall time) | {t1 - t0:.2f} | {lines / (t1 - t0):,.0f} |")
-rows.append(f"| **baseline: psql \\copy of the same rows** | {base:.2f} | {lines / base:,.0f} |")
+row = lambda label, k, rate=True: f"| {label} | {med(k):.2f} | {lines / med(k):,.0f} | {each(k)} |" if rate else \
+    f"| {label} | {med(k):.2f} | – | {each(k)} |"
+rows = [row("extract → bus (order_items)", "extract"),
+        row("export: commit after the last batch (lake writes overlap the extract)", "export", False),
+        row("load: lake → staging COPY (order_items)", "load"),
+        f"| extract→export→load chain (order_items) | {chain:.2f} | {lines / chain:,.0f} | – |",
+        row("model build (all models, whole day)", "model"),
+        row("checks", "check", False),
+        row("whole run, 6 datasets (stratactl wall time)", "run"),
+        row("**baseline: psql \\copy of the same rows**", "copy"),
+        row("**baseline: bare INSERT … SELECT into a fact-shaped table**", "insert_select")]
 text = f"""# strata benchmark results
 
 Written by `make bench` (bench/run.sh). Machine: {os.cpu_count()} cores ({cpu}), {mem} GiB RAM,
-{platform.platform()}. Date: {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC.
+{platform.platform()}. Date: {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC. This machine is
+shared and noisy: figures move by ±20% between runs.
 
 One logical day of **{lines:,} order lines** through the real services (private PostgreSQL 15
-and Redis 7 on loopback, fsync off in both the pipeline and the baseline), and in the same run
-the same rows loaded with raw `psql \\copy` into an identical staging table: the committed bronze
-partition's part files, concatenated into one file (headers dropped), the same bytes the loader
-streams.
+and Redis 7 on loopback, fsync off in both the pipeline and the baselines), {len(runs)} times, each
+on a fresh stack and an empty warehouse; the table gives the median and every run. In the same
+runs, the same rows loaded with raw `psql \\copy` into an identical staging table (the committed
+bronze partition's part files, concatenated, headers dropped: the bytes the loader streams).
 
-| stage | seconds | rows/s |
-|---|---:|---:|
+| stage | seconds (median) | rows/s | runs |
+|---|---:|---:|---|
 """ + "\n".join(rows) + f"""
 
-- **load stage vs raw `psql \\copy`: {base / tasks['load.order_items']['duration_seconds']:.2f}×** the baseline's speed
+- **load stage vs raw `psql \\copy`: {med('copy') / med('load'):.2f}×** the baseline's speed
   (lake partition → staging, streamed straight into COPY, checksums verified).
-- **end-to-end (source → bus → lake → staging) vs raw `psql \\copy`: {base / chain:.2f}×**.
-- **model build vs a bare INSERT … SELECT** of the day's lines into a fact-shaped table
-  ({model_base:.2f} s): {model_base / tasks['model']['duration_seconds']:.2f}× its speed — the model build also keys every line to
-  the customer version valid at order time and the product, rebuilds SCD2/SCD1 dimensions and
-  the marts, in one transaction.
-- Peak RSS (VmHWM) after the run: {rss}.
+- **end-to-end (source → bus → lake → staging) vs raw `psql \\copy`: {med('copy') / chain:.2f}×**.
+- **model build vs a bare INSERT … SELECT** of the day's lines into a fact-shaped table:
+  {med('insert_select') / med('model'):.2f}× its speed — the model build also keys every line to the
+  customer version valid at order time and the product, rebuilds SCD2/SCD1 dimensions and the
+  marts, in one transaction.
+- Peak RSS (VmHWM) after each run: {'; '.join(r['rss'] for r in runs)}.
 """
 open(out, "w").write(text)
 print(text)
@@ -110,10 +133,11 @@ if ! /usr/bin/python3 -c 'import pandas' 2>/dev/null; then
 fi
 echo "bench: raw floor and pandas pipeline, 3 runs each"
 /usr/bin/python3 "$ROOT/bench/baselines.py" "$DS" "$DIR" >"$DIR/baselines.json"
-python3 - "$ROOT/bench/RESULTS.md" "$DIR/baselines.json" "$t0" "$t1" "$LINES" <<'PY'
-import json, sys
+python3 - "$ROOT/bench/RESULTS.md" "$DIR/baselines.json" "$RUNS_FILE" <<'PY'
+import json, statistics, sys
 out, b = sys.argv[1], json.load(open(sys.argv[2]))
-strata, lines = float(sys.argv[4]) - float(sys.argv[3]), int(sys.argv[5])
+runs = [json.loads(l) for l in open(sys.argv[3])]
+strata, lines = statistics.median(r["run"] for r in runs), runs[0]["lines"]
 fmt = lambda r: ", ".join(f"{k} {v:.2f}" for k, v in r.items() if k != "total")
 text = f"""
 ## The whole day vs the bare tools
@@ -124,12 +148,12 @@ The same source day ({lines:,} order lines), the same servers, after the pipelin
 - **pandas pipeline** (the seed-style script) — `pandas.read_sql` → gzip CSV lake file →
   psycopg2 `copy_expert` → the same upsert.
 Both are `bench/baselines.py`, 3 runs each from empty tables (median). strata's figure is the
-pipeline run above: 6 datasets, bus, manifests, SCD2/SCD1 dimensions, fact keyed to dimension
+median of the pipeline runs above (each from an empty warehouse): 6 datasets, bus, manifests, SCD2/SCD1 dimensions, fact keyed to dimension
 versions, marts, checks, publish, silver and gold Parquet. This machine is noisy (±20%).
 
 | pipeline | seconds (median) | runs |
 |---|---:|---|
-| strata whole run (stratactl wall time, 1 run) | {strata:.2f} | – |
+| strata whole run (stratactl wall time) | {strata:.2f} | {', '.join(f"{r['run']:.2f}" for r in runs)} |
 | raw floor | {b['floor']['median']:.2f} | {'; '.join(fmt(r) for r in b['floor']['runs'])} |
 | pandas pipeline | {b['pandas']['median']:.2f} | {'; '.join(fmt(r) for r in b['pandas']['runs'])} |
 
