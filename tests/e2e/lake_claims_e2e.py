@@ -13,6 +13,10 @@ redelivery cannot resurrect a replaced partition.
      run=S/ are gone, and the partition holds exactly the source's order lines of the day, once.
   4. S's last batch, and a complete one-batch run of R1, arrive late: both are counted stale and
      dropped; nothing is written, the manifest is byte-for-byte R2's.
+  5. Attempts within a run (a run extracts again after batches were lost on the bus; batches carry
+     their extract attempt): run T (> R2) has two batches of attempt 1 written; the first batch of
+     attempt 2 clears them; a late batch of attempt 1 is stale; attempt 2's last batch commits the
+     partition with exactly attempt 2's rows, and R2's files go.
 
 Expected rows come from the source database with SQL written here; part files are read back with
 Python's csv module. Environment: STRATA_BUILD_BIN (default <repo>/build/bin). Run with
@@ -124,16 +128,36 @@ def source_lines():
     return sorted((int(a), int(b)) for a, b in rows)
 
 
-def publish(redis_client, run_id, seq, rows, last=False, total=0):
-    """One Batch of order_items for DS on strata:batches, as ingest would send it."""
+def publish(redis_client, run_id, seq, rows, last=False, total=0, attempt=0):
+    """One Batch of order_items for DS on strata:batches, as ingest would send it (attempt 0: one
+    that does not say)."""
     b = PB.Batch(batch_id=f"{run_id}/{DATASET}/{seq}", pipeline="demo", dataset=DATASET, ds=DS, run_id=run_id,
-                 seq=seq, last=last, total_batches=total, columns=COLUMNS, source_position=f"test seq={seq}")
+                 seq=seq, last=last, total_batches=total, columns=COLUMNS, source_position=f"test seq={seq}",
+                 attempt=attempt)
     for order_id, line_no in rows:
         r = b.rows.add()
         for v in (str(order_id), str(line_no), "1", "2", "3.5", f"{DS}T12:00:00Z"):
             r.values.add(text=v)
     redis_client.xadd("strata:batches", {"batch": b.SerializeToString(), "dataset": DATASET, "ds": DS,
                                          "run_id": run_id})
+
+
+def read_text(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def part_keys(run_dir, seq):
+    """(order_id, line_no) of a part file's records; None when it is not there."""
+    text = read_text(os.path.join(run_dir, f"part-{seq:05d}.csv"))
+    if text is None:
+        return None
+    records = list(csv.reader(io.StringIO(text)))
+    oi, ln = records[0].index("order_id"), records[0].index("line_no")
+    return [(int(r[oi]), int(r[ln])) for r in records[1:]]
 
 
 def stale_rows(seq):
@@ -232,6 +256,41 @@ def scenario(env, _webhook):
     _, problems, keys = read_partition(r2)
     check(not problems and keys == expected, f"R2's partition is intact: the source's {len(expected)} lines",
           problems)
+
+    step("5. attempts of one run: attempt 2 replaces attempt 1's parts, a late batch of attempt 1 is stale")
+    run_t = f"r{int(time.time() * 1000)}-a77e00"
+    t_dir = os.path.join(part_dir(), f"run={run_t}")
+    listing = lambda: sorted(os.listdir(t_dir)) if os.path.isdir(t_dir) else []
+    first = lambda: read_text(os.path.join(t_dir, "_attempt"))
+    a1 = {seq: [(MARKER + 100 + seq, n) for n in (1, 2)] for seq in (0, 1, 2)}
+    a2 = {seq: [(MARKER + 200 + seq, n) for n in (1, 2, 3)] for seq in (0, 1)}
+    publish(bus, run_t, 0, a1[0], attempt=1)
+    publish(bus, run_t, 1, a1[1], attempt=1)
+    check(wait_until(lambda: listing() == ["_attempt", "part-00000.csv", "part-00000.meta", "part-00001.csv",
+                                           "part-00001.meta"] and first() == "1", 120, "attempt 1's parts"),
+          f"attempt 1 of run T ({run_t}) has two parts written ({listing()}, _attempt {first()})")
+    publish(bus, run_t, 0, a2[0], attempt=2)
+    replaced = wait_until(lambda: first() == "2" and part_keys(t_dir, 0) == a2[0] and
+                          listing() == ["_attempt", "part-00000.csv", "part-00000.meta"], 120, "attempt 2's first part")
+    check(replaced, f"the first batch of attempt 2 replaced attempt 1's parts: {listing()}, _attempt {first()}, "
+                    f"part 0 holds {part_keys(t_dir, 0)}")
+    stale_before = metric("lake_export", "strata_lake_export_batches_total", {"outcome": "stale"}) or 0
+    publish(bus, run_t, 2, a1[2], last=True, total=3, attempt=1)  # would complete attempt 1
+    counted = wait_until(lambda: (metric("lake_export", "strata_lake_export_batches_total",
+                                         {"outcome": "stale"}) or 0) - stale_before >= 1, 120, "1 stale batch")
+    stale_after = metric("lake_export", "strata_lake_export_batches_total", {"outcome": "stale"})
+    check(counted and stale_after == stale_before + 1,
+          f"the late batch of attempt 1 is counted stale ({stale_before} -> {stale_after})")
+    check(listing() == ["_attempt", "part-00000.csv", "part-00000.meta"] and manifest_bytes() == before,
+          f"it wrote nothing and committed nothing ({listing()}; the manifest is R2's)")
+    publish(bus, run_t, 1, a2[1], last=True, total=2, attempt=2)
+    check(wait_until(lambda: json.loads(manifest_bytes())["run_id"] == run_t, 120, "run T's commit"),
+          "attempt 2's last batch commits the partition for run T")
+    m_t, problems, keys = read_partition(run_t)
+    want = sorted(a2[0] + a2[1])
+    check(not problems and keys == want and m_t["rows"] == len(want),
+          f"it holds exactly attempt 2's {len(want)} rows, none of attempt 1's ({len(keys)} read back)", problems)
+    check(entries() == ["_manifest.json", f"run={run_t}"], f"and R2's files are gone ({entries()})")
 
 
 def main():
