@@ -277,10 +277,16 @@ void S3Client::CompleteMultipart(const std::string& key, const std::string& uplo
 }
 
 void S3Client::AbortMultipart(const std::string& key, const std::string& upload_id) {
+  // Best effort: the bucket's lifecycle rule for incomplete uploads is the backstop. A refused
+  // abort is said, though, so a store that keeps dangling uploads is noticed before the bill.
   try {
-    Request("DELETE", key, {{"uploadId", upload_id}}, "", "abort multipart");
-  } catch (const std::exception&) {
-    // Best effort: the bucket's lifecycle rule for incomplete uploads is the backstop.
+    const Response r = Request("DELETE", key, {{"uploadId", upload_id}}, "", "abort multipart");
+    if (r.status != 204 && r.status != 200 && r.status != 404)
+      spdlog::warn("s3 abort multipart refused bucket={} key={} upload_id={} status={}", c_.bucket, key, upload_id,
+                   r.status);
+  } catch (const std::exception& e) {
+    spdlog::warn("s3 abort multipart failed bucket={} key={} upload_id={} error={}", c_.bucket, key, upload_id,
+                 e.what());
   }
 }
 
