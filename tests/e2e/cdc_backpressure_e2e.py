@@ -29,15 +29,13 @@ Every metric read must exist (an absent series is a failure). Environment: STRAT
 import os
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import urllib.request
 
 import psycopg2
 
-from own_stack import clean_env, query, run_on_own_stack, wait_until
+from own_stack import FAILURES, check, clean_env, gone, load_pb2, pid_of, query, run_on_own_stack, start_service, step, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
@@ -47,32 +45,10 @@ BASE = 7_000_000  # this test's order ids
 N_ORDERS, N_UPDATES, N_DELETES = 100, 40, 20
 SLOT = "strata_demo"
 
-FAILURES = []
 ENV = {}
 
 
-def check(cond, what, details=()):
-    print(f"{'ok  ' if cond else 'FAIL'} {what}", flush=True)
-    if not cond:
-        for line in details:
-            print(f"       {line}", flush=True)
-        FAILURES.append(what)
-    return cond
-
-
-def step(title):
-    print(f"\n=== {title} ({time.strftime('%H:%M:%S')})", flush=True)
-
-
-def load_pb2():
-    gen = tempfile.mkdtemp(prefix="strata-pb2-")
-    subprocess.run(["protoc", f"--python_out={gen}", "-I", f"{ROOT}/proto", f"{ROOT}/proto/strata.proto"], check=True)
-    sys.path.insert(0, gen)
-    import strata_pb2
-    return strata_pb2
-
-
-PB = load_pb2()
+PB = load_pb2(ROOT)
 
 
 def wh(sql, params=None):
@@ -110,24 +86,6 @@ def slot():
     r = src("SELECT s.confirmed_flush_lsn::text, s.restart_lsn::text, r.reply_time FROM pg_replication_slots s "
             "LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid WHERE s.slot_name = %s", (SLOT,))
     return (lsn(r[0][0]), lsn(r[0][1]), r[0][2]) if r and r[0][0] else (None, None, None)
-
-
-def service_pid(name):
-    return int(open(os.path.join(ENV["STRATA_STACK_DIR"], "run", f"{name}.pid")).read())
-
-
-def gone(pid):
-    try:
-        return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def start_loader():
-    log = open(os.path.join(ENV["STRATA_STACK_DIR"], "logs", "warehouse_loader.log"), "a")
-    p = subprocess.Popen([f"{BIN}/strata-warehouse-loader"], env=ENV, stdout=log, stderr=log, start_new_session=True)
-    with open(os.path.join(ENV["STRATA_STACK_DIR"], "run", "warehouse_loader.pid"), "w") as f:
-        f.write(str(p.pid))  # so stack.sh down stops it
 
 
 def source_state():
@@ -235,7 +193,7 @@ def scenario(env, _webhook):
     check(backpressure() == 0, f"strata_ingest_backpressure_active{{stream=strata:cdc}} is 0 ({backpressure()})")
 
     step("2. the warehouse-loader stops")
-    pid = service_pid("warehouse_loader")
+    pid = pid_of(ENV, "warehouse_loader")
     os.kill(pid, signal.SIGTERM)
     check(wait_until(lambda: gone(pid), 60, "the loader to stop"), "the warehouse-loader stopped")
     sampler = StreamSampler(redis.Redis(port=int(ENV["STRATA_REDIS_PORT"])))
@@ -296,7 +254,7 @@ def paused(bus, sampler):
                     f"{metric('strata_ingest_cdc_slot_lag_bytes', {'slot': SLOT})} >= {last - confirmed2}")
 
     step("5. the loader is back: everything arrives, once")
-    start_loader()
+    start_service(ENV, "warehouse_loader", [f"{BIN}/strata-warehouse-loader"])
     done = wait_until(lambda: test_changes() == expected and warehouse_state() == source_state(), 180,
                       "every change applied")
     got = test_changes()

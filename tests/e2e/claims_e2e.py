@@ -38,37 +38,22 @@ import os
 import re
 import signal
 import subprocess
-import time
 import urllib.request
 
 import psycopg2
 
-from own_stack import Webhook, clean_env, query, run_on_own_stack, wait_until
+from own_stack import FAILURES, Webhook, check, clean_env, gone, pid_of, query, run_on_own_stack, start_service, step, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
 START = dt.date(2024, 1, 1)
 DAY = [None] + [(START + dt.timedelta(days=i)).isoformat() for i in range(6)]  # DAY[1] .. DAY[6]
 
-FAILURES = []
 ENV = {}
 WEBHOOK = None
 
 
 # --- reporting -------------------------------------------------------------------------------------
-def check(cond, what, details=()):
-    print(f"{'ok  ' if cond else 'FAIL'} {what}", flush=True)
-    if not cond:
-        for line in details:
-            print(f"       {line}", flush=True)
-        FAILURES.append(what)
-    return cond
-
-
-def step(title):
-    print(f"\n=== {title} ({time.strftime('%H:%M:%S')})", flush=True)
-
-
 # --- the stack -------------------------------------------------------------------------------------
 def write_spec(path):
     """pipelines/demo.yaml plus `reviews_ignored`: the same reviews API with the default drift policy."""
@@ -165,26 +150,6 @@ def task_rows(run_id):
     """task -> (state, attempt, started_at, message) from ops.task_runs."""
     return {t: (s, a, st, m) for t, s, a, st, m in
             wh("SELECT task, state, attempt, started_at, message FROM ops.task_runs WHERE run_id = %s", (run_id,))}
-
-
-def pid_of(service):
-    return int(open(os.path.join(ENV["STRATA_STACK_DIR"], "run", f"{service}.pid")).read())
-
-
-def gone(pid):
-    try:
-        return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def start_service(service):
-    log = open(os.path.join(ENV["STRATA_STACK_DIR"], "logs", f"{service}.log"), "a")
-    p = subprocess.Popen([f"{BIN}/strata-{service.replace('_', '-')}"], env=ENV, stdout=log, stderr=log,
-                         start_new_session=True)
-    with open(os.path.join(ENV["STRATA_STACK_DIR"], "run", f"{service}.pid"), "w") as f:
-        f.write(str(p.pid))  # so stack.sh down stops it
-    return p
 
 
 # --- the claims ------------------------------------------------------------------------------------
@@ -415,7 +380,7 @@ def stop_controller_mid_run(ds):
     done_before = {t: v for t, v in task_rows(rid).items() if v[0] == "succeeded"}
     check(any(t.startswith("extract.") for t in done_before),
           f"some tasks had succeeded before the restart ({len(done_before)}: {sorted(done_before)[:4]}...)")
-    old = pid_of("controller")
+    old = pid_of(ENV, "controller")
     os.kill(old, signal.SIGTERM)
     check(wait_until(lambda: gone(old), 60, "the controller to stop"), "the controller stopped on SIGTERM")
     state = run_state(rid)
@@ -439,7 +404,7 @@ def claim_controller_restart():
         check(wait_until(lambda: wh("SELECT count(*) FROM staging.states WHERE ds = %s", (DAY[5],))[0][0] ==
                          expected, 120, "the first attempt of load.states to finish"),
               "the abandoned first attempt of load.states finished while the controller was down")
-        start_service("controller")
+        start_service(ENV, "controller", [f"{BIN}/strata-controller"])
         check(wait_until(lambda: f"resuming run_id={rid}" in controller_log(), 120, "the resume"),
               "the restarted controller resumed the run")
         finished = wait_until(lambda: run_state(rid)[0] in ("succeeded", "failed", "cancelled"), 600,
@@ -481,7 +446,7 @@ def claim_controller_restart():
     try:
         rid, done_before, waiter, err_file = stop_controller_mid_run(DAY[6])
         err_file.close()
-        start_service("controller")
+        start_service(ENV, "controller", [f"{BIN}/strata-controller"])
         # Both attempts' statements wait for the lock (their connections are named after the attempt).
         waiting = lambda: sorted(a for (a,) in wh(
             "SELECT application_name FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name "

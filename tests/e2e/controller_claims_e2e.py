@@ -38,7 +38,7 @@ import urllib.request
 import psycopg2
 import redis
 
-from own_stack import clean_env, query, run_on_own_stack, wait_until
+from own_stack import FAILURES, check, clean_env, gone, pid_of, query, run_on_own_stack, start_service, step, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
@@ -48,24 +48,10 @@ MAX_ACTIVE = 2
 LEADER_LOCK_CLASS = 7400010  # pg_try_advisory_lock(7400010, hashtext(pipeline)) in controller.cpp
 GATE = (7400099, 1)  # this test's own advisory lock, held to keep attempt 2 of load.states waiting
 
-FAILURES = []
 ENV = {}
 
 
 # --- reporting -------------------------------------------------------------------------------------
-def check(cond, what, details=()):
-    print(f"{'ok  ' if cond else 'FAIL'} {what}", flush=True)
-    if not cond:
-        for line in details:
-            print(f"       {line}", flush=True)
-        FAILURES.append(what)
-    return cond
-
-
-def step(title):
-    print(f"\n=== {title} ({time.strftime('%H:%M:%S')})", flush=True)
-
-
 # --- the stack -------------------------------------------------------------------------------------
 def run(*args, timeout=900):
     p = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env=ENV)
@@ -165,24 +151,10 @@ def controller_log():
     return open(os.path.join(ENV["STRATA_STACK_DIR"], "logs", "controller.log")).read()
 
 
-def pid_of(service):
-    return int(open(os.path.join(ENV["STRATA_STACK_DIR"], "run", f"{service}.pid")).read())
-
-
-def gone(pid):
-    try:
-        return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 def start_controller(reap=False):
     """A controller that is this test's child (so its exit code can be read); stack.sh down stops it.
     With `reap`, a thread collects its exit, so stack.sh does not wait for a zombie."""
-    log = open(os.path.join(ENV["STRATA_STACK_DIR"], "logs", "controller.log"), "a")
-    p = subprocess.Popen([f"{BIN}/strata-controller"], env=ENV, stdout=log, stderr=log, start_new_session=True)
-    with open(os.path.join(ENV["STRATA_STACK_DIR"], "run", "controller.pid"), "w") as f:
-        f.write(str(p.pid))
+    p = start_service(ENV, "controller", [f"{BIN}/strata-controller"])
     if reap:
         threading.Thread(target=p.wait, daemon=True).start()
     return p
@@ -367,7 +339,7 @@ def late_answer_scenario(ds, together):
         if not check(tap.start(), "a tap on strata:events is in place before the late answer"):
             return
         if together:
-            paused = pid_of("controller")
+            paused = pid_of(ENV, "controller")
             os.kill(paused, signal.SIGSTOP)
             # Its last XREADGROUP (blocking 500 ms) has expired: nothing is delivered to it until it runs again.
             check(wait_until(lambda: tap.consumer_idle_ms(f"controller-{paused}") > 1500, 30,
@@ -441,7 +413,7 @@ def claim_exit_on_lock_loss():
     step(f"c. {ds}: the leader loses its advisory-lock session mid-run and exits; the run is resumed")
     sim_advance(ds)
     # The controller becomes this test's child, so its exit code can be read.
-    old = pid_of("controller")
+    old = pid_of(ENV, "controller")
     os.kill(old, signal.SIGTERM)
     check(wait_until(lambda: gone(old), 60, "the stack's controller to stop"), "the stack's controller stopped")
     leader = start_controller()

@@ -23,18 +23,15 @@ Python's csv module. Environment: STRATA_BUILD_BIN (default <repo>/build/bin). R
 /usr/bin/python3.
 """
 import csv
-import datetime as dt
 import io
 import json
 import os
 import subprocess
-import sys
-import tempfile
 import time
 import urllib.request
 import zlib
 
-from own_stack import clean_env, query, run_on_own_stack, wait_until
+from own_stack import FAILURES, check, clean_env, load_pb2, query, run_on_own_stack, step, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
@@ -44,33 +41,10 @@ COLUMNS = ["order_id", "line_no", "product_id", "quantity", "unit_price", "updat
 MARKER = 990_000_000  # order ids of the stale runs' rows: the simulator never gets near them
 BATCH_ROWS = "40"     # several batches per run, so a run can be caught half-written
 
-FAILURES = []
 ENV = {}
 
 
-def check(cond, what, details=()):
-    print(f"{'ok  ' if cond else 'FAIL'} {what}", flush=True)
-    if not cond:
-        for line in details:
-            print(f"       {line}", flush=True)
-        FAILURES.append(what)
-    return cond
-
-
-def step(title):
-    print(f"\n=== {title} ({time.strftime('%H:%M:%S')})", flush=True)
-
-
-def load_pb2():
-    """The project's messages, generated from proto/ by the real protoc for this run."""
-    gen = tempfile.mkdtemp(prefix="strata-pb2-")
-    subprocess.run(["protoc", f"--python_out={gen}", "-I", f"{ROOT}/proto", f"{ROOT}/proto/strata.proto"], check=True)
-    sys.path.insert(0, gen)
-    import strata_pb2
-    return strata_pb2
-
-
-PB = load_pb2()
+PB = load_pb2(ROOT)
 
 
 def run(*args, timeout=900):

@@ -30,9 +30,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -44,7 +41,7 @@ import http.client
 import botocore.config
 import botocore.session
 
-from own_stack import clean_env, run_on_own_stack, wait_until
+from own_stack import FAILURES, check, clean_env, gone, load_pb2, pid_of, run_on_own_stack, start_service, step, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
@@ -56,32 +53,10 @@ N_ROWS = 150_000
 FIRST_ORDER = 10_000_000
 MAX_ATTEMPTS = 4  # S3Config::max_attempts
 
-FAILURES = []
 ENV = {}
 
 
-def check(cond, what, details=()):
-    print(f"{'ok  ' if cond else 'FAIL'} {what}", flush=True)
-    if not cond:
-        for line in details:
-            print(f"       {line}", flush=True)
-        FAILURES.append(what)
-    return cond
-
-
-def step(title):
-    print(f"\n=== {title} ({time.strftime('%H:%M:%S')})", flush=True)
-
-
-def load_pb2():
-    gen = tempfile.mkdtemp(prefix="strata-pb2-")
-    subprocess.run(["protoc", f"--python_out={gen}", "-I", f"{ROOT}/proto", f"{ROOT}/proto/strata.proto"], check=True)
-    sys.path.insert(0, gen)
-    import strata_pb2
-    return strata_pb2
-
-
-PB = load_pb2()
+PB = load_pb2(ROOT)
 
 
 def metric(name, labels):
@@ -108,30 +83,15 @@ def port_open(port):
         return False
 
 
-def gone(pid):
-    try:
-        return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def pid_file(name):
-    return os.path.join(ENV["STRATA_STACK_DIR"], "run", f"{name}.pid")
-
-
 def stop(name):
-    pid = int(open(pid_file(name)).read())
+    pid = pid_of(ENV, name)
     os.kill(pid, signal.SIGTERM)
     if not wait_until(lambda: gone(pid), 60, f"{name} to stop"):
         raise RuntimeError(f"{name} did not stop")
 
 
 def start(name, argv, env):
-    log = open(os.path.join(ENV["STRATA_STACK_DIR"], "logs", f"{name}.log"), "a")
-    p = subprocess.Popen(argv, env=env, stdout=log, stderr=log, start_new_session=True)
-    with open(pid_file(name), "w") as f:
-        f.write(str(p.pid))  # so stack.sh down stops it
-    return p
+    return start_service(ENV, name, argv, env)
 
 
 class FaultProxy:

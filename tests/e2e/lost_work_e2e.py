@@ -27,13 +27,12 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 import urllib.request
 
 import psycopg2
 
-from own_stack import clean_env, query, run_on_own_stack, wait_until
+from own_stack import FAILURES, check, clean_env, gone, pid_of, query, run_on_own_stack, start_service, step, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
@@ -43,21 +42,7 @@ LEASE_SECONDS = 3
 TIMEOUT_SECONDS = 600
 REDISPATCH_WITHIN = 60  # generous on a loaded 2-core machine; the timeout would take 600 s
 
-FAILURES = []
 ENV = {}
-
-
-def check(cond, what, details=()):
-    print(f"{'ok  ' if cond else 'FAIL'} {what}", flush=True)
-    if not cond:
-        FAILURES.append(what)
-        for d in details:
-            print(f"       {d}", flush=True)
-    return cond
-
-
-def step(title):
-    print(f"\n--- {title}", flush=True)
 
 
 def wh(sql, params=None):
@@ -82,26 +67,6 @@ def metric(service, name):
             if line.startswith(name + " ") or line.startswith(name + "{}"):
                 return float(line.rsplit(" ", 1)[1])
     return None
-
-
-def pid_of(service):
-    return int(open(os.path.join(ENV["STRATA_STACK_DIR"], "run", f"{service}.pid")).read())
-
-
-def gone(pid):
-    try:
-        return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
-def start_service(service):
-    log = open(os.path.join(ENV["STRATA_STACK_DIR"], "logs", f"{service}.log"), "a")
-    p = subprocess.Popen([f"{BIN}/strata-{service.replace('_', '-')}"], env=ENV, stdout=log, stderr=log,
-                         start_new_session=True)
-    with open(os.path.join(ENV["STRATA_STACK_DIR"], "run", f"{service}.pid"), "w") as f:
-        f.write(str(p.pid))  # so stack.sh down stops it
-    return p
 
 
 def run_state(run_id):
@@ -139,11 +104,11 @@ def kill_holding_worker(day, task, service, lock_sql):
             return None, None
         check(task_row(run_id, task) == ("running", 1), f"ops.task_runs shows {task} running at attempt 1",
               [str(task_row(run_id, task))])
-        pid = pid_of(service)
+        pid = pid_of(ENV, service)
         os.kill(pid, signal.SIGKILL)
         killed_at = time.time()
         check(wait_until(lambda: gone(pid), 30, f"{service} to die"), f"{service} (pid {pid}) killed with SIGKILL")
-        start_service(service)
+        start_service(ENV, service, [f"{BIN}/strata-{service.replace('_', '-')}"])
         blocker.rollback()  # the abandoned attempt's statement may now run; its answer is stale anyway
 
         def redispatched():
@@ -217,7 +182,7 @@ def lost_batches():
     sim_advance(DAY[4])
     before = metric("controller", "strata_controller_lost_batches_total")
     check(before == 0, f"strata_controller_lost_batches_total is present and 0 ({before})")
-    exporter = pid_of("lake_export")
+    exporter = pid_of(ENV, "lake_export")
     os.kill(exporter, signal.SIGSTOP)
     waiter = subprocess.Popen([f"{BIN}/stratactl", "--json", "run", "--date", DAY[4], "--timeout", "800"], env=ENV,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,9 +1,12 @@
 """Helpers for end-to-end tests that start a stack of their own (infra/stack.sh up in a temporary
 directory) instead of the suite's shared one: reading the stack's addresses, a caller environment
-free of another stack's, plain queries, condition waits and a webhook receiver."""
+free of another stack's, plain queries, condition waits, a webhook receiver, the ok/FAIL report,
+the stack's service processes (pid, stop, start again) and the project's protobuf messages."""
 import json
 import os
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -47,6 +50,59 @@ def execute(dsn, statements):
 def query(dsn, sql, params=None):
     """One statement in its own committed transaction; its rows, if any."""
     return execute(dsn, [(sql, params)])
+
+
+# --- the report: one line per check, the failures collected for run_on_own_stack ---------------------
+FAILURES = []
+
+
+def check(cond, what, details=()):
+    print(f"{'ok  ' if cond else 'FAIL'} {what}", flush=True)
+    if not cond:
+        for line in details:
+            print(f"       {line}", flush=True)
+        FAILURES.append(what)
+    return cond
+
+
+def step(title):
+    print(f"\n=== {title} ({time.strftime('%H:%M:%S')})", flush=True)
+
+
+# --- the stack's service processes --------------------------------------------------------------------
+def pid_file(env, service):
+    return os.path.join(env["STRATA_STACK_DIR"], "run", f"{service}.pid")
+
+
+def pid_of(env, service):
+    return int(open(pid_file(env, service)).read())
+
+
+def gone(pid):
+    """The process is gone (or a zombie nobody reaped)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def start_service(env, service, argv, child_env=None):
+    """Starts `argv` as the stack's `service` (log appended, pid file rewritten so stack.sh down
+    stops it); returns the Popen."""
+    log = open(os.path.join(env["STRATA_STACK_DIR"], "logs", f"{service}.log"), "a")
+    p = subprocess.Popen(argv, env=child_env or env, stdout=log, stderr=log, start_new_session=True)
+    with open(pid_file(env, service), "w") as f:
+        f.write(str(p.pid))
+    return p
+
+
+def load_pb2(root):
+    """The project's messages, generated from proto/ by the real protoc for this run."""
+    gen = tempfile.mkdtemp(prefix="strata-pb2-")
+    subprocess.run(["protoc", f"--python_out={gen}", "-I", f"{root}/proto", f"{root}/proto/strata.proto"], check=True)
+    sys.path.insert(0, gen)
+    import strata_pb2
+    return strata_pb2
 
 
 def wait_until(cond, seconds, what, interval=0.3):
