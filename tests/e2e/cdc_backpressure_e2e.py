@@ -31,11 +31,10 @@ import signal
 import subprocess
 import threading
 import time
-import urllib.request
 
 import psycopg2
 
-from own_stack import FAILURES, check, clean_env, gone, load_pb2, pid_of, query, run_on_own_stack, start_service, step, wait_until
+from own_stack import FAILURES, check, clean_env, gone, load_pb2, pid_of, query, run_on_own_stack, metric as stack_metric, start_service, step, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
@@ -65,16 +64,7 @@ def lsn(text):
 
 
 def metric(name, labels):
-    """The ingest's series of `name` with `labels` summed; None when there is none."""
-    with urllib.request.urlopen(f"http://{ENV['STRATA_INGEST_METRICS']}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    found, total = False, 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            head, value = line.rsplit(" ", 1)
-            if all(f'{k}="{v}"' in head for k, v in labels.items()):
-                found, total = True, total + float(value)
-    return total if found else None
+    return stack_metric(ENV, "ingest", name, labels)
 
 
 def backpressure():

@@ -42,7 +42,7 @@ import urllib.request
 
 import psycopg2
 
-from own_stack import FAILURES, Webhook, check, clean_env, gone, pid_of, query, run_on_own_stack, start_service, step, wait_until
+from own_stack import FAILURES, Webhook, check, clean_env, gone, pid_of, query, run_on_own_stack, metric as stack_metric, start_service, step, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
@@ -121,17 +121,7 @@ def scrape(addr):
 
 
 def metric(service, name, labels):
-    """Sum of the series of `name` whose labels include `labels`; None when no such series exists
-    (callers decide: an expected metric that is absent is a failure, never a 0)."""
-    text = scrape(ENV[f"STRATA_{service.upper()}_METRICS"])
-    found, total = False, 0.0
-    for line in text.splitlines():
-        if not (line.startswith(name + "{") or line.startswith(name + " ")):
-            continue
-        head, value = line.rsplit(" ", 1)
-        if all(f'{k}="{v}"' in head for k, v in labels.items()):
-            found, total = True, total + float(value)
-    return total if found else None
+    return stack_metric(ENV, service, name, labels)
 
 
 def run_day(day, expect="succeeded"):

@@ -38,7 +38,7 @@ import urllib.request
 import psycopg2
 import redis
 
-from own_stack import FAILURES, check, clean_env, gone, pid_of, query, run_on_own_stack, start_service, step, wait_until
+from own_stack import FAILURES, check, clean_env, gone, pid_of, query, run_on_own_stack, metric as stack_metric, start_service, step, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
@@ -99,18 +99,7 @@ def wh(sql, params=None):
 
 
 def metric(service, name, labels=None):
-    """Sum of the series of `name` whose labels include `labels`; None when no such series exists
-    (an expected metric that is absent is a failure, never a 0)."""
-    with urllib.request.urlopen(f"http://{ENV[f'STRATA_{service.upper()}_METRICS']}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    found, total = False, 0.0
-    for line in text.splitlines():
-        if not (line.startswith(name + "{") or line.startswith(name + " ")):
-            continue
-        head, value = line.rsplit(" ", 1)
-        if all(f'{k}="{v}"' in head for k, v in (labels or {}).items()):
-            found, total = True, total + float(value)
-    return total if found else None
+    return stack_metric(ENV, service, name, labels)
 
 
 def latest_run(ds):

@@ -28,10 +28,9 @@ import json
 import os
 import subprocess
 import time
-import urllib.request
 import zlib
 
-from own_stack import FAILURES, check, clean_env, load_pb2, query, run_on_own_stack, step, wait_until
+from own_stack import FAILURES, check, clean_env, load_pb2, query, run_on_own_stack, metric as stack_metric, step, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
@@ -61,16 +60,7 @@ def src(sql, params=None):
 
 
 def metric(service, name, labels):
-    """Sum of the series of `name` whose labels include `labels`; None when there is none."""
-    with urllib.request.urlopen(f"http://{ENV[f'STRATA_{service.upper()}_METRICS']}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    found, total = False, 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            head, value = line.rsplit(" ", 1)
-            if all(f'{k}="{v}"' in head for k, v in labels.items()):
-                found, total = True, total + float(value)
-    return total if found else None
+    return stack_metric(ENV, service, name, labels)
 
 
 def run_day(ds):

@@ -32,7 +32,6 @@ import signal
 import socket
 import threading
 import time
-import urllib.request
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -41,7 +40,7 @@ import http.client
 import botocore.config
 import botocore.session
 
-from own_stack import FAILURES, check, clean_env, gone, load_pb2, pid_of, run_on_own_stack, start_service, step, wait_until
+from own_stack import FAILURES, check, clean_env, gone, load_pb2, pid_of, run_on_own_stack, metric as stack_metric, start_service, step, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
@@ -60,19 +59,11 @@ PB = load_pb2(ROOT)
 
 
 def metric(name, labels):
-    """lake-export's series of `name` with `labels` summed; None when there is none (or no answer)."""
+    """None also while lake-export does not answer (it is restarted by the test)."""
     try:
-        with urllib.request.urlopen(f"http://{ENV['STRATA_LAKE_EXPORT_METRICS']}/metrics", timeout=10) as r:
-            text = r.read().decode()
+        return stack_metric(ENV, "lake_export", name, labels)
     except OSError:
         return None
-    found, total = False, 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            head, value = line.rsplit(" ", 1)
-            if all(f'{k}="{v}"' in head for k, v in labels.items()):
-                found, total = True, total + float(value)
-    return total if found else None
 
 
 def port_open(port):

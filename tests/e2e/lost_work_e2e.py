@@ -28,11 +28,10 @@ import os
 import signal
 import subprocess
 import time
-import urllib.request
 
 import psycopg2
 
-from own_stack import FAILURES, check, clean_env, gone, pid_of, query, run_on_own_stack, start_service, step, wait_until
+from own_stack import FAILURES, check, clean_env, gone, pid_of, query, run_on_own_stack, metric as stack_metric, start_service, step, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
@@ -61,12 +60,7 @@ def sim_advance(day):
 
 
 def metric(service, name):
-    """The value of an unlabelled series; None when it is absent (an absent metric is a failure)."""
-    with urllib.request.urlopen(f"http://{ENV[f'STRATA_{service.upper()}_METRICS']}/metrics", timeout=10) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " ") or line.startswith(name + "{}"):
-                return float(line.rsplit(" ", 1)[1])
-    return None
+    return stack_metric(ENV, service, name)
 
 
 def run_state(run_id):

@@ -96,6 +96,22 @@ def start_service(env, service, argv, child_env=None):
     return p
 
 
+def metric(env, service, name, labels=None):
+    """Sum of the series of `name` on `service`'s /metrics whose labels include `labels`; None when
+    no such series exists (an expected metric that is absent is a failure, never a 0)."""
+    import urllib.request
+    with urllib.request.urlopen(f"http://{env[f'STRATA_{service.upper()}_METRICS']}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found, total = False, 0.0
+    for line in text.splitlines():
+        if not (line.startswith(name + "{") or line.startswith(name + " ")):
+            continue
+        head, value = line.rsplit(" ", 1)
+        if all(f'{k}="{v}"' in head for k, v in (labels or {}).items()):
+            found, total = True, total + float(value)
+    return total if found else None
+
+
 def load_pb2(root):
     """The project's messages, generated from proto/ by the real protoc for this run."""
     gen = tempfile.mkdtemp(prefix="strata-pb2-")

@@ -34,7 +34,7 @@ import urllib.parse
 import urllib.request
 from decimal import Decimal
 
-from own_stack import clean_env, execute, query, run_on_own_stack, wait_until
+from own_stack import FAILURES, check, clean_env, execute, query, run_on_own_stack, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
@@ -43,21 +43,10 @@ SEED = "42"
 DAY = [None] + [START + dt.timedelta(days=i) for i in range(11)]  # DAY[1] .. DAY[11]
 CHECK_TASK = "check"  # the DAG task that runs the spec's checks (re-run in part 5)
 
-FAILURES = []
 ENV = {}
 
 
 # --- reporting -------------------------------------------------------------------------------------
-def check(cond, what, details=()):
-    """Records one assertion; prints every mismatch line given in details when it fails."""
-    print(f"{'ok  ' if cond else 'FAIL'} {what}", flush=True)
-    if not cond:
-        for line in details:
-            print(f"       {line}", flush=True)
-        FAILURES.append(what)
-    return cond
-
-
 def compare(what, mismatches, limit=40):
     """mismatches: list of strings; none means the assertion holds."""
     shown = list(mismatches[:limit])
