@@ -863,9 +863,13 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
   // The running exports whose batches are gone: their extract succeeded (every batch was on
   // the bus), yet for 10 s lake-export has had nothing left to read and the partition is not
   // committed by this run (Redis restarted without its stream, or the stream was trimmed).
+  // Those found committed by this run go to `committed` (with their rows): their commit event
+  // came before the export was dispatched, when lake-export could not be asked (it was
+  // restarting), so no event is coming for them.
   std::set<std::string> LostBatches(const std::string& run_id, const std::string& ds,
                                     const std::map<std::string, std::chrono::steady_clock::time_point>& running,
-                                    const std::vector<TaskNode>& dag, LeaseWatch& w) {
+                                    const std::vector<TaskNode>& dag, LeaseWatch& w,
+                                    std::map<std::string, long long>& committed) {
     std::set<std::string> lost;
     const auto now = std::chrono::steady_clock::now();
     if (now - w.last_bus_check < 5s) return lost;
@@ -888,7 +892,8 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
     if (now - *w.drained_since < 10s) return lost;
     for (const TaskNode* t : exports) {
       long long rows = 0;
-      if (!ExportAlreadyCommitted(*t, ds, run_id, &rows)) lost.insert(t->name);
+      if (ExportAlreadyCommitted(*t, ds, run_id, &rows)) committed[t->name] = rows;
+      else lost.insert(t->name);
     }
     w.drained_since.reset();
     return lost;
@@ -988,7 +993,8 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
           break;
         }
         const std::set<std::string> lost = LostTasks(run_id, running, attempts, dag, leases);
-        const std::set<std::string> lost_batches = LostBatches(run_id, ds, running, dag, leases);
+        std::map<std::string, long long> committed;
+        const std::set<std::string> lost_batches = LostBatches(run_id, ds, running, dag, leases, committed);
         std::unique_lock<std::mutex> lock(mu_);
         cv_.wait_for(lock, 200ms);
         auto& evs = events_[run_id];
@@ -1009,6 +1015,10 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
             message = ev->second.message();
             rows = ev->second.rows();
             rejected = ev->second.rejected();
+          } else if (committed.count(name)) {
+            state = "succeeded";
+            message = "partition already committed";
+            rows = committed[name];
           } else if (lost_batches.count(name)) {
             state = "failed";
             message = name + ": its batches are gone from the bus (the exporter is idle and the partition is not "
