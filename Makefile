@@ -3,7 +3,7 @@ BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build test demo up down bench bench-history clean
+.PHONY: all deps build test chaos demo up down bench bench-history clean
 
 all: build
 
@@ -16,6 +16,9 @@ build: deps
 
 test: build
 	cd $(BUILD) && ctest --output-on-failure --timeout 900
+
+chaos: build
+	STRATA_BUILD_BIN=$(abspath $(BUILD))/bin /usr/bin/python3 tests/e2e/chaos_e2e.py
 
 demo: build
 	@bash infra/demo.sh $(BUILD)/bin
