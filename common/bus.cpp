@@ -244,6 +244,16 @@ std::vector<StreamEntry> Bus::AutoClaim(const std::string& stream, const std::st
   return ParseEntries(r.elements[1]);
 }
 
+std::vector<std::string> Bus::PendingUpTo(const std::string& stream, const std::string& group,
+                                          const std::string& max_id, int count) {
+  const RedisReply r = client_.Command({"XPENDING", stream, group, "-", max_id, std::to_string(count)});
+  std::vector<std::string> ids;
+  if (r.type != RedisReply::kArray) return ids;
+  for (const auto& e : r.elements)
+    if (e.type == RedisReply::kArray && !e.elements.empty()) ids.push_back(e.elements[0].str);
+  return ids;
+}
+
 void Bus::Ack(const std::string& stream, const std::string& group, const std::string& id) {
   client_.Command({"XACK", stream, group, id});
 }

@@ -85,6 +85,10 @@ class Bus {
   // Takes over entries pending longer than min_idle_ms in the group (a dead consumer's work).
   std::vector<StreamEntry> AutoClaim(const std::string& stream, const std::string& group,
                                      const std::string& consumer, long long min_idle_ms, int count);
+  // IDs of entries delivered in the group and not yet acknowledged (any consumer's), oldest
+  // first, up to and including `max_id`, at most `count` of them (XPENDING's extended form).
+  std::vector<std::string> PendingUpTo(const std::string& stream, const std::string& group, const std::string& max_id,
+                                       int count);
   void Ack(const std::string& stream, const std::string& group, const std::string& id);
   void Delete(const std::string& stream, const std::string& id);
   long long Length(const std::string& stream);

@@ -128,7 +128,7 @@ struct CdcApplier::Impl {
       try {
         std::vector<const strata::v1::ChangeBatch*> all;
         for (const auto& b : batches) all.push_back(&b);
-        Apply(conn, all);
+        Apply(conn, all, NothingEarlierPending(bus, entries));
         for (const auto& e : entries) {
           bus.Ack(kCdcStream, kGroup, e.id);
           bus.Delete(kCdcStream, e.id);
@@ -155,7 +155,7 @@ struct CdcApplier::Impl {
     }
     for (int attempt = 1;; ++attempt) {
       try {
-        Apply(conn, {&batch});
+        Apply(conn, {&batch}, NothingEarlierPending(bus, {e}));
         break;
       } catch (const pqxx::broken_connection&) {
         throw;  // reconnect; the entry stays pending and is reclaimed
@@ -181,7 +181,38 @@ struct CdcApplier::Impl {
     bus.Delete(kCdcStream, e.id);
   }
 
-  void Apply(pqxx::connection& conn, const std::vector<const strata::v1::ChangeBatch*>& batches) {
+  // Whether every entry delivered before `entries` (in stream order, which is WAL order) has been
+  // applied: only then may applied_lsn move to their end. A restarted loader (a new consumer)
+  // reads new entries before its predecessor's pending ones become claimable, and N loaders
+  // commit in any order; moving the watermark past a batch still pending would let ingest
+  // confirm to the slot changes the warehouse does not hold — lost for good if the bus is then
+  // lost. The watermark holds until the earlier batch is applied; once the stream is empty
+  // ingest knows that everything published is applied.
+  bool NothingEarlierPending(Bus& bus, const std::vector<StreamEntry>& entries) {
+    std::set<std::string> ours;
+    std::string newest;
+    for (const auto& e : entries) {
+      ours.insert(e.id);
+      if (newest.empty() || StreamIdLess(newest, e.id)) newest = e.id;
+    }
+    for (const auto& id : bus.PendingUpTo(kCdcStream, kGroup, newest, static_cast<int>(entries.size()) + 1))
+      if (!ours.count(id)) {
+        spdlog::info("cdc: applying entries up to {} while {} is still pending; applied_lsn stays until it is applied",
+                     newest, id);
+        return false;
+      }
+    return true;
+  }
+
+  static bool StreamIdLess(const std::string& a, const std::string& b) {
+    const auto split = [](const std::string& id) {
+      const auto dash = id.find('-');
+      return std::make_pair(std::stoull(id.substr(0, dash)), dash == std::string::npos ? 0ULL : std::stoull(id.substr(dash + 1)));
+    };
+    return split(a) < split(b);
+  }
+
+  void Apply(pqxx::connection& conn, const std::vector<const strata::v1::ChangeBatch*>& batches, bool advance_watermark) {
     pqxx::work tx(conn);
     tx.exec("SET LOCAL TIME ZONE 'UTC'");
     std::map<std::string, std::vector<const strata::v1::Change*>> by_dataset;
@@ -208,9 +239,10 @@ struct CdcApplier::Impl {
         std::find(spec.models.begin(), spec.models.end(), "orders_current") != spec.models.end())
       RefreshOrdersCurrent(tx);
     tx.exec_params(
-        "UPDATE ops.cdc_state SET applied_lsn = greatest(applied_lsn, $2::pg_lsn), applied_at = now(), "
-        "last_commit_at = greatest(last_commit_at, to_timestamp($3::double precision / 1e6)) WHERE slot = $1",
-        slot, end_lsn, newest_us);
+        "UPDATE ops.cdc_state SET applied_lsn = CASE WHEN $4 THEN greatest(applied_lsn, $2::pg_lsn) ELSE applied_lsn END, "
+        "applied_at = now(), last_commit_at = greatest(last_commit_at, to_timestamp($3::double precision / 1e6)) "
+        "WHERE slot = $1",
+        slot, end_lsn, newest_us, advance_watermark);
     tx.commit();
     const int64_t now_us = NowUnixMs() * 1000;
     for (auto& [name, changes] : by_dataset) {

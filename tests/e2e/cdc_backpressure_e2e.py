@@ -22,6 +22,12 @@ transactions are far more entries than the stream may hold.
      raw.order_items_changes hold each insert, update and delete once, raw.*_current and
      marts.orders_current equal the source's tables row for row (SQL written here); the stream
      drains, the gauge drops to 0 and the slot confirms past the last transaction.
+  6. A batch left pending by a dead consumer holds the watermark: with the loader stopped, one
+     source transaction (T1) is published and read by a consumer that then disappears; a
+     loader started with a long reclaim_idle_ms applies a later transaction (T2) first. Until T1
+     is applied, ops.cdc_state.applied_lsn, acked_lsn and the slot's confirmed_flush_lsn stay
+     before T1 (across two standby status messages); once a loader reclaims T1, both are
+     applied and the slot moves past T2.
 
 Every metric read must exist (an absent series is a failure). Environment: STRATA_BUILD_BIN
 (default <repo>/build/bin). Run with /usr/bin/python3.
@@ -265,6 +271,62 @@ def paused(bus, sampler):
           f"the slot confirms past the last new transaction ({(slot()[0] or 0):X} >= {last:X})")
     check(wait_until(lambda: metric("strata_ingest_cdc_replication_lag_seconds", {"slot": SLOT}) == 0, 120, "lag 0"),
           "strata_ingest_cdc_replication_lag_seconds is back to 0")
+    watermark(bus)
+
+
+def commit(sql, params=()):
+    """Runs `sql` in its own transaction on the source; the WAL insert position after its commit."""
+    conn = psycopg2.connect(ENV["STRATA_SOURCE_DSN"])
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql, params)
+        with conn.cursor() as cur:
+            cur.execute("SELECT pg_current_wal_insert_lsn()::text")
+            return lsn(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def watermark(bus):
+    step("6. a batch pending with a dead consumer holds applied_lsn and the slot")
+    pid = pid_of(ENV, "warehouse_loader")
+    os.kill(pid, signal.SIGTERM)
+    check(wait_until(lambda: gone(pid), 60, "the loader to stop"), "the warehouse-loader stopped")
+    t1 = commit("UPDATE shop.orders SET status = 'delivered', updated_at = '2030-01-01 12:00+00' WHERE order_id = %s",
+                (BASE + 1,))
+    published = wait_until(lambda: stream_changes(bus)[1] == BASE + 1, 60, "T1 on the stream")
+    check(published and bus.xlen("strata:cdc") == 1, f"T1 is the one entry on strata:cdc ({bus.xlen('strata:cdc')})")
+    got = bus.xreadgroup("warehouse-loader", "a-loader-that-dies", {"strata:cdc": ">"}, count=1)
+    check(len(got) == 1 and len(got[0][1]) == 1, "a consumer that then disappears read T1 (pending in the group)")
+    start_service(ENV, "warehouse_loader", [f"{BIN}/strata-warehouse-loader"],
+                  dict(ENV, STRATA_RECLAIM_IDLE_MS="600000"))
+    t2 = commit("UPDATE shop.orders SET status = 'delivered', updated_at = '2030-01-01 12:00+00' WHERE order_id = %s",
+                (BASE + 2,))
+    status = lambda oid: wh("SELECT status FROM raw.orders_current WHERE order_id = %s", (oid,))  # noqa: E731
+    check(wait_until(lambda: status(BASE + 2) == [("delivered",)], 120, "T2 applied"),
+          "the new loader applies T2 (a later transaction) while T1 is pending with the dead consumer")
+    check(status(BASE + 1) == [("shipped",)], f"T1 is not applied yet ({status(BASE + 1)})")
+    confirmed, _, reply = slot()
+    r1 = wait_until(lambda: slot()[2] is not None and slot()[2] > reply, 90, "a standby status message")
+    reply1 = slot()[2]
+    r2 = wait_until(lambda: slot()[2] is not None and slot()[2] > reply1, 90, "a second standby status message")
+    confirmed2 = slot()[0]
+    applied, acked = (lsn(x) for x in wh("SELECT applied_lsn::text, acked_lsn::text FROM ops.cdc_state WHERE slot = %s",
+                                         (SLOT,))[0])
+    check(r1 and r2 and confirmed2 is not None and confirmed2 < t1,
+          f"across two standby status messages the slot's confirmed_flush_lsn stays before T1 ({confirmed2:X} < {t1:X})")
+    check(applied < t1 and acked < t1,
+          f"ops.cdc_state.applied_lsn {applied:X} and acked_lsn {acked:X} stay before T1 ({t1:X})")
+    pid = pid_of(ENV, "warehouse_loader")
+    os.kill(pid, signal.SIGTERM)
+    check(wait_until(lambda: gone(pid), 60, "the loader to stop"), "that loader stops")
+    start_service(ENV, "warehouse_loader", [f"{BIN}/strata-warehouse-loader"], dict(ENV, STRATA_RECLAIM_IDLE_MS="500"))
+    check(wait_until(lambda: status(BASE + 1) == [("delivered",)], 120, "T1 applied"),
+          "a loader that reclaims the dead consumer's entry applies T1")
+    check(wait_until(lambda: (slot()[0] or 0) >= t2, 120, "the slot past T2"),
+          f"then the slot confirms past T2 ({(slot()[0] or 0):X} >= {t2:X})")
+    check(wait_until(lambda: warehouse_state() == source_state(), 60, "equal"),
+          "raw.orders_current and raw.order_items_current equal the source")
 
 
 def main():
