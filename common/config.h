@@ -43,6 +43,11 @@ struct Config {
   std::map<std::string, std::string> query_tokens;
   int query_rate_limit_rps = 1000;  // per token, token bucket with a burst of 2x
   int query_timeout_ms = 5000;      // per call, also capped by the client's deadline
+  // Admission to the warehouse (services/query/admission.h): queries run at once, requests
+  // that may wait for one, and how long; the rest are shed with UNAVAILABLE.
+  int query_max_backend = 8;
+  int query_max_queue = 64;
+  int query_queue_wait_ms = 250;
   int task_timeout_seconds = 900;
   // A worker refreshes a lease on each task it holds; the controller re-dispatches a task whose
   // lease has lapsed (common/task_lease.h), so a killed worker costs seconds, not the timeout.

@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 #include <httplib.h>
 #include <prometheus/counter.h>
+#include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <spdlog/spdlog.h>
@@ -26,6 +27,7 @@
 #include "common/pg.h"
 #include "common/time_util.h"
 #include "services/query/access.h"
+#include "services/query/admission.h"
 #include "strata.grpc.pb.h"
 
 namespace strata::query {
@@ -61,9 +63,18 @@ struct Metrics {
         reconnects(prometheus::BuildCounter().Name("strata_query_pg_reconnects_total")
                        .Help("Warehouse connections found broken (e.g. after a restart) and replaced").Register(r)),
         latency(prometheus::BuildHistogram().Name("strata_query_request_duration_seconds")
-                    .Help("Request latency by method").Register(r)) {
+                    .Help("Request latency by method").Register(r)),
+        shed(prometheus::BuildCounter().Name("strata_query_shed_total")
+                 .Help("Requests refused at capacity, by reason (queue_full: no room to wait; wait: no "
+                       "warehouse slot within query_queue_wait_ms or the deadline)").Register(r)),
+        backend_running(prometheus::BuildGauge().Name("strata_query_backend_running")
+                            .Help("Warehouse queries running now (at most query_max_backend)").Register(r).Add({})),
+        backend_waiting(prometheus::BuildGauge().Name("strata_query_backend_waiting")
+                            .Help("Requests waiting for a warehouse slot (at most query_max_queue)").Register(r).Add({})) {
     degraded.Add({});  // exposed as 0 from the start: an absent series cannot be alerted on
     reconnects.Add({});
+    shed.Add({{"reason", "queue_full"}});
+    shed.Add({{"reason", "wait"}});
   }
   prometheus::Family<prometheus::Counter>& requests;
   prometheus::Family<prometheus::Counter>& cache;
@@ -71,6 +82,9 @@ struct Metrics {
   prometheus::Family<prometheus::Counter>& degraded;
   prometheus::Family<prometheus::Counter>& reconnects;
   prometheus::Family<prometheus::Histogram>& latency;
+  prometheus::Family<prometheus::Counter>& shed;
+  prometheus::Gauge& backend_running;
+  prometheus::Gauge& backend_waiting;
 };
 
 // Process-local copy of recent answers, keyed like Redis (version included) so a publish
@@ -160,6 +174,7 @@ class QueryCore {
                 metrics_.reconnects.Add({}).Increment();
                 spdlog::warn("warehouse connection replaced: {}", why);
               }),
+        gate_(config.query_max_backend, config.query_max_queue, std::chrono::milliseconds(config.query_queue_wait_ms)),
         local_(config.query_cache_ttl_seconds),
         version_(config.redis_url, kPublishVersionKey, [this] { return WarehouseVersion(); }) {
     for (int i = 0; i < 8; ++i) redis_.push_back(std::make_unique<RedisClient>(config.redis_url, 500));
@@ -361,7 +376,17 @@ class QueryCore {
         std::chrono::duration_cast<std::chrono::milliseconds>(call.deadline - Clock::now()).count();
     if (remaining <= 0) {
       st = {grpc::StatusCode::DEADLINE_EXCEEDED, "deadline already passed"};
+    } else if (auto shed = Admit(call); !shed.ok()) {
+      st = shed;
     } else {
+      // Admitted: the slot is held until the warehouse answered (or failed).
+      struct Release {
+        QueryCore& q;
+        ~Release() {
+          q.gate_.Leave();
+          q.metrics_.backend_running.Set(q.gate_.running());
+        }
+      } release{*this};
       try {
         metrics_.backend.Add({{"method", call.method}}).Increment();
         pool_.With([&](pqxx::connection& c) {
@@ -390,6 +415,26 @@ class QueryCore {
     std::lock_guard<std::mutex> lock(flight_mu_);
     inflight_.erase(key);
     return st;
+  }
+
+  // Takes a warehouse slot for `call`, or says why the request is shed (the caller may retry:
+  // UNAVAILABLE, HTTP 503).
+  grpc::Status Admit(const Call& call) {
+    const auto steady_deadline =
+        AdmissionGate::Clock::now() + std::chrono::duration_cast<AdmissionGate::Clock::duration>(call.deadline - Clock::now());
+    metrics_.backend_waiting.Set(gate_.waiting() + 1);
+    const AdmissionGate::Verdict v = gate_.Enter(steady_deadline);
+    metrics_.backend_waiting.Set(gate_.waiting());
+    metrics_.backend_running.Set(gate_.running());
+    if (v == AdmissionGate::Verdict::kAdmitted) return grpc::Status::OK;
+    const bool full = v == AdmissionGate::Verdict::kQueueFull;
+    metrics_.shed.Add({{"reason", full ? "queue_full" : "wait"}}).Increment();
+    return {grpc::StatusCode::UNAVAILABLE,
+            full ? "the query service is at capacity (" + std::to_string(config_.query_max_backend) +
+                       " warehouse queries running, " + std::to_string(config_.query_max_queue) +
+                       " waiting); retry shortly"
+                 : "the query service is at capacity (no warehouse slot within " +
+                       std::to_string(config_.query_queue_wait_ms) + " ms); retry shortly"};
   }
 
   static grpc::Status WarehouseFailure(const Call& call, const std::exception& e) {
@@ -562,6 +607,7 @@ class QueryCore {
   Config config_;
   Metrics metrics_;
   PgPool pool_;  // every warehouse query, the published version included
+  AdmissionGate gate_;  // the analytics' warehouse queries (not the version lookups)
   LocalCache local_;
   VersionWatcher version_;
   std::map<std::string, Series> series_;
@@ -639,6 +685,8 @@ class QueryImpl final : public Component, public pb::Query::Service {
     const int code = static_cast<int>(st.error_code());
     const nlohmann::json body = {
         {"error", {{"code", code >= 0 && code <= 16 ? kNames[code] : "UNKNOWN"}, {"message", st.error_message()}}}};
+    // Shed load and a warehouse restart are both worth retrying soon; say when.
+    if (st.error_code() == grpc::StatusCode::UNAVAILABLE) res.set_header("Retry-After", "1");
     // Any byte a message carries stays valid JSON (invalid UTF-8 becomes U+FFFD).
     SendJson(res, HttpStatusFor(code), body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   }

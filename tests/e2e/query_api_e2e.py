@@ -1,6 +1,7 @@
 """The query API from outside: Python grpcio and curl get the same answers, and those answers
 equal what plain SQL over the simulator's shop database (and its review-site API) says; every
-error code, paging, single-flight forced with a lock, and the per-token rate limit."""
+error code, paging, single-flight forced with a lock, the per-token rate limit, and load shed at
+capacity (warehouse slots held by a lock) while cached answers keep flowing."""
 import atexit
 import datetime
 import decimal
@@ -384,4 +385,104 @@ ok_other, _ = code_of(lambda: call("DailySales", pb.DailySalesRequest, pb.DailyS
                                    **{"from": first, "to": last}))
 check(ok_other == grpc.StatusCode.OK, "another token is not limited by the first one's traffic")
 rl.stop()
+
+# --- at capacity: a bounded number of warehouse queries, a bounded queue, the rest shed ---------
+# A service allowed 2 warehouse queries and 2 waiters (who may wait a minute). The serving table is
+# locked, so the first two distinct questions hold both slots and the next two wait; every further
+# question is refused at once with UNAVAILABLE — over HTTP 503 with Retry-After — while a question
+# already cached is still answered. When the lock goes, the four admitted ones get the source's
+# answers.
+cap = QueryService(STRATA_QUERY_TIMEOUT_MS="120000", STRATA_QUERY_MAX_BACKEND="2", STRATA_QUERY_MAX_QUEUE="2",
+                   STRATA_QUERY_QUEUE_WAIT_MS="60000")
+cached_q = {"from": first, "to": last}
+call("DailySales", pb.DailySalesRequest, pb.DailySalesReply, chan=cap.channel, **cached_q)  # now cached
+cap_to = str(datetime.date(2030, 1, 1) + datetime.timedelta(days=random.randint(0, 30000)))
+shed0 = gauge(cap.metrics, "strata_query_shed_total", {"reason": "queue_full"})  # required: raises if absent
+check(shed0 == 0, f"the shed counter is exposed (as 0) before any request is shed ({shed0})")
+blocker = psycopg2.connect(ENV["STRATA_PG_DSN"])
+blocker.cursor().execute("LOCK TABLE serving.product_daily_sales IN ACCESS EXCLUSIVE MODE")
+blocker_pid = blocker.get_backend_pid()
+admitted, refused = {}, {}
+
+
+def capacity_call(limit, into):
+    into[limit] = code_of(lambda: call("SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply,
+                                       chan=cap.channel, timeout=120, **{"from": first, "to": cap_to, "limit": limit}))
+
+
+held = []
+try:
+    for limit in (1, 2):
+        held.append(threading.Thread(target=capacity_call, args=(limit, admitted)))
+        held[-1].start()
+    check(wait_for(lambda: waiting_on_lock() == 2 and cap.value("strata_query_backend_running", {}) == 2, 60,
+                   "two warehouse queries on the lock"), "two distinct questions hold both warehouse slots")
+    for limit in (3, 4):
+        held.append(threading.Thread(target=capacity_call, args=(limit, admitted)))
+        held[-1].start()
+    check(wait_for(lambda: cap.value("strata_query_backend_waiting", {}) == 2, 60, "two waiters"),
+          "the next two wait for a slot")
+    for limit in range(5, 11):
+        capacity_call(limit, refused)  # one at a time: each answers before the next is asked
+    codes = {c for c, _ in refused.values()}
+    details = {d for _, d in refused.values()}
+    check(codes == {grpc.StatusCode.UNAVAILABLE} and all("at capacity" in d for d in details),
+          f"six more distinct questions are shed at once with UNAVAILABLE 'at capacity' ({codes}, {sorted(details)[:1]})")
+    check(not admitted, f"while the four admitted ones are still held ({admitted})")
+    req = urllib.request.Request(f"http://{cap.http}/analytics/orders/product?from={first}&to={cap_to}&limit=11",
+                                 headers={"Authorization": f"Bearer {ANALYST}"})
+    try:
+        urllib.request.urlopen(req, timeout=30)
+        http_shed = (200, None, None)
+    except urllib.error.HTTPError as e:
+        http_shed = (e.code, e.headers.get("Retry-After"), json.loads(e.read())["error"]["code"])
+    check(http_shed == (503, "1", "UNAVAILABLE"), f"over HTTP a shed request is 503 UNAVAILABLE with Retry-After: 1 ({http_shed})")
+    got, details = code_of(lambda: call("DailySales", pb.DailySalesRequest, pb.DailySalesReply, chan=cap.channel,
+                                        **cached_q))
+    check(got == grpc.StatusCode.OK, f"a cached question is answered while the warehouse slots are full ({got} {details})")
+    shed = cap.value("strata_query_shed_total", {"reason": "queue_full"})
+    check(shed == 7, f"strata_query_shed_total{{reason=queue_full}} counts the seven shed requests ({shed})")
+    check(waiting_on_lock() == 2, f"and PostgreSQL never saw more than the two admitted queries ({waiting_on_lock()})")
+finally:
+    blocker.rollback()
+    blocker.close()
+for t in held:
+    t.join(timeout=150)
+want_all = src("""SELECT i.product_id, sum(i.quantity * i.unit_price) FROM shop.order_items i JOIN shop.orders o USING (order_id)
+                  WHERE o.ordered_at::date BETWEEN %s AND %s GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 4""", (first, cap_to))
+check(sorted(admitted) == [1, 2, 3, 4] and all(c == grpc.StatusCode.OK for c, _ in admitted.values()),
+      f"once the lock is gone the two running and the two waiting questions are answered ({admitted})")
+top = call("SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply, chan=cap.channel,
+           **{"from": first, "to": cap_to, "limit": 4})
+check([(p.product_id, money(p.revenue)) for p in top.products] == [(a, money(b)) for a, b in want_all],
+      "and the answers equal the source")
+check(cap.value("strata_query_backend_running", {}) == 0 and cap.value("strata_query_backend_waiting", {}) == 0,
+      "no slot is left held and nobody waits")
+cap.stop()
+
+# A waiter gives up after query_queue_wait_ms: one slot, one waiter allowed for 300 ms.
+short = QueryService(STRATA_QUERY_TIMEOUT_MS="120000", STRATA_QUERY_MAX_BACKEND="1", STRATA_QUERY_MAX_QUEUE="1",
+                     STRATA_QUERY_QUEUE_WAIT_MS="300")
+blocker = psycopg2.connect(ENV["STRATA_PG_DSN"])
+blocker.cursor().execute("LOCK TABLE serving.product_daily_sales IN ACCESS EXCLUSIVE MODE")
+blocker_pid = blocker.get_backend_pid()
+first_call = {}
+try:
+    holder = threading.Thread(target=lambda: first_call.update(r=code_of(lambda: call(
+        "SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply, chan=short.channel, timeout=120,
+        **{"from": first, "to": cap_to, "limit": 21}))))
+    holder.start()
+    check(wait_for(lambda: waiting_on_lock() == 1, 60, "the slot held on the lock"), "the only slot is held on the lock")
+    got, details = code_of(lambda: call("SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply,
+                                        chan=short.channel, timeout=120, **{"from": first, "to": cap_to, "limit": 22}))
+    check(got == grpc.StatusCode.UNAVAILABLE and "within 300 ms" in details,
+          f"a waiter is shed after query_queue_wait_ms, saying so ({got}, {details})")
+    waited = short.value("strata_query_shed_total", {"reason": "wait"})
+    check(waited == 1, f"strata_query_shed_total{{reason=wait}} = 1 ({waited})")
+finally:
+    blocker.rollback()
+    blocker.close()
+holder.join(timeout=150)
+check(first_call.get("r", (None,))[0] == grpc.StatusCode.OK, f"the held query is answered once the lock goes ({first_call})")
+short.stop()
 finish()
