@@ -17,5 +17,5 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
 COPY --from=build /build/bin/ /usr/local/bin/
 COPY pipelines/ /etc/strata/pipelines/
 COPY config/strata.yaml /etc/strata/strata.yaml
-ENV STRATA_CONFIG=/etc/strata/strata.yaml STRATA_PIPELINE_SPEC=/etc/strata/pipelines/demo.yaml
+ENV STRATA_CONFIG=/etc/strata/strata.yaml STRATA_PIPELINE_SPEC=/etc/strata/pipelines/demo
 USER nobody

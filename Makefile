@@ -3,7 +3,7 @@ BUILD ?= build
 BUILD_TYPE ?= RelWithDebInfo
 JOBS ?= $(shell nproc)
 
-.PHONY: all deps build test chaos demo up down bench bench-history clean
+.PHONY: all deps build test chaos demo up down bench bench-history bench-overload clean
 
 all: build
 
@@ -32,10 +32,14 @@ down:
 
 bench: build
 	@bash bench/run.sh $(BUILD)/bin
+	@bash bench/overload.sh $(BUILD)/bin
 	@bash bench/history.sh $(BUILD)/bin
 
 bench-history: build
 	@bash bench/history.sh $(BUILD)/bin
+
+bench-overload: build
+	@bash bench/overload.sh $(BUILD)/bin
 
 clean:
 	rm -rf $(BUILD) .strata

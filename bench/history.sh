@@ -20,8 +20,10 @@ START=2024-01-01
 
 mkdir -p "$DIR"
 # Without CDC, so a day's inserts are not also replicated (the batch path is what is measured).
-sed -e '/^cdc:/,/^$/d' -e '/rate_limit: {rps: 50/d' "$ROOT/pipelines/demo.yaml" >"$DIR/../bench-history.yaml"
-STRATA_PIPELINE_SPEC="$DIR/../bench-history.yaml" STRATA_BATCH_ROWS=${STRATA_BATCH_ROWS:-10000} \
+SPEC=$ROOT/.strata/bench-history-pipeline
+rm -rf "$SPEC" && cp -r "$ROOT/pipelines/demo" "$SPEC"
+sed -i -e '/^cdc:/,/^$/d' -e '/rate_limit: {rps: 50/d' "$SPEC/pipeline.yaml"
+STRATA_PIPELINE_SPEC="$SPEC" STRATA_BATCH_ROWS=${STRATA_BATCH_ROWS:-10000} \
   "$ROOT/infra/stack.sh" up --dir "$DIR" --bin "$BIN" --start "$START" >/dev/null
 # STRATA_BENCH_KEEP=1 leaves the stack up afterwards, to look into a slow statement.
 [ "${STRATA_BENCH_KEEP:-0}" = 1 ] || trap '"$ROOT/infra/stack.sh" down --dir "$DIR" >/dev/null' EXIT

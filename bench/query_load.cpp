@@ -74,7 +74,9 @@ int OpenLoop(const Stubs& stubs, const std::string& token, const std::string& mo
       delete c;
       std::lock_guard<std::mutex> lock(mu);
       if (st.ok()) ok_ms.push_back(ms);
-      else if (st.error_code() == grpc::StatusCode::UNAVAILABLE) ++shed;
+      // Refused at capacity: by the service's admission gate (UNAVAILABLE) or, past its bound
+      // on calls in flight, by gRPC itself (RESOURCE_EXHAUSTED).
+      else if (st.error_code() == grpc::StatusCode::UNAVAILABLE || st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) ++shed;
       else if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) ++deadline;
       else ++other;
       if (--outstanding == 0) cv.notify_all();

@@ -112,6 +112,7 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
       else if (key == "query_rate_limit_rps")
         c.query_rate_limit_rps = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "query_timeout_ms") c.query_timeout_ms = PositiveInt(Scalar(kv.second, path), path);
+      else if (key == "grpc_max_threads") c.grpc_max_threads = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "query_max_backend") c.query_max_backend = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "query_max_queue")
         c.query_max_queue = PositiveInt(Scalar(kv.second, path), path, /*allow_zero=*/true);
@@ -164,6 +165,7 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
   if (const char* v = env("STRATA_QUERY_RATE_LIMIT_RPS"))
     c.query_rate_limit_rps = PositiveInt(v, "STRATA_QUERY_RATE_LIMIT_RPS");
   if (const char* v = env("STRATA_QUERY_TIMEOUT_MS")) c.query_timeout_ms = PositiveInt(v, "STRATA_QUERY_TIMEOUT_MS");
+  if (const char* v = env("STRATA_GRPC_MAX_THREADS")) c.grpc_max_threads = PositiveInt(v, "STRATA_GRPC_MAX_THREADS");
   if (const char* v = env("STRATA_QUERY_MAX_BACKEND")) c.query_max_backend = PositiveInt(v, "STRATA_QUERY_MAX_BACKEND");
   if (const char* v = env("STRATA_QUERY_MAX_QUEUE")) c.query_max_queue = PositiveInt(v, "STRATA_QUERY_MAX_QUEUE", true);
   if (const char* v = env("STRATA_QUERY_QUEUE_WAIT_MS"))

@@ -29,7 +29,7 @@ struct Config {
   std::string source_dsn;
   std::string redis_url = "redis://127.0.0.1:6379";
   std::string lake_root = ".strata/lake";
-  std::string pipeline_spec = "pipelines/demo.yaml";
+  std::string pipeline_spec = "pipelines/demo";  // a pipeline folder (or its YAML file)
   std::string webhook_url;  // empty: alerts are logged only
   std::string webhook_format = "slack";  // slack ({"text": ...} plus fields) | generic (fields only)
   std::string source_http = "http://127.0.0.1:8089";
@@ -45,6 +45,9 @@ struct Config {
   int query_timeout_ms = 5000;      // per call, also capped by the client's deadline
   // Admission to the warehouse (services/query/admission.h): queries run at once, requests
   // that may wait for one, and how long; the rest are shed with UNAVAILABLE.
+  // Calls a service's gRPC server handles at once (one thread each); beyond it a call is refused
+  // with RESOURCE_EXHAUSTED before it is read.
+  int grpc_max_threads = 128;
   int query_max_backend = 8;
   int query_max_queue = 64;
   int query_queue_wait_ms = 250;

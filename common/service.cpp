@@ -67,6 +67,12 @@ int ServiceMain(int argc, char** argv, const std::string& service, const Compone
     grpc::ServerBuilder builder;
     // gRPC sets SO_REUSEPORT by default, which lets a second instance share a live address.
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, config.reuse_port ? 1 : 0);
+    // The synchronous server starts a thread per call in flight, without a bound by default:
+    // past capacity threads and queued calls pile up (a GiB of memory, every call late). With a
+    // bound, gRPC refuses calls beyond it at once with RESOURCE_EXHAUSTED and memory stays flat.
+    grpc::ResourceQuota quota("strata-" + service);
+    quota.SetMaxThreads(config.grpc_max_threads);
+    builder.SetResourceQuota(quota);
     int bound_port = 0;
     builder.AddListeningPort(ep.grpc, grpc::InsecureServerCredentials(), &bound_port);
     for (grpc::Service* s : component->GrpcServices()) builder.RegisterService(s);

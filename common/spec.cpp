@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <regex>
 #include <set>
@@ -654,11 +655,23 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
 }
 
 PipelineSpec LoadPipelineSpec(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw InputError(path + ": cannot open pipeline spec");
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const std::string file = fs::is_directory(path, ec) ? (fs::path(path) / "pipeline.yaml").string() : path;
+  std::ifstream in(file);
+  if (!in) throw InputError(file + ": cannot open pipeline spec");
   std::stringstream ss;
   ss << in.rdbuf();
-  return ParsePipelineSpec(ss.str(), path);
+  PipelineSpec spec = ParsePipelineSpec(ss.str(), file);
+  spec.sql_models = LoadSqlModels((fs::path(file).parent_path() / "models").string());
+  for (const auto& m : spec.sql_models) {
+    const std::string table = m.name.substr(m.name.find('.') + 1);
+    if (m.name.rfind("dwh.", 0) == 0 && (spec.FindDimension(table) || spec.FindFact(table)))
+      throw InputError(m.file + ":1: " + m.name + " is declared under " + (spec.FindFact(table) ? "facts" : "dimensions") +
+                       " in " + file + "; a model file cannot build it too");
+  }
+  OrderSqlModels(spec.sql_models);  // refuses a cycle at start-up
+  return spec;
 }
 
 }  // namespace strata

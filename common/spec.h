@@ -1,11 +1,13 @@
 // The pipeline spec (pipelines/*.yaml): datasets with their sources, keys and typed columns,
 // the models to build and the checks to run. Parsing validates everything up front and throws
-// InputError naming the file and key path ("pipelines/demo.yaml: datasets[2].columns.rating:
+// InputError naming the file and key path ("pipelines/demo/pipeline.yaml: datasets[2].columns.rating:
 // unknown type 'decimal'").
 #pragma once
 #include <map>
 #include <string>
 #include <vector>
+
+#include "common/sql_model.h"
 
 namespace strata {
 
@@ -212,7 +214,10 @@ struct PipelineSpec {
   std::vector<DatasetSpec> datasets;
   std::vector<DimensionSpec> dimensions;
   std::vector<FactSpec> facts;
-  std::vector<std::string> models;
+  std::vector<std::string> models;  // declared dimensions and facts, and built-in models, in order
+  // The pipeline folder's models/*.sql (common/sql_model.h), built after `models`, each after
+  // the models it reads.
+  std::vector<SqlModel> sql_models;
   std::vector<CheckSpec> checks;
   const DatasetSpec* Find(const std::string& dataset) const;
   const DimensionSpec* FindDimension(const std::string& name) const;
@@ -229,6 +234,9 @@ struct DeletionSource {
 std::vector<DeletionSource> FactDeletionSources(const PipelineSpec& spec, const FactSpec& fact);
 
 PipelineSpec ParsePipelineSpec(const std::string& yaml_text, const std::string& origin);
+// `path` is a pipeline folder (its pipeline.yaml and models/*.sql) or a YAML file (the models/
+// folder beside it, if any). Also refuses SQL models that form a cycle or build a table a
+// dimension or fact declares.
 PipelineSpec LoadPipelineSpec(const std::string& path);
 
 }  // namespace strata

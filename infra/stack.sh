@@ -81,7 +81,7 @@ down() {
 up() {
   [ -n "$BIN" ] || { echo "stack.sh up: --bin is required" >&2; exit 2; }
   # Taken before `down`, which sources the previous stack's env file.
-  local spec=${STRATA_PIPELINE_SPEC:-$ROOT/pipelines/demo.yaml}
+  local spec=${STRATA_PIPELINE_SPEC:-$ROOT/pipelines/demo}
   down >/dev/null 2>&1 || true
   # Only this stack's own entries are replaced: DIR may hold other stacks (e.g. .strata/demo).
   mkdir -p "$DIR"

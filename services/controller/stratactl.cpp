@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "common/time_util.h"
+#include "services/controller/pipeline_check.h"
 #include "strata.grpc.pb.h"
 
 namespace {
@@ -249,11 +250,20 @@ int main(int argc, char** argv) {
   profile->add_option("--dataset", dataset)->required();
   profile->add_option("--date,-d", date)->required();
 
+  std::string pipeline_dir = EnvOr("STRATA_PIPELINE_SPEC", "pipelines/demo");
+  auto* validate = app.add_subcommand("validate", "check a pipeline folder as the services would at start-up (offline)");
+  validate->add_option("dir", pipeline_dir, "pipeline folder or its pipeline.yaml (env STRATA_PIPELINE_SPEC)");
+  auto* models = app.add_subcommand("models", "a pipeline folder's SQL models in build order (offline)");
+  models->add_option("dir", pipeline_dir, "pipeline folder or its pipeline.yaml (env STRATA_PIPELINE_SPEC)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
+
+  if (*validate) return strata::ctl::ValidatePipeline(pipeline_dir, json);
+  if (*models) return strata::ctl::ListModels(pipeline_dir, json);
 
   // Reconnect quickly after a controller restart (gRPC's default backoff grows to two minutes).
   grpc::ChannelArguments channel_args;

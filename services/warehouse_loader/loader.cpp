@@ -27,6 +27,7 @@
 #include "services/warehouse_loader/cdc_apply.h"
 #include "services/warehouse_loader/lake_layers.h"
 #include "services/warehouse_loader/models.h"
+#include "services/warehouse_loader/sql_models.h"
 #include "strata.grpc.pb.h"
 
 namespace strata::loader {
@@ -54,10 +55,12 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
       : config_(config), spec_(LoadPipelineSpec(config.pipeline_spec)),
         models_(ResolveModels(spec_)), metrics_(registry), leases_(config_.redis_url, std::chrono::seconds(config_.task_lease_seconds)), runner_(2), cdc_(config_, spec_, registry) {
     if (config_.warehouse_dsn.empty()) throw InputError("warehouse_dsn (STRATA_PG_DSN) is not configured");
+    CheckSqlModelReads(spec_, BuiltInTables(spec_));  // before any connection: a spec error is not a database one
     auto conn = PgConnect(config_.warehouse_dsn);
     std::string ddl = WarehouseDdl(spec_);
     for (const auto& d : spec_.datasets) ddl += StagingDdl(spec_, d);
     RunDdl(*conn, ddl + SharedOpsDdl() + CdcDdl(spec_) + GovernanceDdl());
+    EnsureSqlModelTables(*conn, spec_);
     cdc_.Start();
   }
 
@@ -227,6 +230,7 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
       spdlog::info("built model={} ds={} seconds={:.3f}", m->name, req.ds(),
                    std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     }
+    RunSqlModels(tx, spec_, req.ds());
     const auto r = tx.exec_params(
         "SELECT count(*) FROM dwh.fact_sales WHERE date_key = to_char($1::date, 'YYYYMMDD')::int", req.ds());
     tx.commit();

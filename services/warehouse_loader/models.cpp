@@ -67,12 +67,6 @@ CREATE TABLE IF NOT EXISTS marts.business_stars (
   reviews bigint NOT NULL,
   avg_stars numeric(4,2) NOT NULL);
 
-CREATE TABLE IF NOT EXISTS marts.daily_sales (
-  ds date PRIMARY KEY,
-  orders bigint NOT NULL,
-  units bigint NOT NULL,
-  revenue numeric(16,2) NOT NULL);
-
 CREATE TABLE IF NOT EXISTS marts.orders_current (
   order_id bigint PRIMARY KEY,
   customer_id bigint NOT NULL,
@@ -81,15 +75,6 @@ CREATE TABLE IF NOT EXISTS marts.orders_current (
   updated_at timestamptz NOT NULL,
   amount numeric(14,2));
 CREATE INDEX IF NOT EXISTS orders_current_status ON marts.orders_current (status);
-
-CREATE TABLE IF NOT EXISTS marts.product_daily_sales (
-  ds date NOT NULL,
-  product_id bigint NOT NULL,
-  product_name text,
-  orders bigint NOT NULL,
-  units bigint NOT NULL,
-  revenue numeric(16,2) NOT NULL,
-  PRIMARY KEY (ds, product_id));
 
 -- Periodic snapshot of the review-site API: one row per business per day.
 CREATE TABLE IF NOT EXISTS dwh.fact_business_daily (
@@ -111,19 +96,18 @@ CREATE TABLE IF NOT EXISTS marts.business_review_changes (
   review_change integer,
   PRIMARY KEY (ds, business_id));
 
-CREATE TABLE IF NOT EXISTS marts.rating_by_price_level (
-  ds date NOT NULL,
-  price_level integer NOT NULL,
-  businesses bigint NOT NULL,
-  avg_rating numeric(4,2) NOT NULL,
-  PRIMARY KEY (ds, price_level));
-
 -- What the models changed in marts since the last publish, recorded by statement triggers
 -- (ops.note_mart_change): the days of a mart with a ds column, else the primary-key values.
 -- Publish copies exactly those into serving, so its cost follows the change, not the marts' size.
 CREATE TABLE IF NOT EXISTS ops.mart_day_changes (mart text NOT NULL, ds date NOT NULL, PRIMARY KEY (mart, ds));
 CREATE TABLE IF NOT EXISTS ops.mart_key_changes (mart text NOT NULL, key jsonb NOT NULL, PRIMARY KEY (mart, key));
 CREATE TABLE IF NOT EXISTS ops.serving_tables (mart text PRIMARY KEY, first_published_at timestamptz NOT NULL DEFAULT now());
+-- Raised from inside a SQL model's statement (services/warehouse_loader/sql_models.h) to refuse a
+-- row it may not write, naming the model.
+CREATE OR REPLACE FUNCTION ops.strata_model_error(message text) RETURNS boolean LANGUAGE plpgsql VOLATILE AS $fn$
+BEGIN
+  RAISE EXCEPTION '%', message USING ERRCODE = 'data_exception';
+END $fn$;
 CREATE OR REPLACE FUNCTION ops.note_mart_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
 DECLARE
   key text := '';
@@ -197,11 +181,8 @@ CREATE TABLE IF NOT EXISTS ops.gold_partitions (
   run_id text NOT NULL,
   written_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (mart, ds));
-CREATE TABLE IF NOT EXISTS serving.daily_sales (LIKE marts.daily_sales INCLUDING ALL);
 CREATE TABLE IF NOT EXISTS serving.orders_current (LIKE marts.orders_current INCLUDING ALL);
-CREATE TABLE IF NOT EXISTS serving.product_daily_sales (LIKE marts.product_daily_sales INCLUDING ALL);
 CREATE TABLE IF NOT EXISTS serving.business_review_changes (LIKE marts.business_review_changes INCLUDING ALL);
-CREATE TABLE IF NOT EXISTS serving.rating_by_price_level (LIKE marts.rating_by_price_level INCLUDING ALL);
 
 INSERT INTO dwh.dim_date
 SELECT to_char(d, 'YYYYMMDD')::int, d::date, extract(year FROM d)::int, extract(quarter FROM d)::int,
@@ -250,7 +231,8 @@ ON CONFLICT (abbreviation) DO UPDATE SET name = EXCLUDED.name
 UPDATE dwh.dim_state s SET population = p.population
 FROM (SELECT DISTINCT ON (name) name, population FROM staging.state_population
       WHERE ds = (SELECT max(ds) FROM staging.state_population WHERE ds <= $1) ORDER BY name) p
-WHERE p.name = s.name AND s.population IS DISTINCT FROM p.population)SQL"}},
+WHERE p.name = s.name AND s.population IS DISTINCT FROM p.population)SQL"},
+       {"dwh.dim_state"}},
 
       // Only the businesses whose reviews the day changed are recounted (a review that moved
       // also recounts the business it left).
@@ -275,28 +257,8 @@ DELETE FROM marts.business_stars WHERE business_id IN (SELECT business_id FROM t
         R"SQL(
 INSERT INTO marts.business_stars (business_id, reviews, avg_stars)
 SELECT business_id, count(*), round(avg(stars), 2) FROM dwh.fact_review
-WHERE business_id IN (SELECT business_id FROM tmp_review_businesses) GROUP BY business_id)SQL"}},
-
-      // Daily sales for every date whose facts the fact_sales build touched (before or after).
-      {"daily_sales",
-       {        R"SQL(
-DELETE FROM marts.daily_sales
-WHERE ds IN (SELECT d.date FROM dwh.dim_date d JOIN tmp_fact_sales_dates USING (date_key)))SQL",
-        R"SQL(
-INSERT INTO marts.daily_sales (ds, orders, units, revenue)
-SELECT d.date, count(DISTINCT f.order_id), sum(f.quantity), sum(f.amount)
-FROM dwh.fact_sales f JOIN dwh.dim_date d USING (date_key)
-WHERE f.date_key IN (SELECT date_key FROM tmp_fact_sales_dates) AND NOT f.is_deleted
-GROUP BY d.date)SQL",
-        R"SQL(
-DELETE FROM marts.product_daily_sales
-WHERE ds IN (SELECT d.date FROM dwh.dim_date d JOIN tmp_fact_sales_dates USING (date_key)))SQL",
-        R"SQL(
-INSERT INTO marts.product_daily_sales (ds, product_id, product_name, orders, units, revenue)
-SELECT d.date, p.product_id, p.name, count(DISTINCT f.order_id), sum(f.quantity), sum(f.amount)
-FROM dwh.fact_sales f JOIN dwh.dim_date d USING (date_key) JOIN dwh.dim_product p USING (product_key)
-WHERE f.date_key IN (SELECT date_key FROM tmp_fact_sales_dates) AND NOT f.is_deleted
-GROUP BY d.date, p.product_id, p.name)SQL"}},
+WHERE business_id IN (SELECT business_id FROM tmp_review_businesses) GROUP BY business_id)SQL"},
+       {"dwh.fact_review", "marts.business_stars"}},
 
       {"orders_current",
        {R"SQL(
@@ -346,7 +308,8 @@ WHERE orders_current.updated_at <= EXCLUDED.updated_at  -- never behind what CDC
        orders_current.updated_at, orders_current.amount)
       IS DISTINCT FROM
       (EXCLUDED.customer_id, EXCLUDED.status, EXCLUDED.ordered_at, EXCLUDED.updated_at,
-       EXCLUDED.amount))SQL"}},
+       EXCLUDED.amount))SQL"},
+       {"marts.orders_current"}},
 
       // Snapshot fact: the day's API listing, with the change against the previous day's
       // snapshot; the next day's change is recomputed too, so loading days out of order converges.
@@ -374,16 +337,17 @@ DELETE FROM marts.business_review_changes WHERE ds IN ($1::date, $1::date + 1))S
 INSERT INTO marts.business_review_changes (ds, business_id, name, review_count, review_change)
 SELECT d.date, f.business_id, f.name, f.review_count, f.review_change
 FROM dwh.fact_business_daily f JOIN dwh.dim_date d USING (date_key)
-WHERE d.date IN ($1::date, $1::date + 1))SQL",
-        R"SQL(
-DELETE FROM marts.rating_by_price_level WHERE ds = $1)SQL",
-        R"SQL(
-INSERT INTO marts.rating_by_price_level (ds, price_level, businesses, avg_rating)
-SELECT $1::date, price_level, count(*), round(avg(rating), 2)
-FROM dwh.fact_business_daily WHERE date_key = to_char($1::date, 'YYYYMMDD')::int AND price_level IS NOT NULL
-GROUP BY price_level)SQL"}},
+WHERE d.date IN ($1::date, $1::date + 1))SQL"},
+       {"dwh.fact_business_daily", "marts.business_review_changes"}},
   };
   return kModels;
+}
+
+std::set<std::string> BuiltInTables(const PipelineSpec& spec) {
+  std::set<std::string> out;
+  for (const auto& m : AllModels())
+    if (std::find(spec.models.begin(), spec.models.end(), m.name) != spec.models.end()) out.insert(m.tables.begin(), m.tables.end());
+  return out;
 }
 
 std::vector<Model> ResolveModels(const PipelineSpec& spec) {
@@ -391,11 +355,11 @@ std::vector<Model> ResolveModels(const PipelineSpec& spec) {
   for (const auto& name : spec.models) {
     if (const DimensionSpec* dim = spec.FindDimension(name)) {
       const bool captured = std::find(spec.cdc.datasets.begin(), spec.cdc.datasets.end(), dim->from) != spec.cdc.datasets.end();
-      out.push_back({name, DimensionStatements(*dim, *spec.Find(dim->from), captured)});
+      out.push_back({name, DimensionStatements(*dim, *spec.Find(dim->from), captured), {"dwh." + name}});
       continue;
     }
     if (const FactSpec* fact = spec.FindFact(name)) {
-      out.push_back({name, FactStatements(spec, *fact)});
+      out.push_back({name, FactStatements(spec, *fact), {"dwh." + name}});
       continue;
     }
     const Model* found = nullptr;
@@ -416,7 +380,7 @@ std::vector<Model> ResolveModels(const PipelineSpec& spec) {
 DELETE FROM marts.orders_current c USING raw.orders_current o
 WHERE o.order_id = c.order_id AND o._deleted)SQL");
     // The marts read what the fact build left in its temp tables.
-    if ((name == "daily_sales" || name == "orders_current") &&
+    if (name == "orders_current" &&
         (!spec.FindFact("fact_sales") || std::find(spec.models.begin(), spec.models.end(), "fact_sales") > std::find(spec.models.begin(), spec.models.end(), name)))
       throw InputError("models: " + name + " needs the fact 'fact_sales' declared under facts and listed before it");
     out.push_back(std::move(model));

@@ -3,6 +3,7 @@
 // by natural key, so re-running any date leaves every table byte-for-byte the same and surrogate
 // keys never change once assigned.
 #pragma once
+#include <set>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,7 @@ std::string StagingDdl(const PipelineSpec& spec, const DatasetSpec& dataset);
 struct Model {
   std::string name;
   std::vector<std::string> statements;  // run in order in one transaction; $1 is ds
+  std::vector<std::string> tables;      // what a built-in model builds (schema.table)
 };
 
 // Built-in models (facts, marts), in dependency order.
@@ -30,6 +32,10 @@ const std::vector<Model>& AllModels();
 // The spec's `models`, in its order: declared dimensions and built-in models. Throws
 // InputError for a name that is neither, or a built-in whose dimensions are not declared.
 std::vector<Model> ResolveModels(const PipelineSpec& spec);
+
+// The tables the built-in models named in the spec's `models` build: what SQL models may read
+// besides the spec's own tables.
+std::set<std::string> BuiltInTables(const PipelineSpec& spec);
 
 // Runs one model's statements for `ds` (validated YYYY-MM-DD) inside the caller's transaction.
 void RunModel(pqxx::transaction_base& tx, const Model& model, const std::string& ds);

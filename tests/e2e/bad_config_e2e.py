@@ -35,6 +35,65 @@ rc, err = start("strata-ingest", "", {"STRATA_PIPELINE_SPEC": bad_spec.name,
 check(rc == 2 and "datasets[0].source.type: unknown source type 'ftp'" in err,
       f"bad pipeline spec: exit 2 naming the path ({err.strip()})")
 
+# A pipeline folder's SQL models: stratactl validate and the loader's start-up refuse the same
+# faults with the same message (file and line), before any database is asked.
+import json  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEMO = os.path.join(ROOT, "pipelines", "demo")
+
+
+def ctl(*args):
+    p = subprocess.run([f"{BIN}/stratactl", *args], capture_output=True, text=True, env=env_clean, timeout=30)
+    return p.returncode, p.stdout, p.stderr
+
+
+rc, out, err = ctl("validate", DEMO)
+check(rc == 0 and "pipeline demo is valid" in out and "3 SQL models" in out,
+      f"stratactl validate pipelines/demo: valid, 3 SQL models ({rc}: {out.strip()} {err.strip()})")
+rc, out, _ = ctl("--json", "models", DEMO)
+names = [m["name"] for m in json.loads(out)] if rc == 0 else []
+check(names == ["marts.daily_sales", "marts.product_daily_sales", "marts.rating_by_price_level"],
+      f"stratactl models lists the demo's SQL models in build order ({names})")
+
+
+def broken(files):
+    d = tempfile.mkdtemp(prefix="strata-bad-pipeline-")
+    shutil.rmtree(d)
+    shutil.copytree(DEMO, d)
+    for name, text in files.items():
+        with open(os.path.join(d, "models", name), "w") as f:
+            f.write(text)
+    return d
+
+
+cyclic = broken({"a.sql": "/* strata\nname: marts.a\nkind: full\n*/\nSELECT * FROM marts.b",
+                 "b.sql": "/* strata\nname: marts.b\nkind: full\n*/\nSELECT * FROM marts.a"})
+want = (f"{cyclic}/models/a.sql:5: models form a cycle: {cyclic}/models/a.sql (marts.a) reads marts.b; "
+        f"{cyclic}/models/b.sql (marts.b) reads marts.a")
+rc, _, err = ctl("validate", cyclic)
+check(rc == 2 and err.strip() == want, f"a cycle: stratactl validate exits 2 naming both files ({rc}: {err.strip()})")
+rc, err = start("strata-warehouse-loader", "", {"STRATA_PIPELINE_SPEC": cyclic, "STRATA_PG_DSN": "host=127.0.0.1 port=1",
+                                                "STRATA_WAREHOUSE_LOADER_GRPC": f"127.0.0.1:{free_port()}",
+                                                "STRATA_WAREHOUSE_LOADER_METRICS": f"127.0.0.1:{free_port()}"})
+check(rc == 2 and want in err, f"and the loader refuses to start with the same message ({rc}: {err.strip()[-300:]})")
+unknown = broken({"u.sql": "/* strata\nname: marts.u\nkind: full\n*/\nSELECT count(*) AS n\nFROM marts.nothing"})
+rc, _, err = ctl("validate", unknown)
+check(rc == 2 and err.strip().startswith(f"{unknown}/models/u.sql:6: reads marts.nothing, which this pipeline does not build"),
+      f"a table nobody builds: exit 2 naming file and line ({err.strip()})")
+rc, err = start("strata-warehouse-loader", "", {"STRATA_PIPELINE_SPEC": unknown, "STRATA_PG_DSN": "host=127.0.0.1 port=1",
+                                                "STRATA_WAREHOUSE_LOADER_GRPC": f"127.0.0.1:{free_port()}",
+                                                "STRATA_WAREHOUSE_LOADER_METRICS": f"127.0.0.1:{free_port()}"})
+check(rc == 2 and "u.sql:6: reads marts.nothing" in err, f"the loader refuses it before connecting ({rc}: {err.strip()[-200:]})")
+param = broken({"p.sql": "/* strata\nname: marts.p\nkind: incremental_by_ds\n*/\nSELECT {day} AS ds"})
+rc, _, err = ctl("validate", param)
+check(rc == 2 and err.strip() == f"{param}/models/p.sql:5: unknown parameter {{day}} (parameters: {{ds}}, {{start}}, {{end}})",
+      f"an unknown parameter: exit 2 naming it ({err.strip()})")
+for d in (cyclic, unknown, param):
+    shutil.rmtree(d)
+
 rc, _, err = stratactl("run", "--date", "2024-13-01")
 check(rc == 2 and "--date" in err, f"stratactl with a bad date exits 2 ({err.strip()})")
 rc, _, err = stratactl("--controller", "127.0.0.1:1", "status")

@@ -40,6 +40,7 @@ import time
 
 import psycopg2
 
+from pipeline_copy import demo_variant
 from own_stack import FAILURES, check, clean_env, gone, load_pb2, pid_of, query, run_on_own_stack, metric as stack_metric, start_service, step, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -331,13 +332,12 @@ def watermark(bus):
 
 def main():
     def prepare(stack_dir):
-        spec = os.path.join(stack_dir, "cdc_backpressure.yaml")
-        with open(os.path.join(ROOT, "pipelines", "demo.yaml")) as f:
-            demo = f.read()
         marker = "  batch_ms: 100\n"
-        assert demo.count(marker) == 1, "pipelines/demo.yaml changed: cannot set the CDC batch size"
-        with open(spec, "w") as f:
-            f.write(demo.replace(marker, marker + "  batch_changes: 1\n"))
+
+        def one_change_per_batch(demo):
+            assert demo.count(marker) == 1, "pipelines/demo/pipeline.yaml changed: cannot set the CDC batch size"
+            return demo.replace(marker, marker + "  batch_changes: 1\n")
+        spec = demo_variant(os.path.join(stack_dir, "cdc_backpressure"), one_change_per_batch)
         return {"STRATA_PIPELINE_SPEC": spec, "STRATA_BUS_HIGH_WATER": str(HIGH_WATER)}
 
     run_on_own_stack(ROOT, BIN, "strata-cdc-backpressure-", clean_env(), ["--start", START], scenario, FAILURES,

@@ -28,7 +28,7 @@ controller answers CANCELLED), and D6 the resumed run to staging the partition o
 abandoned attempt still runs (the loader loads one partition at a time).
 
 Environment: STRATA_BUILD_BIN (default <repo>/build/bin); STRATA_PIPELINE_SPEC is ignored (the test writes its own spec from
-pipelines/demo.yaml). Run with /usr/bin/python3.
+pipelines/demo). Run with /usr/bin/python3.
 """
 import csv
 import datetime as dt
@@ -42,6 +42,7 @@ import urllib.request
 
 import psycopg2
 
+from pipeline_copy import demo_variant
 from own_stack import FAILURES, Webhook, check, clean_env, gone, pid_of, query, run_on_own_stack, metric as stack_metric, start_service, step, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -56,9 +57,7 @@ WEBHOOK = None
 # --- reporting -------------------------------------------------------------------------------------
 # --- the stack -------------------------------------------------------------------------------------
 def write_spec(path):
-    """pipelines/demo.yaml plus `reviews_ignored`: the same reviews API with the default drift policy."""
-    with open(os.path.join(ROOT, "pipelines", "demo.yaml")) as f:
-        demo = f.read()
+    """pipelines/demo plus `reviews_ignored`: the same reviews API with the default drift policy."""
     extra = """  - name: reviews_ignored
     source:
       type: http_json
@@ -80,9 +79,11 @@ def write_spec(path):
 
 """
     marker = "# Near-real-time path"
-    assert marker in demo, "pipelines/demo.yaml changed: cannot place the extra dataset"
-    with open(path, "w") as f:
-        f.write(demo.replace(marker, extra + marker, 1))
+
+    def add(demo):
+        assert marker in demo, "pipelines/demo/pipeline.yaml changed: cannot place the extra dataset"
+        return demo.replace(marker, extra + marker, 1)
+    return demo_variant(path, add)
 
 
 def run(*args, timeout=900):
@@ -486,8 +487,7 @@ def scenario():
 
 def main():
     def prepare(stack_dir):
-        spec = os.path.join(stack_dir, "claims.yaml")
-        write_spec(spec)
+        spec = write_spec(os.path.join(stack_dir, "claims"))
         return {"STRATA_PIPELINE_SPEC": spec, "STRATA_TASK_RETRIES": "2"}
 
     def with_stack(env, webhook):

@@ -22,7 +22,7 @@ It starts its own stack (infra/stack.sh, local lake) and follows the README's fl
 Every mismatch is printed (day, expected, got) and collected; the test fails at the end.
 
 Environment: STRATA_BUILD_BIN (default <repo>/build/bin); STRATA_RIGHT_NUMBERS_START (the first
-simulated day, default 2024-01-01); STRATA_PIPELINE_SPEC (default the repo's pipelines/demo.yaml,
+simulated day, default 2024-01-01); STRATA_PIPELINE_SPEC (default the repo's pipelines/demo,
 via infra/stack.sh). Run with /usr/bin/python3.
 """
 import datetime as dt

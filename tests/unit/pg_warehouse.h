@@ -12,6 +12,7 @@
 #include "common/spec.h"
 #include "services/warehouse_loader/cdc_apply.h"
 #include "services/warehouse_loader/models.h"
+#include "services/warehouse_loader/sql_models.h"
 
 namespace strata::loader::pgtest {
 
@@ -19,6 +20,15 @@ namespace strata::loader::pgtest {
 inline std::string AdminDsn() {
   const char* dsn = std::getenv("STRATA_PG_ADMIN_DSN");
   return dsn ? dsn : "";
+}
+
+// Keeps only the SQL models of `spec` named in `names` (a test that builds part of the demo).
+inline void KeepSqlModels(PipelineSpec& spec, const std::vector<std::string>& names) {
+  std::vector<SqlModel> kept;
+  for (const auto& m : spec.sql_models)
+    for (const auto& n : names)
+      if (m.name == n) kept.push_back(m);
+  spec.sql_models = kept;
 }
 
 class PgWarehouse {
@@ -38,6 +48,7 @@ class PgWarehouse {
     std::string ddl = WarehouseDdl(spec);
     for (const auto& d : spec.datasets) ddl += StagingDdl(spec, d);
     RunDdl(*conn_, ddl + CdcDdl(spec));
+    EnsureSqlModelTables(*conn_, spec);
   }
 
   void Exec(const std::string& sql) {
@@ -52,6 +63,7 @@ class PgWarehouse {
     pqxx::work tx(*conn_);
     tx.exec("SET LOCAL TIME ZONE 'UTC'");
     for (const Model& m : ResolveModels(spec)) RunModel(tx, m, ds);
+    RunSqlModels(tx, spec, ds);
     tx.commit();
   }
 

@@ -28,8 +28,9 @@ class ModelsTest : public ::testing::Test {
   void SetUp() override {
     if (AdminDsn().empty()) GTEST_SKIP() << "STRATA_PG_ADMIN_DSN not set";
     wh_ = std::make_unique<pgtest::PgWarehouse>("strata_pgtest");
-    UseSpec(LoadPipelineSpec(std::getenv("STRATA_PIPELINE_SPEC")),
-            {"dim_product", "dim_customer", "fact_sales", "daily_sales", "orders_current"});
+    PipelineSpec demo = LoadPipelineSpec(std::getenv("STRATA_PIPELINE_SPEC"));
+    pgtest::KeepSqlModels(demo, {"marts.daily_sales", "marts.product_daily_sales"});
+    UseSpec(std::move(demo), {"dim_product", "dim_customer", "fact_sales", "orders_current"});
   }
 
   void UseSpec(PipelineSpec spec, std::vector<std::string> models) {

@@ -1,0 +1,14 @@
+// `stratactl validate DIR` and `stratactl models DIR`: a pipeline folder checked and described
+// without any service or database — what the services would refuse at start-up, refused here
+// with the same message (file and key path, or file and line).
+#pragma once
+#include <string>
+
+namespace strata::ctl {
+
+// Prints a one-line summary and returns 0, or prints the error to stderr and returns 2.
+int ValidatePipeline(const std::string& dir, bool json);
+// The SQL models in build order: name, kind, file, what each reads. 2 when the folder is invalid.
+int ListModels(const std::string& dir, bool json);
+
+}  // namespace strata::ctl
