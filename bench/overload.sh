@@ -54,9 +54,10 @@ cache miss answered by PostgreSQL), closed loop with 8 in flight. Then the same 
 open loop (`bench/query_load --rate`: requests issued on a schedule whatever the answers do, as
 independent users would; 5 s deadline each) offers C, 2C and 4C for {one['seconds']:.0f} s each. The
 service runs at most `query_max_backend` (8) warehouse queries at once, lets `query_max_queue`
-(64) more wait up to `query_queue_wait_ms` (250 ms) and refuses the rest at once (`UNAVAILABLE`);
-past `grpc_max_threads` (128) calls in flight gRPC itself refuses (`RESOURCE_EXHAUSTED`). Both
-count as shed below. The generator shares the 2 cores with the service, PostgreSQL and Redis,
+(64) more wait up to `query_queue_wait_ms` (250 ms), refuses calls beyond 96 in flight (3/4 of
+`grpc_max_threads`) on arrival and the rest of the excess at once (`UNAVAILABLE`, counted in
+`strata_query_shed_total`); past `grpc_max_threads` (128) gRPC itself refuses
+(`RESOURCE_EXHAUSTED`, not counted by the service). Both count as shed below. The generator shares the 2 cores with the service, PostgreSQL and Redis,
 so at 2× and 4× it offers what it can; this machine is noisy (±20%).
 
 | offered | offered/s | answered/s | shed | deadline exceeded | p50 ms (answered) | p99 ms (answered) |

@@ -65,8 +65,9 @@ struct Metrics {
         latency(prometheus::BuildHistogram().Name("strata_query_request_duration_seconds")
                     .Help("Request latency by method").Register(r)),
         shed(prometheus::BuildCounter().Name("strata_query_shed_total")
-                 .Help("Requests refused at capacity, by reason (queue_full: no room to wait; wait: no "
-                       "warehouse slot within query_queue_wait_ms or the deadline)").Register(r)),
+                 .Help("Requests refused at capacity, by reason (in_flight: 3/4 of grpc_max_threads calls "
+                       "in flight; queue_full: no room to wait for a warehouse slot; wait: no slot within "
+                       "query_queue_wait_ms or the deadline)").Register(r)),
         backend_running(prometheus::BuildGauge().Name("strata_query_backend_running")
                             .Help("Warehouse queries running now (at most query_max_backend)").Register(r).Add({})),
         backend_waiting(prometheus::BuildGauge().Name("strata_query_backend_waiting")
@@ -75,6 +76,7 @@ struct Metrics {
     reconnects.Add({});
     shed.Add({{"reason", "queue_full"}});
     shed.Add({{"reason", "wait"}});
+    shed.Add({{"reason", "in_flight"}});
   }
   prometheus::Family<prometheus::Counter>& requests;
   prometheus::Family<prometheus::Counter>& cache;
@@ -189,7 +191,17 @@ class QueryCore {
   template <typename Req, typename Reply>
   grpc::Status Handle(const Call& call, const Req& req, Reply* reply) {
     const auto start = std::chrono::steady_clock::now();
-    grpc::Status st = Clock::now() >= call.deadline
+    // Calls in flight are bounded below gRPC's own bound (grpc_max_threads), so past capacity
+    // the excess is refused here, at once and counted, before it queues on Redis or the
+    // warehouse; gRPC's refusal (uncounted) stays a backstop.
+    struct InFlight {
+      std::atomic<int>& n;
+      ~InFlight() { --n; }
+    } in_flight{in_flight_};
+    grpc::Status st = ++in_flight_ > max_in_flight_
+                          ? Shed("in_flight", "the query service is at capacity (" + std::to_string(max_in_flight_) +
+                                                  " calls in flight); retry shortly")
+                      : Clock::now() >= call.deadline
                           ? grpc::Status{grpc::StatusCode::DEADLINE_EXCEEDED, "the call's deadline had passed on arrival"}
                           : Authorize(call);
     if (st.ok()) st = Dispatch(call, req, reply);
@@ -427,14 +439,17 @@ class QueryCore {
     metrics_.backend_waiting.Set(gate_.waiting());
     metrics_.backend_running.Set(gate_.running());
     if (v == AdmissionGate::Verdict::kAdmitted) return grpc::Status::OK;
-    const bool full = v == AdmissionGate::Verdict::kQueueFull;
-    metrics_.shed.Add({{"reason", full ? "queue_full" : "wait"}}).Increment();
-    return {grpc::StatusCode::UNAVAILABLE,
-            full ? "the query service is at capacity (" + std::to_string(config_.query_max_backend) +
-                       " warehouse queries running, " + std::to_string(config_.query_max_queue) +
-                       " waiting); retry shortly"
-                 : "the query service is at capacity (no warehouse slot within " +
-                       std::to_string(config_.query_queue_wait_ms) + " ms); retry shortly"};
+    if (v == AdmissionGate::Verdict::kQueueFull)
+      return Shed("queue_full", "the query service is at capacity (" + std::to_string(config_.query_max_backend) +
+                                    " warehouse queries running, " + std::to_string(config_.query_max_queue) +
+                                    " waiting); retry shortly");
+    return Shed("wait", "the query service is at capacity (no warehouse slot within " +
+                            std::to_string(config_.query_queue_wait_ms) + " ms); retry shortly");
+  }
+
+  grpc::Status Shed(const char* reason, const std::string& message) {
+    metrics_.shed.Add({{"reason", reason}}).Increment();
+    return {grpc::StatusCode::UNAVAILABLE, message};
   }
 
   static grpc::Status WarehouseFailure(const Call& call, const std::exception& e) {
@@ -608,6 +623,8 @@ class QueryCore {
   Metrics metrics_;
   PgPool pool_;  // every warehouse query, the published version included
   AdmissionGate gate_;  // the analytics' warehouse queries (not the version lookups)
+  std::atomic<int> in_flight_{0};
+  const int max_in_flight_ = std::max(1, config_.grpc_max_threads * 3 / 4);
   LocalCache local_;
   VersionWatcher version_;
   std::map<std::string, Series> series_;

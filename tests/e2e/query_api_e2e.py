@@ -460,6 +460,43 @@ check(cap.value("strata_query_backend_running", {}) == 0 and cap.value("strata_q
       "no slot is left held and nobody waits")
 cap.stop()
 
+# Calls in flight are bounded below gRPC's own bound: grpc_max_threads 16 lets 12 calls be in the
+# service; with 4 slots held on the lock and 8 waiting, the 13th is refused on arrival.
+busy = QueryService(STRATA_QUERY_TIMEOUT_MS="120000", STRATA_GRPC_MAX_THREADS="16", STRATA_QUERY_MAX_BACKEND="4",
+                    STRATA_QUERY_MAX_QUEUE="100", STRATA_QUERY_QUEUE_WAIT_MS="60000")
+blocker = psycopg2.connect(ENV["STRATA_PG_DSN"])
+blocker.cursor().execute("LOCK TABLE serving.product_daily_sales IN ACCESS EXCLUSIVE MODE")
+blocker_pid = blocker.get_backend_pid()
+held_calls, in_service = [], {}
+
+
+def busy_call(limit):
+    in_service[limit] = code_of(lambda: call("SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply,
+                                             chan=busy.channel, timeout=120, **{"from": first, "to": cap_to, "limit": limit}))
+
+
+try:
+    for limit in range(31, 43):
+        held_calls.append(threading.Thread(target=busy_call, args=(limit,)))
+        held_calls[-1].start()
+    check(wait_for(lambda: busy.value("strata_query_backend_running", {}) == 4 and
+                   busy.value("strata_query_backend_waiting", {}) == 8, 60, "12 calls in the service"),
+          "12 calls are in the service: 4 on the lock, 8 waiting for a slot")
+    got, details = code_of(lambda: call("SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply,
+                                        chan=busy.channel, timeout=30, **{"from": first, "to": cap_to, "limit": 43}))
+    check(got == grpc.StatusCode.UNAVAILABLE and "12 calls in flight" in details,
+          f"the 13th is refused on arrival, saying why ({got}, {details})")
+    n = busy.value("strata_query_shed_total", {"reason": "in_flight"})
+    check(n == 1, f"strata_query_shed_total{{reason=in_flight}} = 1 ({n})")
+finally:
+    blocker.rollback()
+    blocker.close()
+for t in held_calls:
+    t.join(timeout=150)
+check(len(in_service) == 12 and all(c == grpc.StatusCode.OK for c, _ in in_service.values()),
+      f"the 12 calls in the service are answered once the lock goes ({sorted(set(c for c, _ in in_service.values()))})")
+busy.stop()
+
 # A waiter gives up after query_queue_wait_ms: one slot, one waiter allowed for 300 ms.
 short = QueryService(STRATA_QUERY_TIMEOUT_MS="120000", STRATA_QUERY_MAX_BACKEND="1", STRATA_QUERY_MAX_QUEUE="1",
                      STRATA_QUERY_QUEUE_WAIT_MS="300")
