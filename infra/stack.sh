@@ -32,9 +32,7 @@ SERVICES="ingest lake_export warehouse_loader quality query controller"
 
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
+free_port() { python3 "$ROOT/infra/free_port.py"; }
 
 stop_pid() {  # stop_pid FILE: SIGTERM, wait up to 10 s, then SIGKILL
   local f=$1 pid

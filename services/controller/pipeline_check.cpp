@@ -5,6 +5,7 @@
 
 #include "common/errors.h"
 #include "common/spec.h"
+#include "services/warehouse_loader/lineage.h"
 #include "services/warehouse_loader/models.h"
 #include "services/warehouse_loader/sql_models.h"
 
@@ -61,6 +62,20 @@ int ListModels(const std::string& dir, bool json) {
       }
     }
     if (json) std::cout << out.dump() << "\n";
+    return 0;
+  } catch (const InputError& e) {
+    std::cerr << e.what() << "\n";
+    return 2;
+  }
+}
+
+int PrintLineage(const std::string& dir, const std::string& table, bool json) {
+  try {
+    const loader::Lineage l = loader::LineageOf(Checked(dir), table);
+    if (json)
+      std::cout << nlohmann::json{{"table", table}, {"upstream", l.upstream}, {"downstream", l.downstream}}.dump() << "\n";
+    else
+      std::cout << table << "\n  upstream:   " << Join(l.upstream) << "\n  downstream: " << Join(l.downstream) << "\n";
     return 0;
   } catch (const InputError& e) {
     std::cerr << e.what() << "\n";

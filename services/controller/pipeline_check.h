@@ -1,4 +1,4 @@
-// `stratactl validate DIR` and `stratactl models DIR`: a pipeline folder checked and described
+// `stratactl validate DIR`, `stratactl models DIR` and `stratactl lineage TABLE DIR`: a pipeline folder checked and described
 // without any service or database — what the services would refuse at start-up, refused here
 // with the same message (file and key path, or file and line).
 #pragma once
@@ -10,5 +10,8 @@ namespace strata::ctl {
 int ValidatePipeline(const std::string& dir, bool json);
 // The SQL models in build order: name, kind, file, what each reads. 2 when the folder is invalid.
 int ListModels(const std::string& dir, bool json);
+// What `table` is built from and what is built from it (services/warehouse_loader/lineage.h).
+// 2 when the folder is invalid or has no such table.
+int PrintLineage(const std::string& dir, const std::string& table, bool json);
 
 }  // namespace strata::ctl

@@ -255,6 +255,10 @@ int main(int argc, char** argv) {
   validate->add_option("dir", pipeline_dir, "pipeline folder or its pipeline.yaml (env STRATA_PIPELINE_SPEC)");
   auto* models = app.add_subcommand("models", "a pipeline folder's SQL models in build order (offline)");
   models->add_option("dir", pipeline_dir, "pipeline folder or its pipeline.yaml (env STRATA_PIPELINE_SPEC)");
+  std::string lineage_table;
+  auto* lineage = app.add_subcommand("lineage", "what a table is built from and what is built from it (offline)");
+  lineage->add_option("table", lineage_table, "schema.table, e.g. marts.daily_sales")->required();
+  lineage->add_option("dir", pipeline_dir, "pipeline folder or its pipeline.yaml (env STRATA_PIPELINE_SPEC)");
 
   try {
     app.parse(argc, argv);
@@ -264,6 +268,7 @@ int main(int argc, char** argv) {
 
   if (*validate) return strata::ctl::ValidatePipeline(pipeline_dir, json);
   if (*models) return strata::ctl::ListModels(pipeline_dir, json);
+  if (*lineage) return strata::ctl::PrintLineage(pipeline_dir, lineage_table, json);
 
   // Reconnect quickly after a controller restart (gRPC's default backoff grows to two minutes).
   grpc::ChannelArguments channel_args;

@@ -554,16 +554,20 @@ class QueryCore {
   grpc::Status Dispatch(const Call& call, const pb::SalesByProductRequest& req, pb::SalesByProductReply* reply) {
     int limit;
     long long offset;
-    if (auto st = CheckRange(req.from(), req.to()); !st.ok()) return st;
+    // Without a range (how the endpoint's users call it) the answer covers every published day.
+    const bool all_days = req.from().empty() && req.to().empty();
+    if (!all_days)
+      if (auto st = CheckRange(req.from(), req.to()); !st.ok()) return st;
     if (auto st = CheckLimit(req.limit(), 20, &limit); !st.ok()) return st;
     if (auto st = CheckPage(req.page_token(), &offset); !st.ok()) return st;
-    return Cached(call, req.from() + "|" + req.to() + "|" + std::to_string(limit) + "|" + std::to_string(offset),
+    const std::string from = all_days ? "-infinity" : req.from(), to = all_days ? "infinity" : req.to();
+    return Cached(call, from + "|" + to + "|" + std::to_string(limit) + "|" + std::to_string(offset),
                   reply, [&](pqxx::transaction_base& tx) {
                     const auto r = tx.exec_params(
                         "SELECT product_id, coalesce(max(product_name), ''), sum(orders), sum(units), "
                         "sum(revenue)::float8 FROM serving.product_daily_sales WHERE ds BETWEEN $1::date AND $2::date "
                         "GROUP BY product_id ORDER BY sum(revenue) DESC, product_id LIMIT $3 OFFSET $4",
-                        req.from(), req.to(), limit + 1, offset);
+                        from, to, limit + 1, offset);
                     for (int i = 0; i < static_cast<int>(r.size()) && i < limit; ++i) {
                       auto* p = reply->add_products();
                       p->set_product_id(r[i][0].as<long long>());

@@ -232,7 +232,8 @@ UPDATE dwh.dim_state s SET population = p.population
 FROM (SELECT DISTINCT ON (name) name, population FROM staging.state_population
       WHERE ds = (SELECT max(ds) FROM staging.state_population WHERE ds <= $1) ORDER BY name) p
 WHERE p.name = s.name AND s.population IS DISTINCT FROM p.population)SQL"},
-       {"dwh.dim_state"}},
+       {"dwh.dim_state"},
+       {"staging.states", "staging.state_population"}},
 
       // Only the businesses whose reviews the day changed are recounted (a review that moved
       // also recounts the business it left).
@@ -258,7 +259,8 @@ DELETE FROM marts.business_stars WHERE business_id IN (SELECT business_id FROM t
 INSERT INTO marts.business_stars (business_id, reviews, avg_stars)
 SELECT business_id, count(*), round(avg(stars), 2) FROM dwh.fact_review
 WHERE business_id IN (SELECT business_id FROM tmp_review_businesses) GROUP BY business_id)SQL"},
-       {"dwh.fact_review", "marts.business_stars"}},
+       {"dwh.fact_review", "marts.business_stars"},
+       {"staging.reviews", "dwh.fact_review"}},
 
       {"orders_current",
        {R"SQL(
@@ -309,7 +311,8 @@ WHERE orders_current.updated_at <= EXCLUDED.updated_at  -- never behind what CDC
       IS DISTINCT FROM
       (EXCLUDED.customer_id, EXCLUDED.status, EXCLUDED.ordered_at, EXCLUDED.updated_at,
        EXCLUDED.amount))SQL"},
-       {"marts.orders_current"}},
+       {"marts.orders_current"},
+       {"staging.orders", "dwh.fact_sales", "raw.orders_current"}},
 
       // Snapshot fact: the day's API listing, with the change against the previous day's
       // snapshot; the next day's change is recomputed too, so loading days out of order converges.
@@ -338,7 +341,8 @@ INSERT INTO marts.business_review_changes (ds, business_id, name, review_count, 
 SELECT d.date, f.business_id, f.name, f.review_count, f.review_change
 FROM dwh.fact_business_daily f JOIN dwh.dim_date d USING (date_key)
 WHERE d.date IN ($1::date, $1::date + 1))SQL"},
-       {"dwh.fact_business_daily", "marts.business_review_changes"}},
+       {"dwh.fact_business_daily", "marts.business_review_changes"},
+       {"staging.businesses", "dwh.fact_business_daily"}},
   };
   return kModels;
 }
@@ -355,11 +359,11 @@ std::vector<Model> ResolveModels(const PipelineSpec& spec) {
   for (const auto& name : spec.models) {
     if (const DimensionSpec* dim = spec.FindDimension(name)) {
       const bool captured = std::find(spec.cdc.datasets.begin(), spec.cdc.datasets.end(), dim->from) != spec.cdc.datasets.end();
-      out.push_back({name, DimensionStatements(*dim, *spec.Find(dim->from), captured), {"dwh." + name}});
+      out.push_back({name, DimensionStatements(*dim, *spec.Find(dim->from), captured), {"dwh." + name}, {}});
       continue;
     }
     if (const FactSpec* fact = spec.FindFact(name)) {
-      out.push_back({name, FactStatements(spec, *fact), {"dwh." + name}});
+      out.push_back({name, FactStatements(spec, *fact), {"dwh." + name}, {}});
       continue;
     }
     const Model* found = nullptr;

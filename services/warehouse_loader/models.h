@@ -25,6 +25,7 @@ struct Model {
   std::string name;
   std::vector<std::string> statements;  // run in order in one transaction; $1 is ds
   std::vector<std::string> tables;      // what a built-in model builds (schema.table)
+  std::vector<std::string> reads;       // what a built-in model's statements read, for lineage
 };
 
 // Built-in models (facts, marts), in dependency order.

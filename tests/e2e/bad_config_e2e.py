@@ -59,6 +59,17 @@ check(names == ["marts.daily_sales", "marts.product_daily_sales", "marts.rating_
       f"stratactl models lists the demo's SQL models in build order ({names})")
 
 
+rc, out, err = ctl("--json", "lineage", "marts.daily_sales", DEMO)
+lin = json.loads(out) if rc == 0 else {}
+check(rc == 0 and lin["upstream"][:2] == ["dwh.fact_sales", "dwh.dim_date"] and
+      {"source.orders", "source.order_items", "source.customers", "source.products"} <= set(lin["upstream"]) and
+      lin["downstream"] == ["serving.daily_sales"],
+      f"stratactl lineage marts.daily_sales: from the fact back to the sources, published as serving.daily_sales ({lin or err})")
+rc, _, err = ctl("lineage", "marts.nothing", DEMO)
+check(rc == 2 and err.startswith("lineage: pipeline demo has no table 'marts.nothing' (its tables: "),
+      f"stratactl lineage of an unknown table: exit 2 listing the tables ({err[:80]})")
+
+
 def broken(files):
     d = tempfile.mkdtemp(prefix="strata-bad-pipeline-")
     shutil.rmtree(d)

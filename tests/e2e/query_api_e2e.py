@@ -3,6 +3,7 @@ equal what plain SQL over the simulator's shop database (and its review-site API
 error code, paging, single-flight forced with a lock, the per-token rate limit, and load shed at
 capacity (warehouse slots held by a lock) while cached answers keep flowing."""
 import atexit
+import contextlib
 import datetime
 import decimal
 import json
@@ -131,6 +132,16 @@ want = src("""SELECT i.product_id, sum(i.quantity * i.unit_price) FROM shop.orde
               WHERE o.ordered_at::date = %s GROUP BY 1 ORDER BY 2 DESC, 1""", (last,))
 check([(p.product_id, money(p.revenue)) for p in one_day.products] == [(a, money(r)) for a, r in want],
       f"SalesByProduct for the single day {last} equals that day's source lines")
+# Called without a range, as its users call it: every published day, the top 20.
+status, body = curl("/analytics/orders/product")
+want = src("""SELECT i.product_id, sum(i.quantity * i.unit_price) FROM shop.order_items i JOIN shop.orders o USING (order_id)
+              WHERE o.ordered_at::date BETWEEN %s AND %s GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 20""", (first, last))
+got = [(int(p["product_id"]), money(p["revenue"])) for p in body.get("products", [])] if status == 200 else body
+check(status == 200 and got == [(a, money(r)) for a, r in want],
+      f"GET /analytics/orders/product without parameters: 200, the top 20 products over every published day ({status})")
+status, body = curl(f"/analytics/orders/product?from={first}")
+check(status == 400 and body["error"]["message"].startswith("to:"),
+      f"with only one end of the range: 400 naming the missing one ({status}, {body})")
 
 
 def businesses(ds):
@@ -279,6 +290,21 @@ class QueryService:
             pass
 
 
+@contextlib.contextmanager
+def table_locked(table):
+    """Holds an ACCESS EXCLUSIVE lock on `table` (warehouse queries on it wait) for the block;
+    blocked_on() leaves the holder out."""
+    global blocker_pid
+    holder = psycopg2.connect(ENV["STRATA_PG_DSN"])
+    holder.cursor().execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+    blocker_pid = holder.get_backend_pid()
+    try:
+        yield
+    finally:
+        holder.rollback()
+        holder.close()
+
+
 # --- single-flight: a burst of identical misses queries PostgreSQL once -------------------------
 # The service gets a long per-call deadline, the serving table is locked so the first backend
 # query is held open, and 20 requests for a question nobody asked before (neither Redis nor any
@@ -399,19 +425,22 @@ call("DailySales", pb.DailySalesRequest, pb.DailySalesReply, chan=cap.channel, *
 cap_to = str(datetime.date(2030, 1, 1) + datetime.timedelta(days=random.randint(0, 30000)))
 shed0 = gauge(cap.metrics, "strata_query_shed_total", {"reason": "queue_full"})  # required: raises if absent
 check(shed0 == 0, f"the shed counter is exposed (as 0) before any request is shed ({shed0})")
-blocker = psycopg2.connect(ENV["STRATA_PG_DSN"])
-blocker.cursor().execute("LOCK TABLE serving.product_daily_sales IN ACCESS EXCLUSIVE MODE")
-blocker_pid = blocker.get_backend_pid()
 admitted, refused = {}, {}
 
 
+def sales_code(svc, limit, timeout=120):
+    """(code, details) of a SalesByProduct call to `svc` for first..cap_to: a question nobody asked
+    before for each `limit` (so each is a cache miss)."""
+    return code_of(lambda: call("SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply, chan=svc.channel,
+                                timeout=timeout, **{"from": first, "to": cap_to, "limit": limit}))
+
+
 def capacity_call(limit, into):
-    into[limit] = code_of(lambda: call("SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply,
-                                       chan=cap.channel, timeout=120, **{"from": first, "to": cap_to, "limit": limit}))
+    into[limit] = sales_code(cap, limit)
 
 
 held = []
-try:
+with table_locked("serving.product_daily_sales"):
     for limit in (1, 2):
         held.append(threading.Thread(target=capacity_call, args=(limit, admitted)))
         held[-1].start()
@@ -443,9 +472,6 @@ try:
     shed = cap.value("strata_query_shed_total", {"reason": "queue_full"})
     check(shed == 7, f"strata_query_shed_total{{reason=queue_full}} counts the seven shed requests ({shed})")
     check(waiting_on_lock() == 2, f"and PostgreSQL never saw more than the two admitted queries ({waiting_on_lock()})")
-finally:
-    blocker.rollback()
-    blocker.close()
 for t in held:
     t.join(timeout=150)
 want_all = src("""SELECT i.product_id, sum(i.quantity * i.unit_price) FROM shop.order_items i JOIN shop.orders o USING (order_id)
@@ -464,33 +490,25 @@ cap.stop()
 # service; with 4 slots held on the lock and 8 waiting, the 13th is refused on arrival.
 busy = QueryService(STRATA_QUERY_TIMEOUT_MS="120000", STRATA_GRPC_MAX_THREADS="16", STRATA_QUERY_MAX_BACKEND="4",
                     STRATA_QUERY_MAX_QUEUE="100", STRATA_QUERY_QUEUE_WAIT_MS="60000")
-blocker = psycopg2.connect(ENV["STRATA_PG_DSN"])
-blocker.cursor().execute("LOCK TABLE serving.product_daily_sales IN ACCESS EXCLUSIVE MODE")
-blocker_pid = blocker.get_backend_pid()
 held_calls, in_service = [], {}
 
 
 def busy_call(limit):
-    in_service[limit] = code_of(lambda: call("SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply,
-                                             chan=busy.channel, timeout=120, **{"from": first, "to": cap_to, "limit": limit}))
+    in_service[limit] = sales_code(busy, limit)
 
 
-try:
+with table_locked("serving.product_daily_sales"):
     for limit in range(31, 43):
         held_calls.append(threading.Thread(target=busy_call, args=(limit,)))
         held_calls[-1].start()
     check(wait_for(lambda: busy.value("strata_query_backend_running", {}) == 4 and
                    busy.value("strata_query_backend_waiting", {}) == 8, 60, "12 calls in the service"),
           "12 calls are in the service: 4 on the lock, 8 waiting for a slot")
-    got, details = code_of(lambda: call("SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply,
-                                        chan=busy.channel, timeout=30, **{"from": first, "to": cap_to, "limit": 43}))
+    got, details = sales_code(busy, 43, timeout=30)
     check(got == grpc.StatusCode.UNAVAILABLE and "12 calls in flight" in details,
           f"the 13th is refused on arrival, saying why ({got}, {details})")
     n = busy.value("strata_query_shed_total", {"reason": "in_flight"})
     check(n == 1, f"strata_query_shed_total{{reason=in_flight}} = 1 ({n})")
-finally:
-    blocker.rollback()
-    blocker.close()
 for t in held_calls:
     t.join(timeout=150)
 check(len(in_service) == 12 and all(c == grpc.StatusCode.OK for c, _ in in_service.values()),
@@ -500,25 +518,16 @@ busy.stop()
 # A waiter gives up after query_queue_wait_ms: one slot, one waiter allowed for 300 ms.
 short = QueryService(STRATA_QUERY_TIMEOUT_MS="120000", STRATA_QUERY_MAX_BACKEND="1", STRATA_QUERY_MAX_QUEUE="1",
                      STRATA_QUERY_QUEUE_WAIT_MS="300")
-blocker = psycopg2.connect(ENV["STRATA_PG_DSN"])
-blocker.cursor().execute("LOCK TABLE serving.product_daily_sales IN ACCESS EXCLUSIVE MODE")
-blocker_pid = blocker.get_backend_pid()
 first_call = {}
-try:
-    holder = threading.Thread(target=lambda: first_call.update(r=code_of(lambda: call(
-        "SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply, chan=short.channel, timeout=120,
-        **{"from": first, "to": cap_to, "limit": 21}))))
+with table_locked("serving.product_daily_sales"):
+    holder = threading.Thread(target=lambda: first_call.update(r=sales_code(short, 21)))
     holder.start()
     check(wait_for(lambda: waiting_on_lock() == 1, 60, "the slot held on the lock"), "the only slot is held on the lock")
-    got, details = code_of(lambda: call("SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply,
-                                        chan=short.channel, timeout=120, **{"from": first, "to": cap_to, "limit": 22}))
+    got, details = sales_code(short, 22)
     check(got == grpc.StatusCode.UNAVAILABLE and "within 300 ms" in details,
           f"a waiter is shed after query_queue_wait_ms, saying so ({got}, {details})")
     waited = short.value("strata_query_shed_total", {"reason": "wait"})
     check(waited == 1, f"strata_query_shed_total{{reason=wait}} = 1 ({waited})")
-finally:
-    blocker.rollback()
-    blocker.close()
 holder.join(timeout=150)
 check(first_call.get("r", (None,))[0] == grpc.StatusCode.OK, f"the held query is answered once the lock goes ({first_call})")
 short.stop()

@@ -60,10 +60,9 @@ for method, host, path, query, body in cases:
           + ("" if got == want else f"\n  got  {got}\n  want {want}"))
 
 # --- behaviour against s3rver ----------------------------------------------------------------------
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-port = s.getsockname()[1]
-s.close()
+sys.path.insert(0, os.path.join(ROOT, "infra"))
+from free_port import free_port  # noqa: E402  (a port outside the ephemeral range)
+port = free_port()
 data = tempfile.mkdtemp()
 server = subprocess.Popen([os.path.join(ROOT, "tests/s3/node_modules/.bin/s3rver"), "--directory", data, "--port", str(port),
                            "--address", "127.0.0.1", "--silent"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -207,12 +207,13 @@ def dead_letters(run_id):
 
 
 def free_port():
-    import socket
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A free port outside the ephemeral range (infra/free_port.py says why)."""
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "infra", "free_port.py")
+    spec = importlib.util.spec_from_file_location("strata_free_port", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.free_port()
 
 
 def load_pb2():

@@ -13,6 +13,7 @@
 #include "services/quality/checks.h"
 #include "services/warehouse_loader/models.h"
 #include "tests/unit/pg_warehouse.h"
+#include "tests/unit/visits_spec.h"
 
 namespace strata::loader {
 namespace {
@@ -580,41 +581,8 @@ TEST_F(ModelsTest, FlagPolicyKeepsDeletedFactsOutOfTheMarts) {
 namespace strata::loader {
 namespace {
 
-const char* kVisitsSpec = R"yaml(
-pipeline: visits
-datasets:
-  - name: people
-    source: {type: postgres, table: src.people, cursor: changed_at}
-    key: [id]
-    columns:
-      - {name: id, type: int}
-      - {name: name, type: text}
-      - {name: changed_at, type: timestamp}
-  - name: visits
-    source: {type: postgres, table: src.visits, cursor: changed_at}
-    key: [visit_id]
-    columns:
-      - {name: visit_id, type: int}
-      - {name: person_id, type: int}
-      - {name: seconds, type: int}
-      - {name: at, type: timestamp}
-      - {name: changed_at, type: timestamp}
-dimensions:
-  - {name: dim_person, from: people, key: id, effective_from: changed_at, scd2: [name]}
-facts:
-  - name: fact_visit
-    from: visits
-    grain: [visit_id]
-    event_time: at
-    dimensions: [{dimension: dim_person, key: person_id}]
-    measures:
-      - {name: minutes, type: "numeric(8,2)", sql: "seconds / 60.0"}
-    mode: replace
-models: [dim_person, fact_visit]
-)yaml";
-
 TEST_F(ModelsTest, ReplaceModeRebuildsTheDaySliceAndMovesRowsBetweenDays) {
-  UseSpec(ParsePipelineSpec(kVisitsSpec, "visits.yaml"), {"dim_person", "fact_visit"});
+  UseSpec(ParsePipelineSpec(fixtures::VisitsSpec("replace"), "visits.yaml"), {"dim_person", "fact_visit"});
   Exec(R"(
 INSERT INTO staging.people VALUES ('2024-01-01', 'r1', 1, 'Ann', '2024-01-01 08:00+00');
 INSERT INTO staging.visits VALUES

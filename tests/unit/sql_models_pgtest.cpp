@@ -7,43 +7,12 @@
 
 #include "common/errors.h"
 #include "tests/unit/pg_warehouse.h"
+#include "tests/unit/visits_spec.h"
 
 namespace strata::loader {
 namespace {
 
 using pgtest::AdminDsn;
-
-const char* kSpec = R"yaml(
-pipeline: visits
-datasets:
-  - name: people
-    source: {type: postgres, table: src.people, cursor: changed_at}
-    key: [id]
-    columns:
-      - {name: id, type: int}
-      - {name: name, type: text}
-      - {name: changed_at, type: timestamp}
-  - name: visits
-    source: {type: postgres, table: src.visits, cursor: changed_at}
-    key: [visit_id]
-    columns:
-      - {name: visit_id, type: int}
-      - {name: person_id, type: int}
-      - {name: seconds, type: int}
-      - {name: at, type: timestamp}
-      - {name: changed_at, type: timestamp}
-dimensions:
-  - {name: dim_person, from: people, key: id, effective_from: changed_at, scd2: [name]}
-facts:
-  - name: fact_visit
-    from: visits
-    grain: [visit_id]
-    event_time: at
-    dimensions: [{dimension: dim_person, key: person_id}]
-    measures:
-      - {name: minutes, type: "numeric(8,2)", sql: "seconds / 60.0"}
-models: [dim_person, fact_visit]
-)yaml";
 
 const char* kMinutes = R"(/* strata
 name: marts.visit_minutes
@@ -81,7 +50,7 @@ class SqlModelsTest : public ::testing::Test {
   void SetUp() override {
     if (AdminDsn().empty()) GTEST_SKIP() << "STRATA_PG_ADMIN_DSN not set";
     wh_ = std::make_unique<pgtest::PgWarehouse>("strata_sql_models_pgtest");
-    spec_ = ParsePipelineSpec(kSpec, "visits.yaml");
+    spec_ = ParsePipelineSpec(fixtures::VisitsSpec(), "visits.yaml");
   }
 
   void Use(const std::vector<std::pair<std::string, std::string>>& files) {
