@@ -32,7 +32,8 @@ SERVICES="ingest lake_export warehouse_loader quality query controller"
 
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
-free_port() { python3 "$ROOT/infra/free_port.py"; }
+# Distinct within a stack: the ports picked so far are kept in $DIR/run/ports.
+free_port() { python3 "$ROOT/infra/free_port.py" --taken "$DIR/run/ports"; }
 
 stop_pid() {  # stop_pid FILE: SIGTERM, wait up to 10 s, then SIGKILL
   local f=$1 pid
