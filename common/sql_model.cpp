@@ -32,21 +32,51 @@ int LineAt(const std::string& text, size_t offset) {
 
 bool IdentChar(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; }
 
-// Walks SQL text, skipping string literals, quoted identifiers and comments. `on_param(pos, len,
-// name)` sees each {name}; `on_word(pos, len)` each bare word (letters, digits, _ and .).
+// Walks SQL text, skipping string literals ('...', E'...' with backslash escapes, $tag$...$tag$)
+// and comments. `on_param(pos, len, name)` sees each {name}; `on_word(pos, len)` each name made
+// of dot-separated parts, bare or double-quoted ("dwh"."fact_sales" is one word).
 void Scan(const std::string& sql, const std::function<void(size_t, size_t, const std::string&)>& on_param,
           const std::function<void(size_t, size_t)>& on_word, const std::function<void(size_t)>& on_semicolon) {
   size_t i = 0;
   const size_t n = sql.size();
+  // One part of a name at `j` (bare or quoted); returns the position after it.
+  const auto part = [&](size_t j) {
+    if (j < n && sql[j] == '"') {
+      for (++j; j < n; ++j)
+        if (sql[j] == '"') {
+          if (j + 1 < n && sql[j + 1] == '"') ++j;
+          else return j + 1;
+        }
+      return n;
+    }
+    while (j < n && IdentChar(sql[j])) ++j;
+    return j;
+  };
   while (i < n) {
     const char c = sql[i];
-    if (c == '\'' || c == '"') {  // '...' and "..." with doubled quotes inside
-      for (++i; i < n; ++i)
-        if (sql[i] == c) {
-          if (i + 1 < n && sql[i + 1] == c) ++i;
+    if (c == '\'') {
+      const bool escapes = i > 0 && (sql[i - 1] == 'E' || sql[i - 1] == 'e') && (i < 2 || !IdentChar(sql[i - 2]));
+      for (++i; i < n; ++i) {
+        if (escapes && sql[i] == '\\') {
+          ++i;
+          continue;
+        }
+        if (sql[i] == '\'') {
+          if (i + 1 < n && sql[i + 1] == '\'') ++i;
           else break;
         }
+      }
       ++i;
+    } else if (c == '$' && i + 1 < n && !std::isdigit(static_cast<unsigned char>(sql[i + 1]))) {
+      size_t j = i + 1;
+      while (j < n && IdentChar(sql[j])) ++j;
+      if (j < n && sql[j] == '$') {  // $tag$ ... $tag$
+        const std::string tag = sql.substr(i, j - i + 1);
+        const size_t end = sql.find(tag, j + 1);
+        i = end == std::string::npos ? n : end + tag.size();
+      } else {
+        ++i;
+      }
     } else if (c == '-' && i + 1 < n && sql[i + 1] == '-') {
       while (i < n && sql[i] != '\n') ++i;
     } else if (c == '/' && i + 1 < n && sql[i + 1] == '*') {
@@ -63,20 +93,15 @@ void Scan(const std::string& sql, const std::function<void(size_t, size_t, const
     } else if (c == ';') {
       on_semicolon(i);
       ++i;
-    } else if (IdentChar(c)) {
-      size_t j = i;
-      while (j < n && (IdentChar(sql[j]) || sql[j] == '.')) ++j;
+    } else if (IdentChar(c) || c == '"') {
+      size_t j = part(i);
+      while (j + 1 < n && sql[j] == '.' && (IdentChar(sql[j + 1]) || sql[j + 1] == '"')) j = part(j + 1);
       on_word(i, j - i);
       i = j;
     } else {
       ++i;
     }
   }
-}
-
-std::string Lower(std::string s) {
-  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
 }
 
 std::string Replace(const SqlModel& m, const std::map<std::string, std::string>& with) {
@@ -222,7 +247,17 @@ SqlModel ParseSqlModel(const std::string& text, const std::string& file) {
         m.uses_parameters = true;
       },
       [&](size_t pos, size_t len) {
-        const std::string word = Lower(sql.substr(pos, len));
+        // As PostgreSQL reads a name: bare parts fold to lower case, quoted ones keep theirs.
+        std::string word;
+        bool quoted = false;
+        for (size_t k = pos; k < pos + len; ++k) {
+          if (sql[k] == '"') {
+            if (quoted && k + 1 < pos + len && sql[k + 1] == '"') word += sql[++k];
+            else quoted = !quoted;
+          } else {
+            word += quoted ? sql[k] : static_cast<char>(std::tolower(static_cast<unsigned char>(sql[k])));
+          }
+        }
         if (first_word) {
           first_word = false;
           if (word != "select" && word != "with")

@@ -24,6 +24,8 @@ def free_port(taken_file=None):
     except (OSError, ValueError):
         lo, hi = 32768, 60999
     first, last = (10000, lo - 1) if lo > 11000 else (hi + 1, 65535)
+    if first > last:  # the ephemeral range covers everything from 11000 up: any unbound port
+        first, last = 1024, 65535
     taken = set(_picked)
     if taken_file:
         try:

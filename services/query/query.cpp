@@ -384,12 +384,16 @@ class QueryCore {
     }
 
     grpc::Status st = grpc::Status::OK;
-    const auto remaining =
-        std::chrono::duration_cast<std::chrono::milliseconds>(call.deadline - Clock::now()).count();
-    if (remaining <= 0) {
+    long long remaining = 0;
+    if (Clock::now() >= call.deadline) {
       st = {grpc::StatusCode::DEADLINE_EXCEEDED, "deadline already passed"};
     } else if (auto shed = Admit(call); !shed.ok()) {
       st = shed;
+    } else if ((remaining = std::chrono::duration_cast<std::chrono::milliseconds>(call.deadline - Clock::now()).count()) <= 0) {
+      // The wait for a slot used the rest of the call's time.
+      gate_.Leave();
+      metrics_.backend_running.Set(gate_.running());
+      st = {grpc::StatusCode::DEADLINE_EXCEEDED, "deadline passed while waiting for a warehouse slot"};
     } else {
       // Admitted: the slot is held until the warehouse answered (or failed).
       struct Release {

@@ -125,10 +125,13 @@ struct CdcApplier::Impl {
       decodable = decodable && it != entries[i].fields.end() && batches[i].ParseFromString(it->second);
     }
     if (decodable && entries.size() > 1) {
+      // Asked outside the try: Redis failing here is not the batches' fault (the loop reconnects
+      // and the entries stay pending), so it must not count toward dead-lettering them.
+      const bool advance = NothingEarlierPending(bus, entries);
       try {
         std::vector<const strata::v1::ChangeBatch*> all;
         for (const auto& b : batches) all.push_back(&b);
-        Apply(conn, all, NothingEarlierPending(bus, entries));
+        Apply(conn, all, advance);
         for (const auto& e : entries) {
           bus.Ack(kCdcStream, kGroup, e.id);
           bus.Delete(kCdcStream, e.id);
@@ -153,9 +156,10 @@ struct CdcApplier::Impl {
       DeadLetter(bus, e, "undecodable CDC batch");
       return;
     }
+    const bool advance = NothingEarlierPending(bus, {e});  // outside the retries, as above
     for (int attempt = 1;; ++attempt) {
       try {
-        Apply(conn, {&batch}, NothingEarlierPending(bus, {e}));
+        Apply(conn, {&batch}, advance);
         break;
       } catch (const pqxx::broken_connection&) {
         throw;  // reconnect; the entry stays pending and is reclaimed
@@ -176,7 +180,11 @@ struct CdcApplier::Impl {
 
   void DeadLetter(Bus& bus, const StreamEntry& e, const std::string& reason) {
     spdlog::error("cdc dead-letter id={} reason={}", e.id, reason);
-    bus.Add(kDeadLetterStream, {{"reason", reason}, {"position", std::string(kCdcStream) + " id=" + e.id}});
+    // The batch itself goes with the reason: once acknowledged it is gone from strata:cdc (and
+    // the slot moves past it), so the dead letter is the only copy left to replay.
+    std::map<std::string, std::string> fields{{"reason", reason}, {"position", std::string(kCdcStream) + " id=" + e.id}};
+    if (auto it = e.fields.find("batch"); it != e.fields.end()) fields["batch"] = it->second;
+    bus.Add(kDeadLetterStream, fields);
     bus.Ack(kCdcStream, kGroup, e.id);
     bus.Delete(kCdcStream, e.id);
   }

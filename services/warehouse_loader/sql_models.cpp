@@ -58,6 +58,12 @@ std::string List(const std::vector<std::string>& cols, const std::string& prefix
   return out;
 }
 
+std::string Plain(const std::vector<std::string>& cols) {
+  std::string out;
+  for (const auto& c : cols) out += (out.empty() ? "" : ", ") + c;
+  return out;
+}
+
 // First line of a PostgreSQL message (the rest repeats the query).
 std::string Brief(const std::exception& e) {
   std::string w = e.what();
@@ -148,6 +154,11 @@ void EnsureSqlModelTables(pqxx::connection& conn, const PipelineSpec& spec) {
         throw InputError(At(*m) + "time_column '" + m->time_column + "' is " + tc->second +
                          "; an incremental_by_ds model's day column is a date (cast it: ...::date AS " + m->time_column + ")");
     }
+    // Publish records a mart's changed days from its `ds` column (ops.mart_day_changes).
+    const auto ds = std::find_if(shape.begin(), shape.end(), [](const auto& c) { return c.first == "ds"; });
+    if (m->name.rfind("marts.", 0) == 0 && ds != shape.end() && ds->second != "date")
+      throw InputError(At(*m) + "column ds of a mart is the day it is published by; it is " + ds->second +
+                       " here (cast it: ...::date AS ds, or name the column otherwise)");
     for (const auto& k : m->unique_key)
       if (!Has(shape, k)) throw InputError(At(*m) + "unique_key column '" + k + "' is not a column of the SELECT (its columns: " + names + ")");
     for (const auto& ix : m->indexes)
@@ -161,14 +172,26 @@ void EnsureSqlModelTables(pqxx::connection& conn, const PipelineSpec& spec) {
       const Columns have = ColumnsOf(tx, target);
       if (have != shape)
         throw InputError(At(*m) + "the SELECT returns (" + Names(shape) + ") but " + m->name + " has (" + Names(have) +
-                         "): change the table with a migration, or drop it to rebuild it");
-      continue;
+                         "): the table must be changed to match (a migration), or the SELECT to match the table");
+      std::vector<std::string> key;
+      for (const auto& r : tx.exec_params(
+               "SELECT a.attname::text FROM pg_index x JOIN pg_attribute a ON a.attrelid = x.indrelid "
+               "AND a.attnum = ANY (x.indkey::int2[]) WHERE x.indrelid = $1::regclass AND x.indisprimary "
+               "ORDER BY array_position(x.indkey::int2[], a.attnum)",
+               target))
+        key.emplace_back(r[0].c_str());
+      if (key != m->unique_key)
+        throw InputError(At(*m) + "unique_key [" + Plain(m->unique_key) + "] but " + m->name + "'s primary key is [" +
+                         Plain(key) + "]: the table must be changed to match (a migration)");
+    } else {
+      std::string ddl = "CREATE TABLE " + target + " (";
+      for (const auto& [n, t] : shape) ddl += QuoteIdent(n) + " " + t + ", ";
+      ddl += m->unique_key.empty() ? "" : "PRIMARY KEY (" + List(m->unique_key) + "), ";
+      ddl.resize(ddl.size() - 2);
+      tx.exec(ddl + ")");
+      spdlog::info("created table {} for model {} ({})", m->name, m->file, names);
     }
-    std::string ddl = "CREATE TABLE " + target + " (";
-    for (const auto& [n, t] : shape) ddl += QuoteIdent(n) + " " + t + ", ";
-    ddl += m->unique_key.empty() ? "" : "PRIMARY KEY (" + List(m->unique_key) + "), ";
-    ddl.resize(ddl.size() - 2);
-    tx.exec(ddl + ")");
+    // Declared indexes, also ones added to the declaration of an existing table.
     const std::string table = m->name.substr(m->name.find('.') + 1);
     std::vector<std::vector<std::string>> indexes = m->indexes;
     if (m->kind == "incremental_by_ds" && (m->unique_key.empty() || m->unique_key[0] != m->time_column))
@@ -178,7 +201,6 @@ void EnsureSqlModelTables(pqxx::connection& conn, const PipelineSpec& spec) {
       for (const auto& c : ix) name += "_" + c;
       tx.exec("CREATE INDEX IF NOT EXISTS " + QuoteIdent(name.substr(0, 63)) + " ON " + target + " (" + List(ix) + ")");
     }
-    spdlog::info("created table {} for model {} ({})", m->name, m->file, names);
   }
   // A published mart is read from its serving copy, which exists (empty) before the first publish.
   for (const auto& m : spec.sql_models)

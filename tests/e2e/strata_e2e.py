@@ -206,14 +206,23 @@ def dead_letters(run_id):
     return out.count(f'"{run_id}"')
 
 
-def free_port():
-    """A free port outside the ephemeral range (infra/free_port.py says why)."""
+def _port_picker():
     import importlib.util
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "infra", "free_port.py")
     spec = importlib.util.spec_from_file_location("strata_free_port", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.free_port()
+    return module.free_port
+
+
+_pick_port = _port_picker()
+
+
+def free_port():
+    """A free port outside the ephemeral range (infra/free_port.py says why), never one already
+    picked by this process or by the stack (its run/ports), bound or not."""
+    stack_dir = ENV.get("STRATA_STACK_DIR")
+    return _pick_port(os.path.join(stack_dir, "run", "ports") if stack_dir else None)
 
 
 def load_pb2():

@@ -64,6 +64,24 @@ TEST(SqlModel, BindsParametersInOrderOfFirstUseAndNeverInsideStringsOrComments) 
   EXPECT_NE(WithoutParameters(m).find("to_char(NULL::date, 'YYYYMMDD')"), std::string::npos);
 }
 
+TEST(SqlModel, EscapeStringsDollarQuotesAndQuotedNamesAreReadAsPostgreSQLReadsThem) {
+  // E'\'' is one string: what follows is still SQL (its table read, its parameter bound).
+  const SqlModel e = ParseSqlModel(
+      "/* strata\nname: marts.x\nkind: incremental_by_ds\n*/\n"
+      "SELECT {ds} AS ds, replace(f.note, E'\\'', '') AS note FROM dwh.fact_sales f WHERE f.day = {end}",
+      "x.sql");
+  EXPECT_EQ(e.reads, std::vector<std::string>{"dwh.fact_sales"});
+  EXPECT_EQ(BindParameters(e).names, (std::vector<std::string>{"ds", "end"}));
+  // A dollar-quoted string hides a ';', a {ds} and a table name; a quoted name is a name.
+  const SqlModel d = ParseSqlModel(
+      "/* strata\nname: marts.y\nkind: full\n*/\n"
+      "SELECT $q$ {ds}; dwh.not_read $q$ AS a, $$it's$$ AS b FROM \"dwh\".\"fact_sales\" JOIN marts.\"Daily\" USING (k)",
+      "y.sql");
+  EXPECT_EQ(d.reads, (std::vector<std::string>{"dwh.fact_sales", "marts.Daily"}));  // quoted: case kept
+  EXPECT_FALSE(d.uses_parameters);
+  EXPECT_EQ(BindParameters(d).sql, d.sql);
+}
+
 TEST(SqlModel, RefusalsNameTheFileAndLine) {
   EXPECT_EQ(ErrorOf("SELECT 1"),
             "models/m.sql:1: a model file starts with its declaration: a '/* strata' block comment (name, kind, ...)");

@@ -162,8 +162,20 @@ TEST_F(SqlModelsTest, RefusalsAtStartUpNameTheFileAndLine) {
   const std::string changed = std::string(kMinutes).replace(std::string(kMinutes).find("count(*) AS visits"), 18, "count(*)::int AS visits");
   EXPECT_EQ(ErrorOf([&] { Use({{"visit_minutes.sql", changed}}); }),
             "visit_minutes.sql:6: the SELECT returns (ds date, visits integer, minutes numeric(10,2)) but "
-            "marts.visit_minutes has (ds date, visits bigint, minutes numeric(10,2)): change the table with a "
-            "migration, or drop it to rebuild it");
+            "marts.visit_minutes has (ds date, visits bigint, minutes numeric(10,2)): the table must be changed to "
+            "match (a migration), or the SELECT to match the table");
+  // ... or whose primary key differs from unique_key.
+  const std::string rekeyed = std::string(kMinutes).replace(std::string(kMinutes).find("unique_key: [ds]"), 16,
+                                                            "unique_key: [ds, visits]");
+  EXPECT_EQ(ErrorOf([&] { Use({{"visit_minutes.sql", rekeyed}}); }),
+            "visit_minutes.sql:6: unique_key [ds, visits] but marts.visit_minutes's primary key is [ds]: the table must "
+            "be changed to match (a migration)");
+  // A mart's ds column is the day publish copies by: it must be a date.
+  EXPECT_EQ(ErrorOf([&] {
+              Use({{"d.sql", "/* strata\nname: marts.d\nkind: full\n*/\nSELECT '2024-01-01'::text AS ds, 1 AS n"}});
+            }),
+            "d.sql:5: column ds of a mart is the day it is published by; it is text here (cast it: ...::date AS ds, or "
+            "name the column otherwise)");
 }
 
 TEST_F(SqlModelsTest, AnIncrementalByDsRowForAnotherDayFailsTheBuildNamingTheModel) {
