@@ -49,7 +49,7 @@ one, four = runs[0], runs[-1]
 open(out, "a").write(f"""
 ## Past capacity: query service
 
-Capacity C = {cap:,} uncached requests/s: `Query/DailySales`, every request a different range (a
+Capacity C = {cap:,} uncached requests/s: `Query.Call` of `daily_sales`, every request a different range (a
 cache miss answered by PostgreSQL), closed loop with 8 in flight. Then the same generator in
 open loop (`bench/query_load --rate`: requests issued on a schedule whatever the answers do, as
 independent users would; 5 s deadline each) offers C, 2C and 4C for {one['seconds']:.0f} s each. The

@@ -4,7 +4,7 @@
 // 2-core machine the client shares the cores with the server it measures.
 //   query_load --target HOST:PORT --token T [--concurrency 16] [--channels 2] [--seconds 5]
 //              [--mode cached|uncached] [--rate R]
-// cached: every request asks the same DailySales range (served from the cache after the first);
+// cached: every request asks the same daily_sales range (served from the cache after the first);
 // uncached: every request asks a different range, so each is a cache miss answered by PostgreSQL.
 // Prints one JSON object: requests, errors, seconds, rps, p50_ms, p99_ms.
 //
@@ -32,22 +32,25 @@ namespace {
 
 using Stubs = std::vector<std::unique_ptr<strata::v1::Query::Stub>>;
 
-void FillRequest(const std::string& mode, long long n, strata::v1::DailySalesRequest* req) {
+// The demo's daily_sales endpoint.
+void FillRequest(const std::string& mode, long long n, strata::v1::CallRequest* req) {
+  req->set_endpoint("daily_sales");
+  auto& p = *req->mutable_params();
   if (mode == "uncached") {
     // A fresh (from, to) pair per request: ~100k distinct keys.
-    req->set_from(strata::AddDays("2000-01-01", n % 10000));
-    req->set_to(strata::AddDays(req->from(), 1 + (n / 10000) % 10));
+    p["from"] = strata::AddDays("2000-01-01", n % 10000);
+    p["to"] = strata::AddDays(p["from"], 1 + (n / 10000) % 10);
   } else {
-    req->set_from("2024-01-01");
-    req->set_to("2024-12-31");
+    p["from"] = "2024-01-01";
+    p["to"] = "2024-12-31";
   }
 }
 
 int OpenLoop(const Stubs& stubs, const std::string& token, const std::string& mode, double rate, double seconds) {
   struct Call {
     grpc::ClientContext ctx;
-    strata::v1::DailySalesRequest req;
-    strata::v1::DailySalesReply reply;
+    strata::v1::CallRequest req;
+    strata::v1::CallReply reply;
     std::chrono::steady_clock::time_point t0;
   };
   std::mutex mu;
@@ -69,7 +72,7 @@ int OpenLoop(const Stubs& stubs, const std::string& token, const std::string& mo
       std::lock_guard<std::mutex> lock(mu);
       ++outstanding;
     }
-    stubs[static_cast<size_t>(issued) % stubs.size()]->async()->DailySales(&c->ctx, &c->req, &c->reply, [&, c](grpc::Status st) {
+    stubs[static_cast<size_t>(issued) % stubs.size()]->async()->Call(&c->ctx, &c->req, &c->reply, [&, c](grpc::Status st) {
       const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - c->t0).count();
       delete c;
       std::lock_guard<std::mutex> lock(mu);
@@ -117,8 +120,8 @@ int main(int argc, char** argv) {
 
   struct Slot {
     grpc::ClientContext* ctx = nullptr;
-    strata::v1::DailySalesRequest req;
-    strata::v1::DailySalesReply reply;
+    strata::v1::CallRequest req;
+    strata::v1::CallReply reply;
     std::chrono::steady_clock::time_point t0;
   };
   Stubs stubs;
@@ -147,7 +150,7 @@ int main(int argc, char** argv) {
     FillRequest(mode, counter++, &s.req);
     s.reply.Clear();
     s.t0 = std::chrono::steady_clock::now();
-    stubs[i % stubs.size()]->async()->DailySales(s.ctx, &s.req, &s.reply, [&, i](grpc::Status st) {
+    stubs[i % stubs.size()]->async()->Call(s.ctx, &s.req, &s.reply, [&, i](grpc::Status st) {
       const auto t1 = std::chrono::steady_clock::now();
       if (!st.ok()) ++errors;
       bool again;

@@ -193,7 +193,7 @@ text = f"""
 ## Query service
 
 A C++ gRPC load generator (`bench/query_load.cpp`, callback API, closed loop) against
-`Query/DailySales` with an analyst token, on the same 2 cores as the service, Redis and
+`Query.Call` of `daily_sales` with an analyst token, on the same 2 cores as the service, Redis and
 PostgreSQL.
 
 | load | requests/s | p50 ms | p99 ms | errors |

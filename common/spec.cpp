@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "common/cron.h"
+#include "common/endpoint.h"
 #include "common/lake_codec.h"
 #include "common/errors.h"
 #include "common/time_util.h"
@@ -309,7 +310,7 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
   } catch (const YAML::Exception& e) {
     Fail(origin, std::string("not valid YAML: ") + e.what());
   }
-  OnlyKeys(root, origin, {"pipeline", "datasets", "dimensions", "facts", "models", "checks", "schedule", "cdc"});
+  OnlyKeys(root, origin, {"pipeline", "datasets", "dimensions", "facts", "models", "checks", "schedule", "cdc", "endpoints"});
   PipelineSpec spec;
   spec.name = Str(root["pipeline"], origin + ":pipeline");
   CheckIdent(spec.name, origin + ":pipeline");
@@ -651,6 +652,7 @@ PipelineSpec ParsePipelineSpec(const std::string& text, const std::string& origi
       spec.checks.push_back(c);
     }
   }
+  if (root["endpoints"]) spec.endpoints = ParseEndpoints(root["endpoints"], origin);
   return spec;
 }
 

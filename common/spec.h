@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "common/endpoint.h"
 #include "common/sql_model.h"
 
 namespace strata {
@@ -219,6 +220,7 @@ struct PipelineSpec {
   // the models it reads.
   std::vector<SqlModel> sql_models;
   std::vector<CheckSpec> checks;
+  std::vector<ApiEndpoint> endpoints;  // common/endpoint.h
   const DatasetSpec* Find(const std::string& dataset) const;
   const DimensionSpec* FindDimension(const std::string& name) const;
   const FactSpec* FindFact(const std::string& name) const;

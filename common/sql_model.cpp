@@ -32,10 +32,37 @@ int LineAt(const std::string& text, size_t offset) {
 
 bool IdentChar(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; }
 
-// Walks SQL text, skipping string literals ('...', E'...' with backslash escapes, $tag$...$tag$)
-// and comments. `on_param(pos, len, name)` sees each {name}; `on_word(pos, len)` each name made
-// of dot-separated parts, bare or double-quoted ("dwh"."fact_sales" is one word).
-void Scan(const std::string& sql, const std::function<void(size_t, size_t, const std::string&)>& on_param,
+std::string Replace(const SqlModel& m, const std::map<std::string, std::string>& with) {
+  std::string out;
+  size_t copied = 0;
+  ScanSql(
+      m.sql,
+      [&](size_t pos, size_t len, const std::string& name) {
+        out += m.sql.substr(copied, pos - copied) + with.at(name);
+        copied = pos + len;
+      },
+      [](size_t, size_t) {}, [](size_t) {});
+  return out + m.sql.substr(copied);
+}
+
+std::vector<std::string> Columns(const YAML::Node& n, const std::string& file, int line, const std::string& key) {
+  std::vector<std::string> out;
+  if (n.IsScalar()) out.push_back(n.as<std::string>());
+  else if (n.IsSequence())
+    for (const auto& c : n) {
+      if (!c.IsScalar()) Fail(file, line + static_cast<int>(c.Mark().line), key + ": expected column names");
+      out.push_back(c.as<std::string>());
+    }
+  else Fail(file, line + static_cast<int>(n.Mark().line), key + ": expected a column name or a list of them");
+  for (const auto& c : out)
+    if (!std::regex_match(c, kIdent))
+      Fail(file, line + static_cast<int>(n.Mark().line), key + ": '" + c + "' is not a column name (lower case, digits, _)");
+  return out;
+}
+
+}  // namespace
+
+void ScanSql(const std::string& sql, const std::function<void(size_t, size_t, const std::string&)>& on_param,
           const std::function<void(size_t, size_t)>& on_word, const std::function<void(size_t)>& on_semicolon) {
   size_t i = 0;
   const size_t n = sql.size();
@@ -104,35 +131,19 @@ void Scan(const std::string& sql, const std::function<void(size_t, size_t, const
   }
 }
 
-std::string Replace(const SqlModel& m, const std::map<std::string, std::string>& with) {
-  std::string out;
-  size_t copied = 0;
-  Scan(
-      m.sql,
-      [&](size_t pos, size_t len, const std::string& name) {
-        out += m.sql.substr(copied, pos - copied) + with.at(name);
-        copied = pos + len;
-      },
-      [](size_t, size_t) {}, [](size_t) {});
-  return out + m.sql.substr(copied);
-}
-
-std::vector<std::string> Columns(const YAML::Node& n, const std::string& file, int line, const std::string& key) {
-  std::vector<std::string> out;
-  if (n.IsScalar()) out.push_back(n.as<std::string>());
-  else if (n.IsSequence())
-    for (const auto& c : n) {
-      if (!c.IsScalar()) Fail(file, line + static_cast<int>(c.Mark().line), key + ": expected column names");
-      out.push_back(c.as<std::string>());
+std::string SqlWord(const std::string& sql, size_t pos, size_t len) {
+  std::string word;
+  bool quoted = false;
+  for (size_t k = pos; k < pos + len; ++k) {
+    if (sql[k] == '"') {
+      if (quoted && k + 1 < pos + len && sql[k + 1] == '"') word += sql[++k];
+      else quoted = !quoted;
+    } else {
+      word += quoted ? sql[k] : static_cast<char>(std::tolower(static_cast<unsigned char>(sql[k])));
     }
-  else Fail(file, line + static_cast<int>(n.Mark().line), key + ": expected a column name or a list of them");
-  for (const auto& c : out)
-    if (!std::regex_match(c, kIdent))
-      Fail(file, line + static_cast<int>(n.Mark().line), key + ": '" + c + "' is not a column name (lower case, digits, _)");
-  return out;
+  }
+  return word;
 }
-
-}  // namespace
 
 std::vector<std::string> SqlModel::Upstream() const {
   std::vector<std::string> out;
@@ -236,7 +247,7 @@ SqlModel ParseSqlModel(const std::string& text, const std::string& file) {
   if (sql.empty()) Fail(file, m.sql_line, "no SELECT after the declaration");
   m.sql = sql;
   bool first_word = true;
-  Scan(
+  ScanSql(
       sql,
       [&](size_t pos, size_t, const std::string& name) {
         const int line = m.sql_line + LineAt(sql, pos) - 1;
@@ -247,17 +258,7 @@ SqlModel ParseSqlModel(const std::string& text, const std::string& file) {
         m.uses_parameters = true;
       },
       [&](size_t pos, size_t len) {
-        // As PostgreSQL reads a name: bare parts fold to lower case, quoted ones keep theirs.
-        std::string word;
-        bool quoted = false;
-        for (size_t k = pos; k < pos + len; ++k) {
-          if (sql[k] == '"') {
-            if (quoted && k + 1 < pos + len && sql[k + 1] == '"') word += sql[++k];
-            else quoted = !quoted;
-          } else {
-            word += quoted ? sql[k] : static_cast<char>(std::tolower(static_cast<unsigned char>(sql[k])));
-          }
-        }
+        const std::string word = SqlWord(sql, pos, len);
         if (first_word) {
           first_word = false;
           if (word != "select" && word != "with")
@@ -302,7 +303,7 @@ std::vector<SqlModel> LoadSqlModels(const std::string& dir) {
 BoundSql BindParameters(const SqlModel& m, int first) {
   BoundSql out;
   std::map<std::string, std::string> with;
-  Scan(
+  ScanSql(
       m.sql,
       [&](size_t, size_t, const std::string& name) {
         if (with.count(name)) return;

@@ -22,6 +22,7 @@
 // This header parses and orders models and nothing else (no database), so it is tested without
 // one (tests/unit/sql_model_test.cpp). Every error names the file and line.
 #pragma once
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -67,6 +68,17 @@ BoundSql BindParameters(const SqlModel& model, int first = 1);
 // The SELECT with every parameter replaced by a typed NULL: for planning it without running it
 // (CREATE TABLE ... AS ... WITH NO DATA takes no parameters).
 std::string WithoutParameters(const SqlModel& model);
+
+// Walks SQL text, skipping string literals ('...', E'...' with backslash escapes, $tag$...$tag$)
+// and comments. `on_param(pos, len, name)` sees each {name}; `on_word(pos, len)` each name made
+// of dot-separated parts, bare or double-quoted ("dwh"."fact_sales" is one word);
+// `on_semicolon(pos)` each statement separator.
+void ScanSql(const std::string& sql, const std::function<void(size_t, size_t, const std::string&)>& on_param,
+             const std::function<void(size_t, size_t)>& on_word, const std::function<void(size_t)>& on_semicolon);
+
+// The name ScanSql's on_word saw at [pos, pos+len), as PostgreSQL reads it: bare parts fold to
+// lower case, quoted ones keep theirs ("Dwh".x -> Dwh.x, DWH.X -> dwh.x).
+std::string SqlWord(const std::string& sql, size_t pos, size_t len);
 
 // The models in an order where each comes after the models it reads. A cycle throws
 // InputError naming each file of it, in order.

@@ -57,10 +57,10 @@ psql "$STRATA_PG_DSN" -qAt -F ' ' -c "SELECT status, count(*) FROM quality.check
 
 echo
 echo "== daily sales $START..$last (through the query service) =="
-"$BIN/stratactl" query daily-sales --from "$START" --to "$last" || failed=1
+"$BIN/stratactl" query daily_sales from="$START" to="$last" || failed=1
 echo
 echo "== top 3 customers by revenue, open orders =="
-"$BIN/stratactl" query top-customers --status open --limit 3 || failed=1
+"$BIN/stratactl" query top_customers status=open limit=3 || failed=1
 echo
 "$BIN/stratactl" runs --limit "$DAYS"
 if [ "$failed" -ne 0 ]; then echo "demo: FAILED"; exit 1; fi

@@ -22,7 +22,7 @@ npm_deps() {
     ${SUDO:-} apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
   fi
   local d
-  for d in parquet s3; do
+  for d in parquet s3 openapi; do
     # Installed again whenever the lock file changed since the last install.
     if ! cmp -s "$ROOT/tests/$d/package-lock.json" "$ROOT/tests/$d/node_modules/.strata-installed-lock"; then
       (cd "$ROOT/tests/$d" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)

@@ -17,6 +17,7 @@ PipelineSpec Checked(const std::string& dir) {
   PipelineSpec spec = LoadPipelineSpec(dir);
   loader::ResolveModels(spec);
   loader::CheckSqlModelReads(spec, loader::BuiltInTables(spec));
+  loader::CheckEndpointReads(spec);
   return spec;
 }
 
@@ -34,13 +35,14 @@ int ValidatePipeline(const std::string& dir, bool json) {
     if (json) {
       std::cout << nlohmann::json{{"pipeline", spec.name}, {"valid", true}, {"datasets", spec.datasets.size()},
                                   {"dimensions", spec.dimensions.size()}, {"facts", spec.facts.size()},
-                                  {"sql_models", spec.sql_models.size()}, {"checks", spec.checks.size()}}
+                                  {"sql_models", spec.sql_models.size()}, {"checks", spec.checks.size()},
+                                  {"endpoints", spec.endpoints.size()}}
                        .dump()
                 << "\n";
     } else {
       std::cout << dir << ": pipeline " << spec.name << " is valid: " << spec.datasets.size() << " datasets, "
                 << spec.dimensions.size() << " dimensions, " << spec.facts.size() << " facts, " << spec.sql_models.size()
-                << " SQL models, " << spec.checks.size() << " checks\n";
+                << " SQL models, " << spec.checks.size() << " checks, " << spec.endpoints.size() << " endpoints\n";
     }
     return 0;
   } catch (const InputError& e) {
@@ -76,6 +78,43 @@ int PrintLineage(const std::string& dir, const std::string& table, bool json) {
       std::cout << nlohmann::json{{"table", table}, {"upstream", l.upstream}, {"downstream", l.downstream}}.dump() << "\n";
     else
       std::cout << table << "\n  upstream:   " << Join(l.upstream) << "\n  downstream: " << Join(l.downstream) << "\n";
+    return 0;
+  } catch (const InputError& e) {
+    std::cerr << e.what() << "\n";
+    return 2;
+  }
+}
+
+int ListEndpoints(const std::string& dir, bool json) {
+  try {
+    const PipelineSpec spec = Checked(dir);
+    nlohmann::ordered_json out = nlohmann::ordered_json::array();
+    for (const ApiEndpoint& e : spec.endpoints) {
+      nlohmann::ordered_json params = nlohmann::ordered_json::array();
+      std::string line;
+      for (const auto& p : e.params) {
+        nlohmann::ordered_json j = {{"name", p.name}, {"type", p.type}, {"required", p.required}};
+        if (p.default_value) j["default"] = *p.default_value;
+        if (p.min) j["min"] = *p.min;
+        if (p.max) j["max"] = *p.max;
+        if (!p.allowed.empty()) j["enum"] = p.allowed;
+        params.push_back(j);
+        line += (line.empty() ? "" : " ") + p.name + ":" + p.type + (p.required ? "!" : "") +
+                (p.default_value ? "=" + *p.default_value : "");
+      }
+      if (e.paged) line += std::string(line.empty() ? "" : " ") + "limit:integer=" + std::to_string(e.default_limit) + " page_token:text";
+      if (json) {
+        out.push_back({{"name", e.name}, {"path", e.path}, {"params", params}, {"paged", e.paged}, {"roles", e.roles},
+                       {"cache", e.cache}, {"staleness_ms", e.cache == "realtime" ? e.staleness_ms : 0},
+                       {"reads", e.reads}, {"description", e.description}});
+      } else {
+        std::cout << e.name << "  GET " << e.path << "  cache=" << e.cache
+                  << (e.cache == "realtime" ? "(" + std::to_string(e.staleness_ms) + "ms)" : "")
+                  << "  roles=" << (e.roles.empty() ? "any" : Join(e.roles)) << "\n    params: " << (line.empty() ? "none" : line)
+                  << "\n    reads: " << Join(e.reads) << "\n";
+      }
+    }
+    if (json) std::cout << out.dump() << "\n";
     return 0;
   } catch (const InputError& e) {
     std::cerr << e.what() << "\n";

@@ -1,4 +1,4 @@
-// `stratactl validate DIR`, `stratactl models DIR` and `stratactl lineage TABLE DIR`: a pipeline folder checked and described
+// `stratactl validate DIR`, `stratactl models DIR`, `stratactl endpoints DIR` and `stratactl lineage TABLE DIR`: a pipeline folder checked and described
 // without any service or database — what the services would refuse at start-up, refused here
 // with the same message (file and key path, or file and line).
 #pragma once
@@ -13,5 +13,9 @@ int ListModels(const std::string& dir, bool json);
 // What `table` is built from and what is built from it (services/warehouse_loader/lineage.h).
 // 2 when the folder is invalid or has no such table.
 int PrintLineage(const std::string& dir, const std::string& table, bool json);
+
+// The declared endpoints: name, path, parameters (name:type, ! when required, =default),
+// cache policy, roles, tables read. 2 when the folder is invalid.
+int ListEndpoints(const std::string& dir, bool json);
 
 }  // namespace strata::ctl

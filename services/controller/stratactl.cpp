@@ -215,33 +215,11 @@ int main(int argc, char** argv) {
   status->add_option("--to", to, "only logical dates up to this one");
   status->add_option("--page-token", page_token, "continue after the previous page");
 
-  auto* query = app.add_subcommand("query", "ask the query service");
-  query->require_subcommand(1);
-  std::string order_status;
-  int qlimit = 0;
-  auto* q_orders = query->add_subcommand("orders", "orders by status");
-  q_orders->add_option("--status", order_status);
-  q_orders->add_option("--limit", qlimit);
-  auto* q_top = query->add_subcommand("top-customers", "top customers by revenue");
-  q_top->add_option("--status", order_status);
-  q_top->add_option("--limit", qlimit);
-  auto* q_daily = query->add_subcommand("daily-sales", "daily sales over a date range");
-  q_daily->add_option("--from", from)->required();
-  q_daily->add_option("--to", to)->required();
-  auto* q_top_orders = query->add_subcommand("top-orders", "largest orders by value");
-  q_top_orders->add_option("--status", order_status);
-  q_top_orders->add_option("--limit", qlimit);
-  auto* q_products = query->add_subcommand("products", "sales by product over a date range");
-  q_products->add_option("--from", from)->required();
-  q_products->add_option("--to", to)->required();
-  q_products->add_option("--limit", qlimit);
-  auto* q_reviews = query->add_subcommand("review-changes", "businesses whose review count grew most");
-  q_reviews->add_option("--from", from)->required();
-  q_reviews->add_option("--to", to)->required();
-  q_reviews->add_option("--limit", qlimit);
-  std::string rating_ds;
-  auto* q_rating = query->add_subcommand("rating-by-price", "average rating per price level");
-  q_rating->add_option("--date", rating_ds, "day (default: latest published)");
+  auto* query = app.add_subcommand("query", "call an endpoint the pipeline declares (stratactl endpoints lists them)");
+  std::string endpoint;
+  std::vector<std::string> query_params;
+  query->add_option("endpoint", endpoint, "endpoint name, e.g. daily_sales")->required();
+  query->add_option("params", query_params, "parameters as name=value, e.g. from=2024-01-01 limit=5");
 
   auto* checks = app.add_subcommand("checks", "latest check results for a logical date");
   checks->add_option("--date,-d", date, "logical date YYYY-MM-DD")->required();
@@ -255,6 +233,8 @@ int main(int argc, char** argv) {
   validate->add_option("dir", pipeline_dir, "pipeline folder or its pipeline.yaml (env STRATA_PIPELINE_SPEC)");
   auto* models = app.add_subcommand("models", "a pipeline folder's SQL models in build order (offline)");
   models->add_option("dir", pipeline_dir, "pipeline folder or its pipeline.yaml (env STRATA_PIPELINE_SPEC)");
+  auto* endpoints = app.add_subcommand("endpoints", "a pipeline folder's declared endpoints: path, parameters, roles, cache (offline)");
+  endpoints->add_option("dir", pipeline_dir, "pipeline folder or its pipeline.yaml (env STRATA_PIPELINE_SPEC)");
   std::string lineage_table;
   auto* lineage = app.add_subcommand("lineage", "what a table is built from and what is built from it (offline)");
   lineage->add_option("table", lineage_table, "schema.table, e.g. marts.daily_sales")->required();
@@ -269,6 +249,7 @@ int main(int argc, char** argv) {
   if (*validate) return strata::ctl::ValidatePipeline(pipeline_dir, json);
   if (*models) return strata::ctl::ListModels(pipeline_dir, json);
   if (*lineage) return strata::ctl::PrintLineage(pipeline_dir, lineage_table, json);
+  if (*endpoints) return strata::ctl::ListEndpoints(pipeline_dir, json);
 
   // Reconnect quickly after a controller restart (gRPC's default backoff grows to two minutes).
   grpc::ChannelArguments channel_args;
@@ -493,80 +474,36 @@ int main(int argc, char** argv) {
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     if (!token.empty()) ctx.AddMetadata("authorization", "Bearer " + token);
-    nlohmann::json out;
-    grpc::Status st;
-    if (*q_orders) {
-      strata::v1::OrdersByStatusRequest req;
-      req.set_status(order_status);
-      req.set_limit(qlimit);
-      strata::v1::OrdersReply reply;
-      st = q->OrdersByStatus(&ctx, req, &reply);
-      out = nlohmann::json::array();
-      for (const auto& o : reply.orders())
-        out.push_back({{"order_id", o.order_id()}, {"customer_id", o.customer_id()}, {"status", o.status()},
-                       {"ordered_at", o.ordered_at()}, {"amount", o.amount()}});
-    } else if (*q_top) {
-      strata::v1::TopCustomersRequest req;
-      req.set_status(order_status);
-      req.set_limit(qlimit);
-      strata::v1::TopCustomersReply reply;
-      st = q->TopCustomers(&ctx, req, &reply);
-      out = nlohmann::json::array();
-      for (const auto& c : reply.customers())
-        out.push_back({{"customer_id", c.customer_id()}, {"name", c.name()}, {"revenue", c.revenue()},
-                       {"orders", c.orders()}});
-    } else if (*q_top_orders) {
-      strata::v1::TopOrdersRequest req;
-      req.set_status(order_status);
-      req.set_limit(qlimit);
-      strata::v1::OrdersReply reply;
-      st = q->TopOrders(&ctx, req, &reply);
-      out = nlohmann::json::array();
-      for (const auto& o : reply.orders())
-        out.push_back({{"order_id", o.order_id()}, {"customer_id", o.customer_id()}, {"status", o.status()},
-                       {"ordered_at", o.ordered_at()}, {"amount", o.amount()}});
-    } else if (*q_products) {
-      strata::v1::SalesByProductRequest req;
-      req.set_from(from);
-      req.set_to(to);
-      req.set_limit(qlimit);
-      strata::v1::SalesByProductReply reply;
-      st = q->SalesByProduct(&ctx, req, &reply);
-      out = nlohmann::json::array();
-      for (const auto& p : reply.products())
-        out.push_back({{"product_id", p.product_id()}, {"name", p.name()}, {"orders", p.orders()},
-                       {"units", p.units()}, {"revenue", p.revenue()}});
-    } else if (*q_reviews) {
-      strata::v1::ReviewChangesRequest req;
-      req.set_from(from);
-      req.set_to(to);
-      req.set_limit(qlimit);
-      strata::v1::ReviewChangesReply reply;
-      st = q->ReviewChanges(&ctx, req, &reply);
-      out = nlohmann::json::array();
-      for (const auto& b : reply.businesses())
-        out.push_back({{"business_id", b.business_id()}, {"name", b.name()}, {"review_count", b.review_count()},
-                       {"change", b.change()}});
-    } else if (*q_rating) {
-      strata::v1::RatingByPriceLevelRequest req;
-      req.set_ds(rating_ds);
-      strata::v1::RatingByPriceLevelReply reply;
-      st = q->RatingByPriceLevel(&ctx, req, &reply);
-      out = nlohmann::json::array();
-      for (const auto& l : reply.levels())
-        out.push_back({{"ds", reply.ds()}, {"price_level", l.price_level()}, {"businesses", l.businesses()},
-                       {"avg_rating", l.avg_rating()}});
-    } else {
-      strata::v1::DailySalesRequest req;
-      req.set_from(from);
-      req.set_to(to);
-      strata::v1::DailySalesReply reply;
-      st = q->DailySales(&ctx, req, &reply);
-      out = nlohmann::json::array();
-      for (const auto& d : reply.days())
-        out.push_back({{"ds", d.ds()}, {"orders", d.orders()}, {"units", d.units()}, {"revenue", d.revenue()}});
+    strata::v1::CallRequest req;
+    req.set_endpoint(endpoint);
+    for (const auto& kv : query_params) {
+      const auto eq = kv.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        std::cerr << "stratactl query: '" << kv << "' is not name=value\n";
+        return 2;
+      }
+      (*req.mutable_params())[kv.substr(0, eq)] = kv.substr(eq + 1);
     }
+    strata::v1::CallReply reply;
+    const grpc::Status st = q->Call(&ctx, req, &reply);
     if (!st.ok()) return Fail(st, "query");
+    nlohmann::ordered_json out = nlohmann::ordered_json::array();
+    for (const auto& r : reply.rows()) {
+      nlohmann::ordered_json row = nlohmann::ordered_json::object();
+      for (int i = 0; i < r.cells_size() && i < reply.columns_size(); ++i) {
+        const auto& v = r.cells(i);
+        auto& cell = row[reply.columns(i).name()];
+        switch (v.kind_case()) {
+          case strata::v1::Cell::kIntValue: cell = v.int_value(); break;
+          case strata::v1::Cell::kNumberValue: cell = v.number_value(); break;
+          case strata::v1::Cell::kDecimalValue: cell = std::stod(v.decimal_value()); break;
+          case strata::v1::Cell::kBoolValue: cell = v.bool_value(); break;
+          case strata::v1::Cell::kTextValue: cell = v.text_value(); break;
+          default: cell = nullptr;
+        }
+      }
+      out.push_back(std::move(row));
+    }
     if (json) {
       std::cout << out.dump() << "\n";
     } else {
@@ -576,6 +513,7 @@ int main(int argc, char** argv) {
           line += (line.empty() ? "" : "  ") + it.key() + "=" + (it->is_string() ? it->get<std::string>() : it->dump());
         std::cout << line << "\n";
       }
+      if (!reply.next_page_token().empty()) std::cout << "next page: page_token=" << reply.next_page_token() << "\n";
     }
     return 0;
   }

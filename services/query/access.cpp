@@ -1,17 +1,8 @@
 #include "services/query/access.h"
 
 #include <algorithm>
-#include <set>
 
 namespace strata::query {
-
-bool RoleAllows(const std::string& role, const std::string& method) {
-  static const std::set<std::string> kAggregates = {"DailySales", "SalesByProduct", "ReviewChanges",
-                                                    "RatingByPriceLevel"};
-  if (role == "analyst") return true;
-  if (role == "viewer") return kAggregates.count(method) > 0;
-  return false;
-}
 
 bool TokenBucket::Take(double now) {
   if (last_ >= 0) tokens_ = std::min(burst_, tokens_ + (now - last_) * rate_);

@@ -1,12 +1,9 @@
-// Access control pieces of the query service, pure and clock-injectable: which role may call
-// which method, per-token token buckets, page tokens, and the HTTP status for a gRPC code.
+// Access control pieces of the query service, pure and clock-injectable: per-token token
+// buckets, page tokens, and the HTTP status for a gRPC code.
 #pragma once
 #include <string>
 
 namespace strata::query {
-
-// analyst: every method; viewer: aggregates only (no order- or customer-level rows).
-bool RoleAllows(const std::string& role, const std::string& method);
 
 // A token bucket: `rate` tokens per second, holding at most `burst`. Starts full.
 class TokenBucket {

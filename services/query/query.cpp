@@ -25,23 +25,28 @@
 #include "common/errors.h"
 #include "common/http_server.h"
 #include "common/pg.h"
+#include "common/spec.h"
 #include "common/time_util.h"
 #include "services/query/access.h"
 #include "services/query/admission.h"
+#include "services/query/endpoint_call.h"
+#include "services/query/openapi.h"
 #include "strata.grpc.pb.h"
 
 namespace strata::query {
 
-std::string CacheKey(long long version, const std::string& method, const std::string& params) {
-  return "strata:q:v" + std::to_string(version) + ":" + method + ":" + params;
+std::string CacheKey(long long version, const std::string& endpoint, const std::string& params) {
+  return "strata:q:v" + std::to_string(version) + ":" + endpoint + ":" + params;
+}
+
+std::string RealtimeCacheKey(const std::string& endpoint, const std::string& params) {
+  return "strata:q:rt:" + endpoint + ":" + params;
 }
 
 namespace {
 
 namespace pb = strata::v1;
 using Clock = std::chrono::system_clock;
-
-const std::set<std::string> kStatuses = {"open", "shipped", "delivered", "cancelled"};
 
 // One round trip: read the published version and the entry cached under it. An empty reply
 // means the version key is gone (Redis restarted empty): it is derived again from the warehouse.
@@ -103,11 +108,14 @@ class LocalCache {
     *out = it->second.bytes;
     return true;
   }
-  void Put(const std::string& key, const std::string& bytes) {
+  // `ttl` bounds a realtime answer's age below the cache's own TTL.
+  void Put(const std::string& key, const std::string& bytes,
+           std::optional<std::chrono::milliseconds> ttl = std::nullopt) {
     Shard& s = ShardFor(key);
     std::lock_guard<std::mutex> lock(s.mu);
     if (s.entries.size() >= kMaxPerShard) s.entries.clear();
-    s.entries[key] = {bytes, std::chrono::steady_clock::now() + ttl_};
+    const std::chrono::steady_clock::duration life = ttl ? std::min<std::chrono::steady_clock::duration>(*ttl, ttl_) : ttl_;
+    s.entries[key] = {bytes, std::chrono::steady_clock::now() + life};
   }
 
  private:
@@ -134,43 +142,12 @@ struct Call {
 
 grpc::Status Invalid(const std::string& msg) { return {grpc::StatusCode::INVALID_ARGUMENT, msg}; }
 
-grpc::Status CheckLimit(int requested, int fallback, int* out) {
-  if (requested < 0) return Invalid("limit: must not be negative, got " + std::to_string(requested));
-  if (requested > 1000) return Invalid("limit: at most 1000, got " + std::to_string(requested));
-  *out = requested == 0 ? fallback : requested;
-  return grpc::Status::OK;
-}
-
-// Client values appear in messages only through QuoteForMessage: a short, escaped prefix.
-grpc::Status CheckStatus(const std::string& status) {
-  if (status.empty() || kStatuses.count(status)) return grpc::Status::OK;
-  return Invalid("status: unknown status " + QuoteForMessage(status) + " (known: open, shipped, delivered, cancelled)");
-}
-
-grpc::Status CheckDate(const char* name, const std::string& ds) {
-  if (IsValidDate(ds)) return grpc::Status::OK;
-  return Invalid(std::string(name) + ": expected a date YYYY-MM-DD from 0001-01-01 to 9999-12-31, got " +
-                 QuoteForMessage(ds));
-}
-
-grpc::Status CheckRange(const std::string& from, const std::string& to) {
-  if (auto st = CheckDate("from", from); !st.ok()) return st;
-  if (auto st = CheckDate("to", to); !st.ok()) return st;
-  if (from > to) return Invalid("from: must not be after to (" + from + " > " + to + ")");
-  return grpc::Status::OK;
-}
-
-grpc::Status CheckPage(const std::string& token, long long* offset) {
-  if (!DecodePageToken(token, offset)) return Invalid("page_token: not a token this service issued");
-  return grpc::Status::OK;
-}
-
-// The analytics, shared verbatim by the gRPC service and the HTTP/JSON gateway so both give
-// the same answers.
+// The declared endpoints, served identically to the gRPC service and the HTTP/JSON gateway so
+// both give the same answers.
 class QueryCore {
  public:
-  QueryCore(const Config& config, prometheus::Registry& registry)
-      : config_(config), metrics_(registry),
+  QueryCore(const Config& config, std::vector<ApiEndpoint> endpoints, prometheus::Registry& registry)
+      : config_(config), endpoints_(std::move(endpoints)), metrics_(registry),
         pool_(config.warehouse_dsn, 16,
               [this](const std::string& why) {
                 metrics_.reconnects.Add({}).Increment();
@@ -188,9 +165,17 @@ class QueryCore {
   void Start() { version_.Start(); }
   void Stop() { version_.Stop(); }
 
-  template <typename Req, typename Reply>
-  grpc::Status Handle(const Call& call, const Req& req, Reply* reply) {
+  const std::vector<ApiEndpoint>& endpoints() const { return endpoints_; }
+
+  const ApiEndpoint* Find(const std::string& name) const {
+    for (const auto& e : endpoints_)
+      if (e.name == name) return &e;
+    return nullptr;
+  }
+
+  grpc::Status Handle(const Call& call, const pb::CallRequest& req, pb::CallReply* reply) {
     const auto start = std::chrono::steady_clock::now();
+    const ApiEndpoint* endpoint = Find(req.endpoint());
     // Calls in flight are bounded below gRPC's own bound (grpc_max_threads), so past capacity
     // the excess is refused here, at once and counted, before it queues on Redis or the
     // warehouse; gRPC's refusal (uncounted) stays a backstop.
@@ -198,18 +183,65 @@ class QueryCore {
       std::atomic<int>& n;
       ~InFlight() { --n; }
     } in_flight{in_flight_};
-    grpc::Status st = ++in_flight_ > max_in_flight_
-                          ? Shed("in_flight", "the query service is at capacity (" + std::to_string(max_in_flight_) +
-                                                  " calls in flight); retry shortly")
-                      : Clock::now() >= call.deadline
-                          ? grpc::Status{grpc::StatusCode::DEADLINE_EXCEEDED, "the call's deadline had passed on arrival"}
-                          : Authorize(call);
-    if (st.ok()) st = Dispatch(call, req, reply);
-    const Series& series = SeriesFor(call.method);
+    grpc::Status st;
+    if (++in_flight_ > max_in_flight_)
+      st = Shed("in_flight", "the query service is at capacity (" + std::to_string(max_in_flight_) +
+                                 " calls in flight); retry shortly");
+    else if (Clock::now() >= call.deadline)
+      st = {grpc::StatusCode::DEADLINE_EXCEEDED, "the call's deadline had passed on arrival"};
+    else if (!endpoint)
+      st = {grpc::StatusCode::NOT_FOUND, "unknown endpoint " + QuoteForMessage(req.endpoint()) + " (ListEndpoints lists them)"};
+    else
+      st = Authorize(call, *endpoint);
+    if (st.ok()) st = Run(call, *endpoint, req, reply);
+    const Series& series = SeriesFor(endpoint ? endpoint->name : "unknown");
     series.requests[call.transport == "http" ? 1 : 0][CodeIndex(st.error_code())]->Increment();
     series.latency->Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     return st;
   }
+
+  // Every endpoint with its columns (described by the warehouse once the tables exist).
+  void List(pb::ListEndpointsReply* reply) {
+    for (const auto& e : endpoints_) {
+      auto* info = reply->add_endpoints();
+      info->set_name(e.name);
+      info->set_path(e.path);
+      info->set_description(e.description);
+      info->set_pipeline(pipeline_);
+      for (const auto& p : e.params) {
+        auto* q = info->add_params();
+        q->set_name(p.name);
+        q->set_type(p.type);
+        q->set_required(p.required);
+        q->set_default_value(p.default_value.value_or(""));
+        q->set_min(p.min.value_or(""));
+        q->set_max(p.max.value_or(""));
+        for (const auto& a : p.allowed) q->add_allowed(a);
+        q->set_description(p.description);
+      }
+      if (e.paged) {
+        auto* limit = info->add_params();
+        limit->set_name("limit");
+        limit->set_type("integer");
+        limit->set_default_value(std::to_string(e.default_limit));
+        limit->set_min("1");
+        limit->set_max(std::to_string(e.max_limit));
+        limit->set_description("rows per page");
+        auto* token = info->add_params();
+        token->set_name("page_token");
+        token->set_type("text");
+        token->set_description("the previous page's next_page_token");
+      }
+      for (const auto& c : Describe(e)) *info->add_columns() = c;
+      for (const auto& r : e.roles) info->add_roles(r);
+      info->set_cache(e.cache);
+      info->set_staleness_ms(e.cache == "realtime" ? e.staleness_ms : 0);
+      info->set_paged(e.paged);
+      info->set_result(e.result);
+    }
+  }
+
+  void set_pipeline(const std::string& name) { pipeline_ = name; }
 
  private:
   // Label lookups take a lock and hash the labels; resolving every series once keeps the hot
@@ -231,8 +263,9 @@ class QueryCore {
   }
 
   void BuildSeries() {
-    for (const char* method : {"OrdersByStatus", "TopOrders", "TopCustomers", "DailySales", "SalesByProduct",
-                               "ReviewChanges", "RatingByPriceLevel"}) {
+    std::vector<std::string> names = {"unknown"};
+    for (const auto& e : endpoints_) names.push_back(e.name);
+    for (const auto& method : names) {
       Series& s = series_[method];
       for (int t = 0; t < 2; ++t)
         for (size_t c = 0; c < kNumCodes; ++c)
@@ -260,15 +293,15 @@ class QueryCore {
     }
   }
 
-  grpc::Status Authorize(const Call& call) {
+  grpc::Status Authorize(const Call& call, const ApiEndpoint& e) {
     std::string bucket_key = "anonymous";
     if (!config_.query_tokens.empty()) {
       if (call.token.empty())
         return {grpc::StatusCode::UNAUTHENTICATED, "missing API token: send 'authorization: Bearer <token>'"};
       auto it = config_.query_tokens.find(call.token);
       if (it == config_.query_tokens.end()) return {grpc::StatusCode::UNAUTHENTICATED, "unknown API token"};
-      if (!RoleAllows(it->second, call.method))
-        return {grpc::StatusCode::PERMISSION_DENIED, "role '" + it->second + "' may not call " + call.method};
+      if (!e.roles.empty() && std::find(e.roles.begin(), e.roles.end(), it->second) == e.roles.end())
+        return {grpc::StatusCode::PERMISSION_DENIED, "role '" + it->second + "' may not call " + e.name};
       bucket_key = call.token;
     }
     const double now = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -304,43 +337,63 @@ class QueryCore {
   }
 
   // Cache-aside with single-flight. `fill(tx)` writes the answer into `reply` from PostgreSQL.
-  template <typename Reply, typename Fill>
-  grpc::Status Cached(const Call& call, const std::string& params, Reply* reply, Fill fill) {
+  // published: keyed by the publish version, so a publish makes older answers unreachable;
+  // realtime: keyed without it and kept at most the endpoint's staleness; none: never cached
+  // (identical concurrent calls still share one query).
+  template <typename Fill>
+  grpc::Status Cached(const Call& call, const ApiEndpoint& e, const std::string& params, pb::CallReply* reply, Fill fill) {
     const std::string suffix = call.method + ":" + params;
-    if (version_.known()) {
+    const bool published = e.cache == "published";
+    std::optional<std::chrono::milliseconds> life;
+    if (!published) life = std::chrono::milliseconds(e.staleness_ms);
+    std::string version = "0";
+    bool redis_ok = e.cache != "none";
+    {
       std::string bytes;
-      if (local_.Get("strata:q:v" + std::to_string(version_.version()) + ":" + suffix, &bytes) &&
-          reply->ParseFromString(bytes)) {
+      const std::string local_key = published ? "strata:q:v" + std::to_string(version_.version()) + ":" + suffix
+                                              : RealtimeCacheKey(call.method, params);
+      if (redis_ok && (!published || version_.known()) && local_.Get(local_key, &bytes) && reply->ParseFromString(bytes)) {
         reply->set_cached(true);
         hit_local_->Increment();
         return grpc::Status::OK;
       }
     }
-    std::string version = "0";
-    bool redis_ok = true;
     try {
-      const RedisReply r = Redis().Command({"EVAL", kLookupScript, "1", kPublishVersionKey, suffix});
-      if (r.type == RedisReply::kArray && !r.elements.empty()) {
-        version = r.elements[0].str;
-      } else if (const auto v = WarehouseVersion()) {
-        version = std::to_string(AnnounceVersion(Redis(), kPublishVersionKey, *v));
-      } else {
-        throw EnvError("the published version is unknown (Redis lost it and the warehouse cannot say)");
+      if (published) {
+        const RedisReply r = Redis().Command({"EVAL", kLookupScript, "1", kPublishVersionKey, suffix});
+        if (r.type == RedisReply::kArray && !r.elements.empty()) {
+          version = r.elements[0].str;
+        } else if (const auto v = WarehouseVersion()) {
+          version = std::to_string(AnnounceVersion(Redis(), kPublishVersionKey, *v));
+        } else {
+          throw EnvError("the published version is unknown (Redis lost it and the warehouse cannot say)");
+        }
+        version_.Observe(std::stoll(version));
+        if (r.elements.size() == 2 && r.elements[1].type == RedisReply::kString && reply->ParseFromString(r.elements[1].str)) {
+          reply->set_cached(true);
+          metrics_.cache.Add({{"result", "hit"}}).Increment();
+          local_.Put("strata:q:v" + version + ":" + suffix, r.elements[1].str);
+          return grpc::Status::OK;
+        }
+        metrics_.cache.Add({{"result", "miss"}}).Increment();
+      } else if (redis_ok) {
+        const RedisReply r = Redis().Command({"GET", RealtimeCacheKey(call.method, params)});
+        if (r.type == RedisReply::kString && reply->ParseFromString(r.str)) {
+          reply->set_cached(true);
+          metrics_.cache.Add({{"result", "hit"}}).Increment();
+          local_.Put(RealtimeCacheKey(call.method, params), r.str, life);
+          return grpc::Status::OK;
+        }
+        metrics_.cache.Add({{"result", "miss"}}).Increment();
       }
-      version_.Observe(std::stoll(version));
-      if (r.elements.size() == 2 && r.elements[1].type == RedisReply::kString && reply->ParseFromString(r.elements[1].str)) {
-        reply->set_cached(true);
-        metrics_.cache.Add({{"result", "hit"}}).Increment();
-        local_.Put("strata:q:v" + version + ":" + suffix, r.elements[1].str);
-        return grpc::Status::OK;
-      }
-      metrics_.cache.Add({{"result", "miss"}}).Increment();
-    } catch (const EnvError& e) {
+    } catch (const EnvError& ex) {
       redis_ok = false;
       metrics_.degraded.Add({}).Increment();
-      spdlog::warn("degraded: answering without cache method={} error={}", call.method, e.what());
+      spdlog::warn("degraded: answering without cache endpoint={} error={}", call.method, ex.what());
     }
-    const std::string key = "strata:q:v" + version + ":" + suffix;
+    const std::string key = published ? "strata:q:v" + version + ":" + suffix
+                            : e.cache == "realtime" ? RealtimeCacheKey(call.method, params)
+                                                    : "strata:q:none:" + suffix;
 
     // Single-flight: identical misses wait for the first one's answer instead of all querying.
     std::promise<std::pair<grpc::Status, std::string>> promise;
@@ -412,6 +465,7 @@ class QueryCore {
           tx.exec("SET LOCAL TIME ZONE 'UTC'; SET LOCAL statement_timeout = " + std::to_string(remaining));
           fill(tx);
         });
+        if (published) reply->set_version(std::stoll(version));
       } catch (const std::exception& e) {
         // The client gets a code and a message it can act on; PostgreSQL's text goes to the log.
         reply->Clear();
@@ -420,9 +474,10 @@ class QueryCore {
     }
     const std::string bytes = st.ok() ? reply->SerializeAsString() : "";
     if (st.ok() && redis_ok) {
-      local_.Put(key, bytes);
+      local_.Put(key, bytes, life);
       try {
-        Redis().Command({"SET", key, bytes, "EX", std::to_string(config_.query_cache_ttl_seconds)});
+        if (published) Redis().Command({"SET", key, bytes, "EX", std::to_string(config_.query_cache_ttl_seconds)});
+        else Redis().Command({"SET", key, bytes, "PX", std::to_string(e.staleness_ms)});
       } catch (const EnvError&) {
         metrics_.degraded.Add({}).Increment();
       }
@@ -470,164 +525,71 @@ class QueryCore {
     return {grpc::StatusCode::UNAVAILABLE, "the warehouse is unavailable; try again shortly"};
   }
 
-  // ---- the analytics --------------------------------------------------------------------
+  // ---- an endpoint's answer --------------------------------------------------------------
 
-  grpc::Status Dispatch(const Call& call, const pb::OrdersByStatusRequest& req, pb::OrdersReply* reply) {
-    int limit;
-    long long offset;
-    if (auto st = CheckStatus(req.status()); !st.ok()) return st;
-    if (auto st = CheckLimit(req.limit(), 100, &limit); !st.ok()) return st;
-    if (auto st = CheckPage(req.page_token(), &offset); !st.ok()) return st;
-    return Cached(call, req.status() + "|" + std::to_string(limit) + "|" + std::to_string(offset), reply,
-                  [&](pqxx::transaction_base& tx) {
-                    FillOrders(tx.exec_params(
-                                   "SELECT order_id, customer_id, status, to_char(ordered_at, "
-                                   "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), coalesce(amount, 0)::float8 "
-                                   "FROM serving.orders_current WHERE ($1 = '' OR status = $1) "
-                                   "ORDER BY ordered_at DESC, order_id DESC LIMIT $2 OFFSET $3",
-                                   req.status(), limit + 1, offset),
-                               limit, offset, reply);
-                  });
-  }
-
-  grpc::Status Dispatch(const Call& call, const pb::TopOrdersRequest& req, pb::OrdersReply* reply) {
-    int limit;
-    if (auto st = CheckStatus(req.status()); !st.ok()) return st;
-    if (auto st = CheckLimit(req.limit(), 10, &limit); !st.ok()) return st;
-    return Cached(call, req.status() + "|" + std::to_string(limit), reply, [&](pqxx::transaction_base& tx) {
-      FillOrders(tx.exec_params("SELECT order_id, customer_id, status, to_char(ordered_at, "
-                                "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), coalesce(amount, 0)::float8 "
-                                "FROM serving.orders_current WHERE ($1 = '' OR status = $1) AND amount IS NOT NULL "
-                                "ORDER BY amount DESC, order_id LIMIT $2",
-                                req.status(), limit),
-                 limit, -1, reply);
-    });
-  }
-
-  static void FillOrders(const pqxx::result& r, int limit, long long offset, pb::OrdersReply* reply) {
-    for (int i = 0; i < static_cast<int>(r.size()) && i < limit; ++i) {
-      auto* o = reply->add_orders();
-      o->set_order_id(r[i][0].as<long long>());
-      o->set_customer_id(r[i][1].as<long long>());
-      o->set_status(r[i][2].c_str());
-      o->set_ordered_at(r[i][3].c_str());
-      o->set_amount(r[i][4].as<double>());
+  grpc::Status Run(const Call& call, const ApiEndpoint& e, const pb::CallRequest& req, pb::CallReply* reply) {
+    BoundCall bound;
+    try {
+      bound = BindCall(e, {req.params().begin(), req.params().end()});
+    } catch (const InputError& ex) {
+      return {grpc::StatusCode::INVALID_ARGUMENT, ex.what()};
     }
-    if (offset >= 0 && static_cast<int>(r.size()) > limit) reply->set_next_page_token(EncodePageToken(offset + limit));
-  }
-
-  grpc::Status Dispatch(const Call& call, const pb::TopCustomersRequest& req, pb::TopCustomersReply* reply) {
-    int limit;
-    if (auto st = CheckStatus(req.status()); !st.ok()) return st;
-    if (auto st = CheckLimit(req.limit(), 10, &limit); !st.ok()) return st;
-    return Cached(call, req.status() + "|" + std::to_string(limit), reply, [&](pqxx::transaction_base& tx) {
-      const auto r = tx.exec_params(
-          "SELECT o.customer_id, coalesce(dc.name, ''), sum(o.amount)::float8, count(*) "
-          "FROM serving.orders_current o "
-          "LEFT JOIN dwh.dim_customer dc ON dc.customer_id = o.customer_id AND dc.is_current "
-          "WHERE ($1 = '' OR o.status = $1) AND o.amount IS NOT NULL "
-          "GROUP BY o.customer_id, dc.name ORDER BY sum(o.amount) DESC, o.customer_id LIMIT $2",
-          req.status(), limit);
-      for (const auto& row : r) {
-        auto* c = reply->add_customers();
-        c->set_customer_id(row[0].as<long long>());
-        c->set_name(row[1].c_str());
-        c->set_revenue(row[2].as<double>());
-        c->set_orders(row[3].as<long long>());
+    return Cached(call, e, bound.cache_key, reply, [&](pqxx::transaction_base& tx) {
+      std::vector<const char*> values;
+      for (const auto& v : bound.values) values.push_back(v ? v->c_str() : nullptr);
+      const pqxx::result r = tx.exec_params(bound.sql, pqxx::prepare::make_dynamic_params(values));
+      std::vector<std::string> types;
+      for (pqxx::row::size_type c = 0; c < r.columns(); ++c) {
+        auto* col = reply->add_columns();
+        col->set_name(r.column_name(c));
+        col->set_type(ColumnTypeOf(r.column_type(c)));
+        if (auto it = e.columns.find(col->name()); it != e.columns.end()) col->set_description(it->second);
+        types.push_back(col->type());
       }
+      const size_t rows = e.paged ? std::min<size_t>(r.size(), static_cast<size_t>(bound.limit)) : r.size();
+      for (size_t i = 0; i < rows; ++i) {
+        auto* row = reply->add_rows();
+        for (pqxx::row::size_type c = 0; c < r.columns(); ++c)
+          SetCell(types[c], r[i][c].c_str(), r[i][c].is_null(), row->add_cells());
+      }
+      if (e.paged && r.size() > rows) reply->set_next_page_token(EncodePageToken(bound.offset + bound.limit));
     });
   }
 
-  grpc::Status Dispatch(const Call& call, const pb::DailySalesRequest& req, pb::DailySalesReply* reply) {
-    if (auto st = CheckRange(req.from(), req.to()); !st.ok()) return st;
-    return Cached(call, req.from() + "|" + req.to(), reply, [&](pqxx::transaction_base& tx) {
-      const auto r = tx.exec_params(
-          "SELECT ds::text, orders, units, revenue::float8 FROM serving.daily_sales "
-          "WHERE ds BETWEEN $1::date AND $2::date ORDER BY ds",
-          req.from(), req.to());
-      for (const auto& row : r) {
-        auto* d = reply->add_days();
-        d->set_ds(row[0].c_str());
-        d->set_orders(row[1].as<long long>());
-        d->set_units(row[2].as<long long>());
-        d->set_revenue(row[3].as<double>());
-      }
-    });
-  }
-
-  grpc::Status Dispatch(const Call& call, const pb::SalesByProductRequest& req, pb::SalesByProductReply* reply) {
-    int limit;
-    long long offset;
-    // Without a range (how the endpoint's users call it) the answer covers every published day.
-    const bool all_days = req.from().empty() && req.to().empty();
-    if (!all_days)
-      if (auto st = CheckRange(req.from(), req.to()); !st.ok()) return st;
-    if (auto st = CheckLimit(req.limit(), 20, &limit); !st.ok()) return st;
-    if (auto st = CheckPage(req.page_token(), &offset); !st.ok()) return st;
-    const std::string from = all_days ? "-infinity" : req.from(), to = all_days ? "infinity" : req.to();
-    return Cached(call, from + "|" + to + "|" + std::to_string(limit) + "|" + std::to_string(offset),
-                  reply, [&](pqxx::transaction_base& tx) {
-                    const auto r = tx.exec_params(
-                        "SELECT product_id, coalesce(max(product_name), ''), sum(orders), sum(units), "
-                        "sum(revenue)::float8 FROM serving.product_daily_sales WHERE ds BETWEEN $1::date AND $2::date "
-                        "GROUP BY product_id ORDER BY sum(revenue) DESC, product_id LIMIT $3 OFFSET $4",
-                        from, to, limit + 1, offset);
-                    for (int i = 0; i < static_cast<int>(r.size()) && i < limit; ++i) {
-                      auto* p = reply->add_products();
-                      p->set_product_id(r[i][0].as<long long>());
-                      p->set_name(r[i][1].c_str());
-                      p->set_orders(r[i][2].as<long long>());
-                      p->set_units(r[i][3].as<long long>());
-                      p->set_revenue(r[i][4].as<double>());
-                    }
-                    if (static_cast<int>(r.size()) > limit) reply->set_next_page_token(EncodePageToken(offset + limit));
-                  });
-  }
-
-  grpc::Status Dispatch(const Call& call, const pb::ReviewChangesRequest& req, pb::ReviewChangesReply* reply) {
-    int limit;
-    if (auto st = CheckRange(req.from(), req.to()); !st.ok()) return st;
-    if (auto st = CheckLimit(req.limit(), 10, &limit); !st.ok()) return st;
-    return Cached(call, req.from() + "|" + req.to() + "|" + std::to_string(limit), reply,
-                  [&](pqxx::transaction_base& tx) {
-                    // The change over (from, to] is the count on `to` minus the count on `from`.
-                    const auto r = tx.exec_params(
-                        "SELECT t.business_id, coalesce(t.name, ''), t.review_count, "
-                        "t.review_count - f.review_count FROM serving.business_review_changes t "
-                        "JOIN serving.business_review_changes f ON f.business_id = t.business_id AND f.ds = $1::date "
-                        "WHERE t.ds = $2::date ORDER BY 4 DESC, 1 LIMIT $3",
-                        req.from(), req.to(), limit);
-                    for (const auto& row : r) {
-                      auto* b = reply->add_businesses();
-                      b->set_business_id(row[0].c_str());
-                      b->set_name(row[1].c_str());
-                      b->set_review_count(row[2].as<long long>());
-                      b->set_change(row[3].as<long long>());
-                    }
-                  });
-  }
-
-  grpc::Status Dispatch(const Call& call, const pb::RatingByPriceLevelRequest& req,
-                        pb::RatingByPriceLevelReply* reply) {
-    if (!req.ds().empty())
-      if (auto st = CheckDate("ds", req.ds()); !st.ok()) return st;
-    return Cached(call, req.ds(), reply, [&](pqxx::transaction_base& tx) {
-      const auto r = tx.exec_params(
-          "SELECT ds::text, price_level, businesses, avg_rating::float8 FROM serving.rating_by_price_level "
-          "WHERE ds = CASE WHEN $1 = '' THEN (SELECT max(ds) FROM serving.rating_by_price_level) ELSE $1::date END "
-          "ORDER BY price_level",
-          req.ds());
-      for (const auto& row : r) {
-        reply->set_ds(row[0].c_str());
-        auto* l = reply->add_levels();
-        l->set_price_level(row[1].as<int>());
-        l->set_businesses(row[2].as<long long>());
-        l->set_avg_rating(row[3].as<double>());
-      }
-    });
+  // The endpoint's columns, asked of the warehouse until it can say (its tables may not exist
+  // before the first run), then remembered.
+  std::vector<pb::Column> Describe(const ApiEndpoint& e) {
+    {
+      std::lock_guard<std::mutex> lock(described_mu_);
+      if (auto it = described_.find(e.name); it != described_.end()) return it->second;
+    }
+    std::vector<pb::Column> cols;
+    try {
+      pool_.With([&](pqxx::connection& c) {
+        cols.clear();
+        pqxx::read_transaction tx(c);
+        tx.exec("SET LOCAL statement_timeout = 5000");
+        const pqxx::result r = tx.exec(DescribeSql(e));
+        for (pqxx::row::size_type i = 0; i < r.columns(); ++i) {
+          pb::Column col;
+          col.set_name(r.column_name(i));
+          col.set_type(ColumnTypeOf(r.column_type(i)));
+          if (auto it = e.columns.find(col.name()); it != e.columns.end()) col.set_description(it->second);
+          cols.push_back(col);
+        }
+      });
+    } catch (const std::exception& ex) {
+      spdlog::debug("cannot describe endpoint {} yet: {}", e.name, ex.what());
+      return {};
+    }
+    std::lock_guard<std::mutex> lock(described_mu_);
+    described_[e.name] = cols;
+    return cols;
   }
 
   Config config_;
+  std::vector<ApiEndpoint> endpoints_;
+  std::string pipeline_;
   Metrics metrics_;
   PgPool pool_;  // every warehouse query, the published version included
   AdmissionGate gate_;  // the analytics' warehouse queries (not the version lookups)
@@ -641,6 +603,8 @@ class QueryCore {
   std::atomic<unsigned> next_redis_{0};
   std::mutex buckets_mu_;
   std::map<std::string, TokenBucket> buckets_;
+  std::mutex described_mu_;
+  std::map<std::string, std::vector<pb::Column>> described_;
   std::mutex flight_mu_;
   std::map<std::string, std::shared_future<std::pair<grpc::Status, std::string>>> inflight_;
 };
@@ -652,8 +616,11 @@ std::string BearerToken(const std::string& header) {
 
 class QueryImpl final : public Component, public pb::Query::Service {
  public:
-  QueryImpl(const Config& config, prometheus::Registry& registry) : config_(config), core_(config, registry) {
+  QueryImpl(const Config& config, const PipelineSpec& spec, prometheus::Registry& registry)
+      : config_(config), core_(config, spec.endpoints, registry) {
     if (config_.warehouse_dsn.empty()) throw InputError("warehouse_dsn (STRATA_PG_DSN) is not configured");
+    core_.set_pipeline(spec.name);
+    if (spec.endpoints.empty()) spdlog::warn("pipeline {} declares no endpoints: the query service answers none", spec.name);
   }
 
   std::vector<grpc::Service*> GrpcServices() override { return {this}; }
@@ -664,7 +631,7 @@ class QueryImpl final : public Component, public pb::Query::Service {
     if (listen.empty()) return;
     RegisterRoutes();
     http_.Start(listen, "query HTTP gateway", config_.reuse_port);
-    spdlog::info("http gateway listening on {}", listen);
+    spdlog::info("http gateway listening on {} ({} endpoints)", listen, core_.endpoints().size());
   }
 
   void Stop() override {
@@ -672,22 +639,18 @@ class QueryImpl final : public Component, public pb::Query::Service {
     core_.Stop();
   }
 
-#define STRATA_GRPC_METHOD(Name, Req, Reply)                                                      \
-  grpc::Status Name(grpc::ServerContext* ctx, const pb::Req* req, pb::Reply* reply) override {    \
-    return core_.Handle(GrpcCall(#Name, ctx), *req, reply);                                        \
+  grpc::Status Call(grpc::ServerContext* ctx, const pb::CallRequest* req, pb::CallReply* reply) override {
+    return core_.Handle(GrpcCall(req->endpoint(), ctx), *req, reply);
   }
-  STRATA_GRPC_METHOD(OrdersByStatus, OrdersByStatusRequest, OrdersReply)
-  STRATA_GRPC_METHOD(TopOrders, TopOrdersRequest, OrdersReply)
-  STRATA_GRPC_METHOD(TopCustomers, TopCustomersRequest, TopCustomersReply)
-  STRATA_GRPC_METHOD(DailySales, DailySalesRequest, DailySalesReply)
-  STRATA_GRPC_METHOD(SalesByProduct, SalesByProductRequest, SalesByProductReply)
-  STRATA_GRPC_METHOD(ReviewChanges, ReviewChangesRequest, ReviewChangesReply)
-  STRATA_GRPC_METHOD(RatingByPriceLevel, RatingByPriceLevelRequest, RatingByPriceLevelReply)
-#undef STRATA_GRPC_METHOD
+
+  grpc::Status ListEndpoints(grpc::ServerContext*, const pb::ListEndpointsRequest*, pb::ListEndpointsReply* reply) override {
+    core_.List(reply);
+    return grpc::Status::OK;
+  }
 
  private:
-  Call GrpcCall(const char* method, grpc::ServerContext* ctx) {
-    Call call{method, "grpc", "", Clock::now() + std::chrono::milliseconds(config_.query_timeout_ms)};
+  struct Call GrpcCall(const std::string& endpoint, grpc::ServerContext* ctx) {
+    struct Call call{endpoint, "grpc", "", Clock::now() + std::chrono::milliseconds(config_.query_timeout_ms)};
     auto it = ctx->client_metadata().find("authorization");
     if (it != ctx->client_metadata().end()) call.token = BearerToken(std::string(it->second.data(), it->second.size()));
     // The client's deadline wins when it is sooner than ours.
@@ -716,97 +679,41 @@ class QueryImpl final : public Component, public pb::Query::Service {
     SendJson(res, HttpStatusFor(code), body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   }
 
-  // Parses an integer query parameter; absent means 0 (the method's default).
-  static grpc::Status IntParam(const httplib::Request& req, const char* name, int* out) {
-    *out = 0;
-    if (!req.has_param(name)) return grpc::Status::OK;
-    const std::string v = req.get_param_value(name);
-    try {
-      size_t used = 0;
-      *out = std::stoi(v, &used);
-      if (used == v.size()) return grpc::Status::OK;
-    } catch (const std::exception&) {
-    }
-    return Invalid(std::string(name) + ": expected an integer, got " + QuoteForMessage(v));
-  }
-
-  template <typename Req, typename Reply>
-  void Serve(const char* method, const httplib::Request& http_req, httplib::Response& res, Req& req) {
-    Call call{method, "http", BearerToken(http_req.get_header_value("Authorization")),
-              Clock::now() + std::chrono::milliseconds(config_.query_timeout_ms)};
-    Reply reply;
+  void Serve(const ApiEndpoint& e, const httplib::Request& http_req, httplib::Response& res) {
+    struct Call call{e.name, "http", BearerToken(http_req.get_header_value("Authorization")),
+                     Clock::now() + std::chrono::milliseconds(config_.query_timeout_ms)};
+    pb::CallRequest req;
+    req.set_endpoint(e.name);
+    // A repeated parameter: its first value (as one value per name is all an endpoint takes).
+    for (const auto& [name, value] : http_req.params) req.mutable_params()->insert({name, value});
+    pb::CallReply reply;
     const grpc::Status st = core_.Handle(call, req, &reply);
     if (!st.ok()) return SendError(res, st);
-    std::string json;
-    google::protobuf::util::JsonPrintOptions opts;
-    opts.preserve_proto_field_names = true;
-    opts.always_print_primitive_fields = true;
-    google::protobuf::util::MessageToJsonString(reply, &json, opts);
-    SendJson(res, 200, json);
+    SendJson(res, 200, ReplyJson(e, reply));
   }
 
   void RegisterRoutes() {
-    auto param = [](const httplib::Request& r, const char* name) {
-      return r.has_param(name) ? r.get_param_value(name) : std::string();
-    };
     http_.server().Get("/health", [](const httplib::Request&, httplib::Response& res) {
       SendJson(res, 200, "{\"status\":\"SERVING\"}");
     });
-    http_.server().Get("/analytics/orders", [this, param](const httplib::Request& r, httplib::Response& res) {
-      pb::OrdersByStatusRequest req;
-      int limit;
-      if (auto st = IntParam(r, "limit", &limit); !st.ok()) return SendError(res, st);
-      req.set_status(param(r, "status"));
-      req.set_limit(limit);
-      req.set_page_token(param(r, "page_token"));
-      Serve<pb::OrdersByStatusRequest, pb::OrdersReply>("OrdersByStatus", r, res, req);
+    // What the endpoints are: public, like the declarations they come from.
+    http_.server().Get("/openapi.json", [this](const httplib::Request&, httplib::Response& res) {
+      pb::ListEndpointsReply list;
+      core_.List(&list);
+      SendJson(res, 200, OpenApiJson(list, "strata query API"));
     });
-    http_.server().Get("/analytics/orders/top", [this, param](const httplib::Request& r, httplib::Response& res) {
-      pb::TopOrdersRequest req;
-      int limit;
-      if (auto st = IntParam(r, "limit", &limit); !st.ok()) return SendError(res, st);
-      req.set_limit(limit);
-      req.set_status(param(r, "status"));
-      Serve<pb::TopOrdersRequest, pb::OrdersReply>("TopOrders", r, res, req);
+    http_.server().Get("/endpoints", [this](const httplib::Request&, httplib::Response& res) {
+      pb::ListEndpointsReply list;
+      core_.List(&list);
+      std::string json;
+      google::protobuf::util::JsonPrintOptions opts;
+      opts.preserve_proto_field_names = true;
+      opts.always_print_primitive_fields = true;
+      google::protobuf::util::MessageToJsonString(list, &json, opts);
+      SendJson(res, 200, json);
     });
-    http_.server().Get("/analytics/orders/customers", [this, param](const httplib::Request& r, httplib::Response& res) {
-      pb::TopCustomersRequest req;
-      int limit;
-      if (auto st = IntParam(r, "limit", &limit); !st.ok()) return SendError(res, st);
-      req.set_limit(limit);
-      req.set_status(param(r, "status"));
-      Serve<pb::TopCustomersRequest, pb::TopCustomersReply>("TopCustomers", r, res, req);
-    });
-    http_.server().Get("/analytics/orders/product", [this, param](const httplib::Request& r, httplib::Response& res) {
-      pb::SalesByProductRequest req;
-      int limit;
-      if (auto st = IntParam(r, "limit", &limit); !st.ok()) return SendError(res, st);
-      req.set_from(param(r, "from"));
-      req.set_to(param(r, "to"));
-      req.set_limit(limit);
-      req.set_page_token(param(r, "page_token"));
-      Serve<pb::SalesByProductRequest, pb::SalesByProductReply>("SalesByProduct", r, res, req);
-    });
-    http_.server().Get("/analytics/sales/daily", [this, param](const httplib::Request& r, httplib::Response& res) {
-      pb::DailySalesRequest req;
-      req.set_from(param(r, "from"));
-      req.set_to(param(r, "to"));
-      Serve<pb::DailySalesRequest, pb::DailySalesReply>("DailySales", r, res, req);
-    });
-    http_.server().Get("/analytics/businesses/review-changes", [this, param](const httplib::Request& r, httplib::Response& res) {
-      pb::ReviewChangesRequest req;
-      int limit;
-      if (auto st = IntParam(r, "limit", &limit); !st.ok()) return SendError(res, st);
-      req.set_from(param(r, "from"));
-      req.set_to(param(r, "to"));
-      req.set_limit(limit);
-      Serve<pb::ReviewChangesRequest, pb::ReviewChangesReply>("ReviewChanges", r, res, req);
-    });
-    http_.server().Get("/analytics/businesses/rating-by-price", [this, param](const httplib::Request& r, httplib::Response& res) {
-      pb::RatingByPriceLevelRequest req;
-      req.set_ds(param(r, "ds"));
-      Serve<pb::RatingByPriceLevelRequest, pb::RatingByPriceLevelReply>("RatingByPriceLevel", r, res, req);
-    });
+    for (const auto& e : core_.endpoints())
+      http_.server().Get(e.path, [this, &e](const httplib::Request& r, httplib::Response& res) { Serve(e, r, res); });
   }
 
   Config config_;
@@ -817,7 +724,7 @@ class QueryImpl final : public Component, public pb::Query::Service {
 }  // namespace
 
 std::unique_ptr<Component> MakeQuery(const Config& config, prometheus::Registry& registry) {
-  return std::make_unique<QueryImpl>(config, registry);
+  return std::make_unique<QueryImpl>(config, LoadPipelineSpec(config.pipeline_spec), registry);
 }
 
 }  // namespace strata::query

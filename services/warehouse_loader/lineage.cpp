@@ -76,10 +76,22 @@ std::map<std::string, std::vector<std::string>> PipelineGraph(const PipelineSpec
                                   [&](const SqlModel& m) { return m.name == t && m.kind == "view"; });
     if (!view) add("serving." + t.substr(6), t);
   }
+  // The API: each endpoint reads what it serves.
+  for (const auto& e : spec.endpoints)
+    for (const auto& r : e.reads) add("endpoint." + e.name, r);
   // Only what this pipeline has (a built-in reads raw.orders_current only where CDC captures it).
   for (auto& [t, from] : g)
     from.erase(std::remove_if(from.begin(), from.end(), [&](const std::string& f) { return !g.count(f); }), from.end());
   return g;
+}
+
+void CheckEndpointReads(const PipelineSpec& spec) {
+  const auto graph = PipelineGraph(spec);
+  for (const auto& e : spec.endpoints)
+    for (const auto& t : e.reads)
+      if (!graph.count(t))
+        throw InputError(e.file + ":" + std::to_string(e.line) + ": endpoints (" + e.name + "): the SQL reads " + t +
+                         ", which this pipeline neither builds nor publishes");
 }
 
 Lineage LineageOf(const PipelineSpec& spec, const std::string& table) {

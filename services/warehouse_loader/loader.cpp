@@ -26,6 +26,7 @@
 #include "common/time_util.h"
 #include "services/warehouse_loader/cdc_apply.h"
 #include "services/warehouse_loader/lake_layers.h"
+#include "services/warehouse_loader/lineage.h"
 #include "services/warehouse_loader/models.h"
 #include "services/warehouse_loader/sql_models.h"
 #include "strata.grpc.pb.h"
@@ -56,6 +57,7 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
         models_(ResolveModels(spec_)), metrics_(registry), leases_(config_.redis_url, std::chrono::seconds(config_.task_lease_seconds)), runner_(2), cdc_(config_, spec_, registry) {
     if (config_.warehouse_dsn.empty()) throw InputError("warehouse_dsn (STRATA_PG_DSN) is not configured");
     CheckSqlModelReads(spec_, BuiltInTables(spec_));  // before any connection: a spec error is not a database one
+    CheckEndpointReads(spec_);
     auto conn = PgConnect(config_.warehouse_dsn);
     std::string ddl = WarehouseDdl(spec_);
     for (const auto& d : spec_.datasets) ddl += StagingDdl(spec_, d);

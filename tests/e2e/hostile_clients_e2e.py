@@ -5,6 +5,7 @@ come from the warehouse's publication record) and a PostgreSQL restart (the conn
 reconnects). Runs on the stack after the tests that read the week pipeline_e2e loaded: it
 restarts the stack's controller, Redis and PostgreSQL."""
 import concurrent.futures
+import decimal
 import http.client
 import json
 import os
@@ -34,19 +35,34 @@ INTERNAL_TEXT = ["ERROR:", "SQLSTATE", "pqxx", "postgres", "PostgreSQL", "date/t
                  "refused", "socket", "redis", "terminat", "server closed"]
 
 
-def rpc(method, req_cls, reply_cls):
-    return channel.unary_unary(f"/strata.v1.Query/{method}", request_serializer=req_cls.SerializeToString,
-                               response_deserializer=reply_cls.FromString)
+AUTH = [("authorization", "Bearer " + ANALYST)]
+CALL = channel.unary_unary("/strata.v1.Query/Call", request_serializer=pb.CallRequest.SerializeToString,
+                           response_deserializer=pb.CallReply.FromString)
 
 
-DAILY = rpc("DailySales", pb.DailySalesRequest, pb.DailySalesReply)
-ORDERS = rpc("OrdersByStatus", pb.OrdersByStatusRequest, pb.OrdersReply)
-RATING = rpc("RatingByPriceLevel", pb.RatingByPriceLevelRequest, pb.RatingByPriceLevelReply)
+def call(endpoint, params, timeout=10):
+    """Query.Call of a declared endpoint (pipelines/demo/pipeline.yaml), parameters as text."""
+    return CALL(pb.CallRequest(endpoint=endpoint, params=params), timeout=timeout, metadata=AUTH)
 
 
 def daily(frm, to, timeout=10):
-    return DAILY(pb.DailySalesRequest(**{"from": frm, "to": to}), timeout=timeout,
-                 metadata=[("authorization", "Bearer " + ANALYST)])
+    return call("daily_sales", {"from": frm, "to": to}, timeout=timeout)
+
+
+def cell(c):
+    """One cell as Python: int, float, Decimal (exact digits), bool, str (dates and timestamps too) or None."""
+    kind = c.WhichOneof("kind")
+    if kind is None or kind == "is_null":
+        return None
+    if kind == "decimal_value":
+        return decimal.Decimal(c.decimal_value)
+    return getattr(c, kind)
+
+
+def rows(reply):
+    """A CallReply's rows as dicts {column name: value}."""
+    names = [c.name for c in reply.columns]
+    return [dict(zip(names, map(cell, r.cells))) for r in reply.rows]
 
 
 def outcome(fn):
@@ -164,24 +180,33 @@ for p, _ in sharers:
     p.wait(timeout=30)
 
 # ==== 8. bad input: 400 / INVALID_ARGUMENT naming the parameter, JSON bodies, short quotes =========
-AUTH = [("authorization", "Bearer " + ANALYST)]
 code, details, _ = outcome(lambda: daily("0000-01-01", "2024-01-07"))
 check(code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("from:") and no_internal_text(details),
-      f"gRPC DailySales from 0000-01-01 is INVALID_ARGUMENT naming 'from' ({code}, {details})")
-code, details, _ = outcome(lambda: RATING(pb.RatingByPriceLevelRequest(ds="0000-01-01"), timeout=10, metadata=AUTH))
+      f"gRPC Call daily_sales from 0000-01-01 is INVALID_ARGUMENT naming 'from' ({code}, {details})")
+code, details, _ = outcome(lambda: call("rating_by_price_level", {"ds": "0000-01-01"}))
 check(code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("ds:") and no_internal_text(details),
-      f"gRPC RatingByPriceLevel on 0000-01-01 is INVALID_ARGUMENT naming 'ds' ({code}, {details})")
+      f"gRPC Call rating_by_price_level on 0000-01-01 is INVALID_ARGUMENT naming 'ds' ({code}, {details})")
 MB = "x" * (1 << 20)
 for what, fn, param in [
-        ("status", lambda: ORDERS(pb.OrdersByStatusRequest(status=MB), timeout=10, metadata=AUTH), "status"),
+        ("status", lambda: call("orders_by_status", {"status": MB}), "status"),
         ("from", lambda: daily(MB, "2024-01-07"), "from"),
         ("to", lambda: daily("2024-01-01", MB), "to"),
-        ("page_token", lambda: ORDERS(pb.OrdersByStatusRequest(page_token=MB), timeout=10, metadata=AUTH), "page_token"),
-        ("ds", lambda: RATING(pb.RatingByPriceLevelRequest(ds=MB), timeout=10, metadata=AUTH), "ds")]:
+        ("page_token", lambda: call("orders_by_status", {"page_token": MB}), "page_token"),
+        ("ds", lambda: call("rating_by_price_level", {"ds": MB}), "ds")]:
     code, details, _ = outcome(fn)
     check(code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(param + ":") and len(details) < 300,
           f"gRPC: a 1 MB {what} is INVALID_ARGUMENT naming it and quoting at most a short prefix "
           f"({code}, {len(details)} chars: {details[:160]})")
+# Call takes the endpoint's and the parameters' names from the client too: a 1 MB one of either is
+# refused with a short quote of it (NOT_FOUND for the endpoint, INVALID_ARGUMENT for the parameter).
+code, details, _ = outcome(lambda: call(MB, {}))
+check(code == grpc.StatusCode.NOT_FOUND and len(details) < 300 and no_internal_text(details),
+      f"gRPC: a 1 MB endpoint name is NOT_FOUND quoting at most a short prefix ({code}, {len(details)} chars: "
+      f"{details[:160]})")
+code, details, _ = outcome(lambda: call("daily_sales", {"from": "2024-01-01", "to": "2024-01-07", MB: "1"}))
+check(code == grpc.StatusCode.INVALID_ARGUMENT and "unknown parameter of daily_sales" in details and
+      len(details) < 300, f"gRPC: a 1 MB parameter name is INVALID_ARGUMENT quoting at most a short prefix "
+                          f"({code}, {len(details)} chars: {details[:160]})")
 
 # Every endpoint and parameter with hostile values: a 4xx whose body is JSON naming the parameter.
 ENDPOINTS = {
@@ -192,6 +217,7 @@ ENDPOINTS = {
     "/analytics/sales/daily": {"from": "2024-01-01", "to": "2024-01-07"},
     "/analytics/businesses/review-changes": {"from": "2024-01-01", "to": "2024-01-07", "limit": "5"},
     "/analytics/businesses/rating-by-price": {"ds": "2024-01-07"},
+    "/analytics/orders/live": {"order_id": "1"},
 }
 HOSTILE = ["0000-01-01", "line\nbreak", 'quote"d', "back\\slash", "tab\there", "nul\x00byte", "\x01\x02",
            "caf\u00e9", "'; DROP TABLE serving.daily_sales; --", "9999-99-99", "-1", "1e9", "x" * 3000, "%", "{}"]
@@ -226,6 +252,10 @@ check(not unnamed, f"every message names the parameter {unnamed[:3]}")
 check(not leaky, f"no message carries internal text or a long echo of the value {leaky[:3]}")
 status, body = http_get("/no/such/endpoint")
 check(status == 404 and error_code(body) == "NOT_FOUND", f"an unknown path is a JSON 404 ({body[:100]})")
+status, body = http_get("/analytics/sales/daily?from=2024-01-01&to=2024-01-07&fromm=2024-01-01")
+message = json.loads(body)["error"].get("message", "") if error_code(body) else ""
+check(status == 400 and error_code(body) == "INVALID_ARGUMENT" and message.startswith("fromm:"),
+      f"an unknown query parameter is a JSON 400 naming it ({status}, {body[:160]})")
 
 # A 1 MB parameter does not fit an HTTP request line: 414 with JSON naming it, a short prefix.
 status, parsed, raw = raw_exchange(b"GET /analytics/orders?limit=5&status=" + b"s" * (1 << 20) + b" HTTP/1.1\r\n"
@@ -275,7 +305,7 @@ for _ in range(5):
 check(health == [200] * 5, f"with {TRICKLERS} connections trickling headers, /health still answers ({health})")
 code, _, reply = outcome(lambda: daily("2024-01-01", "2024-01-07"))
 status, body = http_get("/analytics/sales/daily?from=2024-01-01&to=2024-01-07")
-check(status == 200 and reply is not None and len(json.loads(body)["days"]) == len(reply.days),
+check(status == 200 and reply is not None and len(json.loads(body)["days"]) == len(reply.rows),
       "and so do the analytics endpoints, with the gRPC answer")
 for t in threads:
     t.join(TRICKLE_FOR + 30)
@@ -409,7 +439,7 @@ check(wait_for(lambda: redis_version() == published(), 30, "version key"),
       f"the cache version in Redis is the warehouse's publication version ({redis_version()} = {published()})")
 first = daily(first_day, third_day)
 again = daily(first_day, third_day)
-check(again.cached and list(again.days) == list(first.days), "a repeated question is answered from the cache")
+check(again.cached and rows(again) == rows(first), "a repeated question is answered from the cache")
 subprocess.run(["redis-cli", "-p", ENV["STRATA_REDIS_PORT"], "shutdown", "nosave"], capture_output=True)
 subprocess.run(["redis-server", "--port", ENV["STRATA_REDIS_PORT"], "--bind", "127.0.0.1", "--daemonize", "yes",
                 "--dir", os.path.join(stack_dir, "redis"), "--save", "", "--appendonly", "no",
@@ -434,7 +464,7 @@ check(redis_version() == published(), f"the announced version follows the wareho
 fresh = daily(first_day, third_day)
 want = [(str(d), n) for d, n in wh("SELECT ds, orders FROM serving.daily_sales WHERE ds BETWEEN %s AND %s ORDER BY ds",
                                    (first_day, third_day))]
-check(not fresh.cached and [(d.ds, d.orders) for d in fresh.days] == want,
+check(not fresh.cached and [(d["ds"], d["orders"]) for d in rows(fresh)] == want,
       f"after the publish the answer is fresh, not the cached one from before the restart (cached={fresh.cached})")
 
 # ==== 3. PostgreSQL restarts: the query service reconnects ======================================
@@ -491,7 +521,7 @@ check(after == [grpc.StatusCode.OK] * 20,
 check(metric(metrics("query"), "strata_query_pg_reconnects_total") > reconnects_before,
       "strata_query_pg_reconnects_total counted the replaced connections")
 cached = daily(first_day, third_day)
-check(list(cached.days) == list(fresh.days), "and cached answers are unchanged")
+check(rows(cached) == rows(fresh), "and cached answers are unchanged")
 
 # The rest of the stack outlived both restarts (the fixture's clean shutdown depends on it).
 check(wait_for(lambda: metrics_up(ENV["STRATA_CONTROLLER_METRICS"]), 60, "controller up"), "the controller is back")

@@ -179,7 +179,7 @@ D8 = "2024-01-08"
 
 
 def served_days():
-    rc, out, err = stratactl("--json", "query", "daily-sales", "--from", "2024-01-01", "--to", "2024-01-31")
+    rc, out, err = stratactl("--json", "query", "daily_sales", "from=2024-01-01", "to=2024-01-31")
     assert rc == 0, err
     return json.loads(out)
 

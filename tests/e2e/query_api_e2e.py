@@ -13,12 +13,12 @@ import signal
 import subprocess
 import threading
 import time
+import types
 import urllib.error
 import urllib.request
 
 import grpc
 import psycopg2
-from google.protobuf import json_format
 
 from strata_e2e import (ENV, check, finish, free_port, gauge, load_pb2, metrics_up, src, start,
                         wait_for, wh)
@@ -34,14 +34,52 @@ served = [str(d) for (d,) in wh("SELECT ds FROM serving.daily_sales ORDER BY ds"
 first, last = served[0], served[-1]
 
 
-def rpc(method, req_cls, reply_cls, chan=None):
-    return (chan or channel).unary_unary(f"/strata.v1.Query/{method}", request_serializer=req_cls.SerializeToString,
-                                         response_deserializer=reply_cls.FromString)
+RESULT = {"orders_by_status": "orders", "top_orders": "orders", "top_customers": "customers",
+          "sales_by_product": "products", "daily_sales": "days", "review_changes": "businesses",
+          "rating_by_price_level": "levels", "order_live": "orders"}
 
 
-def call(method, req_cls, reply_cls, token=ANALYST, timeout=10, chan=None, **fields):
+def cell(c):
+    kind = c.WhichOneof("kind")
+    if kind is None or kind == "is_null":
+        return None
+    if kind == "decimal_value":
+        return float(c.decimal_value)
+    return getattr(c, kind)
+
+
+class Answer:
+    """A Call reply with its rows as objects under the endpoint's result key (reply.orders[0].order_id)."""
+
+    def __init__(self, endpoint, reply):
+        self.reply = reply
+        self.columns = [(c.name, c.type) for c in reply.columns]
+        self.rows = [types.SimpleNamespace(**{c.name: cell(v) for c, v in zip(reply.columns, r.cells)})
+                     for r in reply.rows]
+        self.result = RESULT[endpoint]
+        setattr(self, self.result, self.rows)
+        self.next_page_token = reply.next_page_token
+        self.cached = reply.cached
+        self.paged = endpoint in ("orders_by_status", "sales_by_product")
+
+    def as_dict(self):
+        """As the HTTP gateway answers, without `cached`."""
+        d = {self.result: [vars(r) for r in self.rows], "version": self.reply.version}
+        if self.paged:
+            d["next_page_token"] = self.next_page_token
+        return d
+
+
+def stub(chan=None):
+    return (chan or channel).unary_unary("/strata.v1.Query/Call", request_serializer=pb.CallRequest.SerializeToString,
+                                         response_deserializer=pb.CallReply.FromString)
+
+
+def call(endpoint, token=ANALYST, timeout=10, chan=None, **params):
     md = [("authorization", f"Bearer {token}")] if token else []
-    return rpc(method, req_cls, reply_cls, chan)(req_cls(**fields), timeout=timeout, metadata=md)
+    reply = stub(chan)(pb.CallRequest(endpoint=endpoint, params={k: str(v) for k, v in params.items()}),
+                       timeout=timeout, metadata=md)
+    return Answer(endpoint, reply)
 
 
 def code_of(fn):
@@ -61,35 +99,82 @@ def curl(path, token=ANALYST):
     return int(status), json.loads(body)
 
 
-def as_dict(msg):
-    d = json_format.MessageToDict(msg, preserving_proto_field_name=True, including_default_value_fields=True)
-    d.pop("cached", None)
-    return d
-
-
 # --- the gateway and gRPC give the same answers -----------------------------------------------
 cases = [
-    ("OrdersByStatus", pb.OrdersByStatusRequest, pb.OrdersReply, {"status": "open", "limit": 5},
+    ("orders_by_status", {"status": "open", "limit": 5},
      "/analytics/orders?status=open&limit=5"),
-    ("TopOrders", pb.TopOrdersRequest, pb.OrdersReply, {"limit": 3}, "/analytics/orders/top?limit=3"),
-    ("TopCustomers", pb.TopCustomersRequest, pb.TopCustomersReply, {"status": "open", "limit": 3},
+    ("top_orders", {"limit": 3}, "/analytics/orders/top?limit=3"),
+    ("top_customers", {"status": "open", "limit": 3},
      "/analytics/orders/customers?status=open&limit=3"),
-    ("SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply, {"from": first, "to": last, "limit": 4},
+    ("sales_by_product", {"from": first, "to": last, "limit": 4},
      f"/analytics/orders/product?from={first}&to={last}&limit=4"),
-    ("DailySales", pb.DailySalesRequest, pb.DailySalesReply, {"from": first, "to": last},
+    ("daily_sales", {"from": first, "to": last},
      f"/analytics/sales/daily?from={first}&to={last}"),
-    ("ReviewChanges", pb.ReviewChangesRequest, pb.ReviewChangesReply, {"from": first, "to": last, "limit": 3},
+    ("review_changes", {"from": first, "to": last, "limit": 3},
      f"/analytics/businesses/review-changes?from={first}&to={last}&limit=3"),
-    ("RatingByPriceLevel", pb.RatingByPriceLevelRequest, pb.RatingByPriceLevelReply, {"ds": last},
+    ("rating_by_price_level", {"ds": last},
      f"/analytics/businesses/rating-by-price?ds={last}"),
 ]
-for method, req_cls, reply_cls, fields, path in cases:
-    reply = call(method, req_cls, reply_cls, **fields)
+for endpoint, fields, path in cases:
+    reply = call(endpoint, **fields)
     status, body = curl(path)
     body.pop("cached", None)
-    check(status == 200 and body == as_dict(reply), f"{method}: curl {path} equals the gRPC answer")
+    check(status == 200 and body == reply.as_dict() and len(reply.rows) > 0,
+          f"{endpoint}: curl {path} equals the gRPC answer ({len(reply.rows)} rows)")
 status, body = curl("/health", token=None)
 check(status == 200 and body == {"status": "SERVING"}, "GET /health answers without a token")
+
+# --- the API is what the pipeline declares --------------------------------------------------------
+listing = channel.unary_unary("/strata.v1.Query/ListEndpoints",
+                                          request_serializer=pb.ListEndpointsRequest.SerializeToString,
+                                          response_deserializer=pb.ListEndpointsReply.FromString)(
+    pb.ListEndpointsRequest(), timeout=10)
+declared = {e.name: e for e in listing.endpoints}
+check(sorted(declared) == sorted(RESULT) and all(e.pipeline == "demo" for e in listing.endpoints),
+      f"ListEndpoints lists the demo's {len(RESULT)} declared endpoints ({sorted(declared)})")
+check([(c.name, c.type) for c in declared["daily_sales"].columns] ==
+      [("ds", "date"), ("orders", "integer"), ("units", "integer"), ("revenue", "decimal")],
+      f"each with its columns typed by the warehouse ({[(c.name, c.type) for c in declared['daily_sales'].columns]})")
+params = {p.name: p for p in declared["top_orders"].params}
+check(params["limit"].type == "integer" and params["limit"].default_value == "10" and params["limit"].max == "1000" and
+      list(params["status"].allowed) == ["open", "shipped", "delivered", "cancelled"],
+      "and its parameters typed, bounded, defaulted and enumerated as declared")
+check(declared["order_live"].cache == "realtime" and declared["order_live"].staleness_ms == 200 and
+      list(declared["order_live"].roles) == ["analyst"], "the realtime endpoint says its staleness bound and roles")
+got, details = code_of(lambda: call("no_such_endpoint"))
+check(got == grpc.StatusCode.NOT_FOUND and "no_such_endpoint" in details, f"an unknown endpoint is NOT_FOUND ({got}, {details})")
+status, body = curl("/analytics/orders/top?limit=2")
+first_order = body["orders"][0]
+check(status == 200 and type(first_order["order_id"]) is int and type(first_order["customer_id"]) is int and
+      type(first_order["amount"]) in (int, float) and first_order["ordered_at"].endswith("Z"),
+      f"HTTP answers carry integers and decimals as JSON numbers, timestamps as ISO strings ({first_order})")
+# The OpenAPI document, from the declarations and the warehouse's column types, passes a real
+# validator (@readme/openapi-parser: the OpenAPI 3 schema and its semantic rules).
+status, body = curl("/openapi.json", token=None)
+doc_path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"strata-openapi-{os.getpid()}.json")
+with open(doc_path, "w") as f:
+    json.dump(body, f)
+validator = subprocess.run(["node", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "openapi", "validate.mjs"),
+                            doc_path], capture_output=True, text=True)
+check(status == 200 and validator.returncode == 0,
+      f"/openapi.json is a valid OpenAPI 3 document ({validator.stdout.strip()}{validator.stderr.strip()[:400]})")
+daily_op = body["paths"]["/analytics/sales/daily"]["get"]
+row_schema = daily_op["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["days"]["items"]
+check(daily_op["operationId"] == "daily_sales" and
+      [p["name"] for p in daily_op["parameters"] if p["required"]] == ["from", "to"] and
+      row_schema["properties"]["ds"]["format"] == "date" and row_schema["properties"]["orders"]["type"] == "integer",
+      "it describes each endpoint's parameters and typed rows")
+check(set(body["paths"]) == {"/health"} | {e.path for e in listing.endpoints}, "and every declared path, no other")
+# Near real time: order_live reads what change data capture keeps current (marts), not the publish.
+oid, status_now = wh("SELECT order_id, status FROM marts.orders_current ORDER BY order_id LIMIT 1")[0]
+live = call("order_live", order_id=oid)
+check([(o.order_id, o.status) for o in live.orders] == [(oid, status_now)],
+      f"order_live answers order {oid} as marts.orders_current holds it ({status_now})")
+status, body = curl("/analytics/orders/live")
+check(status == 400 and body["error"]["message"].startswith("order_id: required"),
+      f"a missing required parameter is refused, named ({body})")
+status, body = curl("/analytics/orders/live?order_id=7", token=VIEWER)
+check(status == 403, f"a role the endpoint does not list is refused ({status})")
 
 # --- answers equal the source ------------------------------------------------------------------
 # Written here from the shop's tables, not from the query service's SQL: an order's amount is the
@@ -103,35 +188,35 @@ def money(x):
     return round(float(x), 2)
 
 
-top3 = call("TopOrders", pb.TopOrdersRequest, pb.OrdersReply, limit=3)
+top3 = call("top_orders", limit=3)
 want = src(f"SELECT order_id, amount FROM ({SRC_ORDERS}) t ORDER BY amount DESC, order_id LIMIT 3", (first, last))
 check([(o.order_id, money(o.amount)) for o in top3.orders] == [(i, money(a)) for i, a in want],
-      f"TopOrders: the three largest orders and amounts equal the source's {want}")
+      f"top_orders: the three largest orders and amounts equal the source's {want}")
 
-daily = call("DailySales", pb.DailySalesRequest, pb.DailySalesReply, **{"from": first, "to": last})
+daily = call("daily_sales", **{"from": first, "to": last})
 want = src("""SELECT o.ordered_at::date::text, count(DISTINCT o.order_id), sum(i.quantity), sum(i.quantity * i.unit_price)
               FROM shop.orders o JOIN shop.order_items i USING (order_id)
               WHERE o.ordered_at::date BETWEEN %s AND %s GROUP BY 1 ORDER BY 1""", (first, last))
 check(len(want) == len(served) and
       [(d.ds, d.orders, d.units, money(d.revenue)) for d in daily.days] == [(a, b, c, money(r)) for a, b, c, r in want],
-      f"DailySales over {first}..{last} equals the source's orders, units and revenue per day ({len(want)} days)")
+      f"daily_sales over {first}..{last} equals the source's orders, units and revenue per day ({len(want)} days)")
 
 # product_daily_sales: every product over the range, against the source's order lines.
-prod = call("SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply, **{"from": first, "to": last, "limit": 100})
+prod = call("sales_by_product", **{"from": first, "to": last, "limit": 100})
 want = src("""SELECT i.product_id, count(DISTINCT i.order_id), sum(i.quantity), sum(i.quantity * i.unit_price)
               FROM shop.order_items i JOIN shop.orders o USING (order_id)
               WHERE o.ordered_at::date BETWEEN %s AND %s GROUP BY 1 ORDER BY 4 DESC, 1""", (first, last))
 got = [(p.product_id, p.orders, p.units, money(p.revenue)) for p in prod.products]
 check(len(want) >= 20 and got == [(a, b, c, money(r)) for a, b, c, r in want],
-      f"SalesByProduct: orders, units and revenue of all {len(want)} products equal the source's order lines")
+      f"sales_by_product: orders, units and revenue of all {len(want)} products equal the source's order lines")
 names = dict(src("SELECT product_id, name FROM shop.products"))
 check(all(p.name == names[p.product_id] for p in prod.products if p.product_id in names),
-      "SalesByProduct names each product as the source's catalogue does")
-one_day = call("SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply, **{"from": last, "to": last, "limit": 100})
+      "sales_by_product names each product as the source's catalogue does")
+one_day = call("sales_by_product", **{"from": last, "to": last, "limit": 100})
 want = src("""SELECT i.product_id, sum(i.quantity * i.unit_price) FROM shop.order_items i JOIN shop.orders o USING (order_id)
               WHERE o.ordered_at::date = %s GROUP BY 1 ORDER BY 2 DESC, 1""", (last,))
 check([(p.product_id, money(p.revenue)) for p in one_day.products] == [(a, money(r)) for a, r in want],
-      f"SalesByProduct for the single day {last} equals that day's source lines")
+      f"sales_by_product for the single day {last} equals that day's source lines")
 # Called without a range, as its users call it: every published day, the top 20.
 status, body = curl("/analytics/orders/product")
 want = src("""SELECT i.product_id, sum(i.quantity * i.unit_price) FROM shop.order_items i JOIN shop.orders o USING (order_id)
@@ -139,9 +224,13 @@ want = src("""SELECT i.product_id, sum(i.quantity * i.unit_price) FROM shop.orde
 got = [(int(p["product_id"]), money(p["revenue"])) for p in body.get("products", [])] if status == 200 else body
 check(status == 200 and got == [(a, money(r)) for a, r in want],
       f"GET /analytics/orders/product without parameters: 200, the top 20 products over every published day ({status})")
+everything = body.get("products")
 status, body = curl(f"/analytics/orders/product?from={first}")
-check(status == 400 and body["error"]["message"].startswith("to:"),
-      f"with only one end of the range: 400 naming the missing one ({status}, {body})")
+check(status == 200 and body["products"] == everything,
+      f"with only one end of the range the other is open: from the first day on is every day ({status})")
+status, body = curl(f"/analytics/orders/product?form={first}")
+check(status == 400 and body["error"]["message"].startswith("form: unknown parameter of sales_by_product"),
+      f"a misspelt parameter is refused, named, not ignored ({status}, {body})")
 
 
 def businesses(ds):
@@ -162,21 +251,21 @@ check(len(api_first) == len(api_last) == 35, f"the review-site API lists 35 busi
 # business_review_changes: growth of the review count from `first` to `last`.
 changes = sorted(((b, api_last[b]["review_count"] - api_first[b]["review_count"]) for b in api_last if b in api_first),
                  key=lambda t: (-t[1], t[0]))
-reply = call("ReviewChanges", pb.ReviewChangesRequest, pb.ReviewChangesReply, **{"from": first, "to": last, "limit": 10})
+reply = call("review_changes", **{"from": first, "to": last, "limit": 10})
 check([(b.business_id, b.name, b.review_count, b.change) for b in reply.businesses] ==
       [(b, api_last[b]["name"], api_last[b]["review_count"], c) for b, c in changes[:10]],
-      f"ReviewChanges: the ten largest review-count changes equal the API's ({changes[:3]}...)")
+      f"review_changes: the ten largest review-count changes equal the API's ({changes[:3]}...)")
 # rating_by_price_level: businesses and their mean rating per price level on `last`.
 levels = {}
 for b in api_last.values():
     levels.setdefault(b["price_level"], []).append(decimal.Decimal(str(b["rating"])))
 want = [(lvl, len(r), float((sum(r) / len(r)).quantize(decimal.Decimal("0.01"), decimal.ROUND_HALF_UP)))
         for lvl, r in sorted(levels.items())]
-reply = call("RatingByPriceLevel", pb.RatingByPriceLevelRequest, pb.RatingByPriceLevelReply, ds=last)
-check(reply.ds == last and [(l.price_level, l.businesses, l.avg_rating) for l in reply.levels] == want,
-      f"RatingByPriceLevel on {last} equals the API's listing: {want}")
-latest = call("RatingByPriceLevel", pb.RatingByPriceLevelRequest, pb.RatingByPriceLevelReply)
-check(latest.ds == last and list(latest.levels) == list(reply.levels), "RatingByPriceLevel without a date answers the latest day")
+reply = call("rating_by_price_level", ds=last)
+check({l.ds for l in reply.levels} == {last} and [(l.price_level, l.businesses, l.avg_rating) for l in reply.levels] == want,
+      f"rating_by_price_level on {last} equals the API's listing: {want}")
+latest = call("rating_by_price_level")
+check({l.ds for l in latest.levels} == {last} and list(latest.levels) == list(reply.levels), "rating_by_price_level without a date answers the latest day")
 # business_stars: every review the warehouse has seen (up to the reviews watermark), per business.
 wm = wh("SELECT watermark->>'cursor' FROM ops.watermarks WHERE pipeline = 'demo' AND dataset = 'reviews'")[0][0]
 want = src("""SELECT business_id, count(*), round(avg(stars), 2) FROM shop.reviews WHERE updated_at <= %s
@@ -188,7 +277,7 @@ check(len(want) > 0 and stars == want,
 # --- paging ------------------------------------------------------------------------------------
 seen, token, pages = [], "", 0
 while True:
-    page = call("OrdersByStatus", pb.OrdersByStatusRequest, pb.OrdersReply, limit=50, page_token=token)
+    page = call("orders_by_status", limit=50, page_token=token)
     seen += [o.order_id for o in page.orders]
     pages += 1
     token = page.next_page_token
@@ -197,27 +286,25 @@ while True:
 source_ids = sorted(i for i, *_ in src(SRC_ORDERS, (first, last)))
 total = len(source_ids)
 check(len(seen) == len(set(seen)) and sorted(seen) == source_ids and pages == (total + 49) // 50,
-      f"paging through OrdersByStatus visits each of the source's {total} orders once in {pages} pages ({len(seen)})")
+      f"paging through orders_by_status visits each of the source's {total} orders once in {pages} pages ({len(seen)})")
 
 # --- every error code, from grpcio and from curl ----------------------------------------------
 errors = [
-    ("no token", lambda: call("DailySales", pb.DailySalesRequest, pb.DailySalesReply, token=None,
+    ("no token", lambda: call("daily_sales", token=None,
                               **{"from": first, "to": last}),
      grpc.StatusCode.UNAUTHENTICATED, f"/analytics/sales/daily?from={first}&to={last}", None, 401),
-    ("unknown token", lambda: call("DailySales", pb.DailySalesRequest, pb.DailySalesReply, token="forged",
+    ("unknown token", lambda: call("daily_sales", token="forged",
                                    **{"from": first, "to": last}),
      grpc.StatusCode.UNAUTHENTICATED, f"/analytics/sales/daily?from={first}&to={last}", "forged", 401),
-    ("viewer asks for customers", lambda: call("TopCustomers", pb.TopCustomersRequest, pb.TopCustomersReply,
-                                               token=VIEWER, limit=3),
+    ("viewer asks for customers", lambda: call("top_customers", token=VIEWER, limit=3),
      grpc.StatusCode.PERMISSION_DENIED, "/analytics/orders/customers?limit=3", VIEWER, 403),
-    ("negative limit", lambda: call("TopCustomers", pb.TopCustomersRequest, pb.TopCustomersReply, limit=-1),
+    ("negative limit", lambda: call("top_customers", limit=-1),
      grpc.StatusCode.INVALID_ARGUMENT, "/analytics/orders/customers?limit=-1", ANALYST, 400),
-    ("bad date", lambda: call("DailySales", pb.DailySalesRequest, pb.DailySalesReply,
-                              **{"from": "2024-02-30", "to": last}),
+    ("bad date", lambda: call("daily_sales", **{"from": "2024-02-30", "to": last}),
      grpc.StatusCode.INVALID_ARGUMENT, f"/analytics/sales/daily?from=2024-02-30&to={last}", ANALYST, 400),
-    ("unknown status", lambda: call("OrdersByStatus", pb.OrdersByStatusRequest, pb.OrdersReply, status="lost"),
+    ("unknown status", lambda: call("orders_by_status", status="lost"),
      grpc.StatusCode.INVALID_ARGUMENT, "/analytics/orders?status=lost", ANALYST, 400),
-    ("forged page token", lambda: call("OrdersByStatus", pb.OrdersByStatusRequest, pb.OrdersReply, page_token="x1"),
+    ("forged page token", lambda: call("orders_by_status", page_token="x1"),
      grpc.StatusCode.INVALID_ARGUMENT, "/analytics/orders?page_token=x1", ANALYST, 400),
 ]
 for what, fn, code, path, token, http_status in errors:
@@ -250,7 +337,7 @@ def blocked_on(table):
 
 outcome = {}
 caller = threading.Thread(target=lambda: outcome.update(code=code_of(lambda: call(
-    "DailySales", pb.DailySalesRequest, pb.DailySalesReply, timeout=5, **{"from": first, "to": unique_to}))))
+    "daily_sales", timeout=5, **{"from": first, "to": unique_to}))))
 caller.start()
 try:
     check(wait_for(lambda: blocked_on("serving.daily_sales") > 0, 5, "the query behind the lock"),
@@ -263,7 +350,7 @@ try:
 finally:
     blocker.rollback()
     blocker.close()
-got, details = code_of(lambda: call("DailySales", pb.DailySalesRequest, pb.DailySalesReply, **{"from": first, "to": unique_to}))
+got, details = code_of(lambda: call("daily_sales", **{"from": first, "to": unique_to}))
 check(got == grpc.StatusCode.OK, f"once the lock is gone the same call succeeds ({got}, {details})")
 
 
@@ -312,7 +399,7 @@ def table_locked(table):
 # arrived is the lock let go.
 svc = QueryService(STRATA_QUERY_TIMEOUT_MS="120000")
 burst_to = str(datetime.date(2030, 1, 1) + datetime.timedelta(days=random.randint(0, 30000)))
-SF = {"method": "SalesByProduct"}
+SF = {"method": "sales_by_product"}
 base = {k: svc.value(n, l) for k, n, l in [
     ("backend", "strata_query_backend_queries_total", SF),
     ("miss", "strata_query_cache_total", {"result": "miss"}),
@@ -333,7 +420,7 @@ barrier = threading.Barrier(20)
 def burst_call():
     barrier.wait()
     try:
-        results.append(call("SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply, chan=svc.channel,
+        results.append(call("sales_by_product", chan=svc.channel,
                             timeout=120, **{"from": first, "to": burst_to, "limit": 7}))
     except grpc.RpcError as e:
         errors.append((e.code(), e.details()))
@@ -383,8 +470,7 @@ def limited_run(one_call, limited_code, ok_code, max_calls=100):
     return codes, time.monotonic() - t0
 
 
-codes, took = limited_run(lambda: code_of(lambda: call("DailySales", pb.DailySalesRequest, pb.DailySalesReply,
-                                                       token=VIEWER, chan=rl.channel,
+codes, took = limited_run(lambda: code_of(lambda: call("daily_sales", token=VIEWER, chan=rl.channel,
                                                        **{"from": first, "to": last}))[0],
                           grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.OK)
 ok = codes.count(grpc.StatusCode.OK)
@@ -407,7 +493,7 @@ def http_once():
 http_codes, _ = limited_run(http_once, (429, "RESOURCE_EXHAUSTED"), (200, None))
 check(http_codes[-1] == (429, "RESOURCE_EXHAUSTED") and set(http_codes) <= {(200, None), (429, "RESOURCE_EXHAUSTED")},
       f"over HTTP the same token gets 429 RESOURCE_EXHAUSTED ({http_codes[:5]}...)")
-ok_other, _ = code_of(lambda: call("DailySales", pb.DailySalesRequest, pb.DailySalesReply, token=ANALYST, chan=rl.channel,
+ok_other, _ = code_of(lambda: call("daily_sales", token=ANALYST, chan=rl.channel,
                                    **{"from": first, "to": last}))
 check(ok_other == grpc.StatusCode.OK, "another token is not limited by the first one's traffic")
 rl.stop()
@@ -421,7 +507,7 @@ rl.stop()
 cap = QueryService(STRATA_QUERY_TIMEOUT_MS="120000", STRATA_QUERY_MAX_BACKEND="2", STRATA_QUERY_MAX_QUEUE="2",
                    STRATA_QUERY_QUEUE_WAIT_MS="60000")
 cached_q = {"from": first, "to": last}
-call("DailySales", pb.DailySalesRequest, pb.DailySalesReply, chan=cap.channel, **cached_q)  # now cached
+call("daily_sales", chan=cap.channel, **cached_q)  # now cached
 cap_to = str(datetime.date(2030, 1, 1) + datetime.timedelta(days=random.randint(0, 30000)))
 shed0 = gauge(cap.metrics, "strata_query_shed_total", {"reason": "queue_full"})  # required: raises if absent
 check(shed0 == 0, f"the shed counter is exposed (as 0) before any request is shed ({shed0})")
@@ -429,9 +515,9 @@ admitted, refused = {}, {}
 
 
 def sales_code(svc, limit, timeout=120):
-    """(code, details) of a SalesByProduct call to `svc` for first..cap_to: a question nobody asked
+    """(code, details) of a sales_by_product call to `svc` for first..cap_to: a question nobody asked
     before for each `limit` (so each is a cache miss)."""
-    return code_of(lambda: call("SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply, chan=svc.channel,
+    return code_of(lambda: call("sales_by_product", chan=svc.channel,
                                 timeout=timeout, **{"from": first, "to": cap_to, "limit": limit}))
 
 
@@ -466,7 +552,7 @@ with table_locked("serving.product_daily_sales"):
     except urllib.error.HTTPError as e:
         http_shed = (e.code, e.headers.get("Retry-After"), json.loads(e.read())["error"]["code"])
     check(http_shed == (503, "1", "UNAVAILABLE"), f"over HTTP a shed request is 503 UNAVAILABLE with Retry-After: 1 ({http_shed})")
-    got, details = code_of(lambda: call("DailySales", pb.DailySalesRequest, pb.DailySalesReply, chan=cap.channel,
+    got, details = code_of(lambda: call("daily_sales", chan=cap.channel,
                                         **cached_q))
     check(got == grpc.StatusCode.OK, f"a cached question is answered while the warehouse slots are full ({got} {details})")
     shed = cap.value("strata_query_shed_total", {"reason": "queue_full"})
@@ -478,7 +564,7 @@ want_all = src("""SELECT i.product_id, sum(i.quantity * i.unit_price) FROM shop.
                   WHERE o.ordered_at::date BETWEEN %s AND %s GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 4""", (first, cap_to))
 check(sorted(admitted) == [1, 2, 3, 4] and all(c == grpc.StatusCode.OK for c, _ in admitted.values()),
       f"once the lock is gone the two running and the two waiting questions are answered ({admitted})")
-top = call("SalesByProduct", pb.SalesByProductRequest, pb.SalesByProductReply, chan=cap.channel,
+top = call("sales_by_product", chan=cap.channel,
            **{"from": first, "to": cap_to, "limit": 4})
 check([(p.product_id, money(p.revenue)) for p in top.products] == [(a, money(b)) for a, b in want_all],
       "and the answers equal the source")

@@ -3,6 +3,7 @@
 #include "services/warehouse_loader/lineage.h"
 
 #include <gtest/gtest.h>
+#include <yaml-cpp/yaml.h>
 
 #include "common/errors.h"
 #include "tests/unit/visits_spec.h"
@@ -45,6 +46,36 @@ TEST(Lineage, AnUnknownTableIsRefusedListingTheTablesThereAre) {
     EXPECT_STREQ(e.what(),
                  "lineage: pipeline visits has no table 'marts.nothing' (its tables: dwh.dim_date, dwh.dim_person, "
                  "dwh.fact_visit, marts.busy_days, marts.visit_days, serving.visit_days, staging.people, staging.visits)");
+  }
+}
+
+}  // namespace
+}  // namespace strata::loader
+
+namespace strata::loader {
+namespace {
+
+std::vector<ApiEndpoint> EndpointsReading(const std::string& table) {
+  return ParseEndpoints(YAML::Load("- {name: visits, path: /visits, sql: 'SELECT * FROM " + table + "'}"), "visits.yaml");
+}
+
+TEST(Lineage, EndpointsAreDownstreamOfWhatTheyRead) {
+  PipelineSpec spec = Spec();
+  spec.endpoints = EndpointsReading("serving.visit_days");
+  EXPECT_EQ(LineageOf(spec, "marts.visit_days").downstream,
+            (std::vector<std::string>{"marts.busy_days", "serving.visit_days", "endpoint.visits"}));
+  EXPECT_NO_THROW(CheckEndpointReads(spec));
+}
+
+TEST(Lineage, AnEndpointReadingATableThePipelineLacksIsRefused) {
+  PipelineSpec spec = Spec();
+  spec.endpoints = EndpointsReading("serving.busy_days");  // a view: not published
+  try {
+    CheckEndpointReads(spec);
+    FAIL() << "accepted";
+  } catch (const InputError& e) {
+    EXPECT_STREQ(e.what(), "visits.yaml:1: endpoints (visits): the SQL reads serving.busy_days, which this pipeline "
+                           "neither builds nor publishes");
   }
 }
 

@@ -29,7 +29,7 @@ TEST(Http, RedactsSecrets) {
 }
 
 TEST(QueryCache, KeyEmbedsPublishedVersion) {
-  EXPECT_EQ(query::CacheKey(7, "TopCustomers", "open|3"), "strata:q:v7:TopCustomers:open|3");
+  EXPECT_EQ(query::CacheKey(7, "top_customers", "status=open\x1f"), "strata:q:v7:top_customers:status=open\x1f");
   EXPECT_NE(query::CacheKey(7, "M", "p"), query::CacheKey(8, "M", "p"));
 }
 
