@@ -166,7 +166,7 @@ int main(int argc, char** argv) {
   std::string quality_addr = EnvOr("STRATA_QUALITY_GRPC", "127.0.0.1:50054");
   std::string token = EnvOr("STRATA_QUERY_TOKEN", "");
   bool json = false;
-  std::string pipeline = "demo";
+  std::string pipeline;  // empty: the one the controller runs
   int timeout_s = 1800;
   app.add_option("--controller", controller, "controller gRPC address (env STRATA_CONTROLLER_GRPC)");
   app.add_option("--query", query_addr, "query gRPC address (env STRATA_QUERY_GRPC)");
@@ -177,7 +177,7 @@ int main(int argc, char** argv) {
   std::string date, from, to;
   auto* run = app.add_subcommand("run", "run the pipeline for one logical date and wait for it");
   run->add_option("--date,-d", date, "logical date YYYY-MM-DD")->required();
-  run->add_option("--pipeline,-p", pipeline, "pipeline name");
+  run->add_option("--pipeline,-p", pipeline, "pipeline name (default: the one the controller runs)");
   run->add_option("--timeout", timeout_s, "seconds to wait");
 
   std::string reprocess = "missing";
@@ -185,7 +185,7 @@ int main(int argc, char** argv) {
   auto* backfill = app.add_subcommand("backfill", "queue runs for every date in [from, to] and wait for them");
   backfill->add_option("--from", from, "first date")->required();
   backfill->add_option("--to", to, "last date")->required();
-  backfill->add_option("--pipeline,-p", pipeline, "pipeline name");
+  backfill->add_option("--pipeline,-p", pipeline, "pipeline name (default: the one the controller runs)");
   backfill->add_option("--timeout", timeout_s, "seconds to wait for all runs");
   backfill->add_option("--reprocess", reprocess, "missing | failed | all")
       ->check(CLI::IsMember({"missing", "failed", "all"}));

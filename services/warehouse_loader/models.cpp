@@ -15,6 +15,11 @@ std::string WarehouseDdl(const PipelineSpec& spec) {
   std::string dims;
   for (const auto& d : spec.dimensions) dims += DimensionDdl(d, *spec.Find(d.from));
   for (const auto& f : spec.facts) dims += FactDdl(spec, f);
+  // Only the built-in models the spec lists get their tables: a pipeline without them has none
+  // of them.
+  std::string built_in;
+  for (const auto& m : AllModels())
+    if (std::find(spec.models.begin(), spec.models.end(), m.name) != spec.models.end()) built_in += m.ddl;
   return R"SQL(
 CREATE SCHEMA IF NOT EXISTS raw;
 CREATE SCHEMA IF NOT EXISTS staging;
@@ -44,57 +49,6 @@ CREATE TABLE IF NOT EXISTS dwh.dim_date (
   month_name text NOT NULL,
   is_weekend boolean NOT NULL);
 
-CREATE TABLE IF NOT EXISTS dwh.dim_state (
-  state_key bigserial PRIMARY KEY,
-  abbreviation text NOT NULL UNIQUE,
-  name text NOT NULL);
-ALTER TABLE dwh.dim_state ADD COLUMN IF NOT EXISTS population bigint;
-CREATE INDEX IF NOT EXISTS dim_state_name ON dwh.dim_state (name);
-
--- Reviews from the reviews API, one row per review at its latest version: overlapping and
--- repeated extractions converge by key, newest updated_at wins.
-CREATE TABLE IF NOT EXISTS dwh.fact_review (
-  review_id bigint PRIMARY KEY,
-  business_id text NOT NULL,
-  stars integer NOT NULL,
-  title text,
-  updated_at timestamptz NOT NULL,
-  first_ds date NOT NULL,
-  last_ds date NOT NULL);
-CREATE INDEX IF NOT EXISTS fact_review_business ON dwh.fact_review (business_id);
-CREATE TABLE IF NOT EXISTS marts.business_stars (
-  business_id text PRIMARY KEY,
-  reviews bigint NOT NULL,
-  avg_stars numeric(4,2) NOT NULL);
-
-CREATE TABLE IF NOT EXISTS marts.orders_current (
-  order_id bigint PRIMARY KEY,
-  customer_id bigint NOT NULL,
-  status text NOT NULL,
-  ordered_at timestamptz NOT NULL,
-  updated_at timestamptz NOT NULL,
-  amount numeric(14,2));
-CREATE INDEX IF NOT EXISTS orders_current_status ON marts.orders_current (status);
-
--- Periodic snapshot of the review-site API: one row per business per day.
-CREATE TABLE IF NOT EXISTS dwh.fact_business_daily (
-  business_id text NOT NULL,
-  date_key integer NOT NULL,
-  name text, category text, state text,
-  price_level integer,
-  rating numeric(3,1),
-  review_count integer NOT NULL,
-  review_change integer,  -- vs the previous day's snapshot; NULL when there is none
-  PRIMARY KEY (business_id, date_key));
-CREATE INDEX IF NOT EXISTS fact_business_daily_date ON dwh.fact_business_daily (date_key);
-
-CREATE TABLE IF NOT EXISTS marts.business_review_changes (
-  ds date NOT NULL,
-  business_id text NOT NULL,
-  name text,
-  review_count integer NOT NULL,
-  review_change integer,
-  PRIMARY KEY (ds, business_id));
 
 -- What the models changed in marts since the last publish, recorded by statement triggers
 -- (ops.note_mart_change): the days of a mart with a ds column, else the primary-key values.
@@ -181,8 +135,6 @@ CREATE TABLE IF NOT EXISTS ops.gold_partitions (
   run_id text NOT NULL,
   written_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (mart, ds));
-CREATE TABLE IF NOT EXISTS serving.orders_current (LIKE marts.orders_current INCLUDING ALL);
-CREATE TABLE IF NOT EXISTS serving.business_review_changes (LIKE marts.business_review_changes INCLUDING ALL);
 
 INSERT INTO dwh.dim_date
 SELECT to_char(d, 'YYYYMMDD')::int, d::date, extract(year FROM d)::int, extract(quarter FROM d)::int,
@@ -191,9 +143,11 @@ SELECT to_char(d, 'YYYYMMDD')::int, d::date, extract(year FROM d)::int, extract(
 FROM generate_series('2015-01-01'::date, '2035-12-31'::date, interval '1 day') AS d
 ON CONFLICT DO NOTHING;
 
+-- (the marts' change triggers are installed after the built-in models' tables, below)
+)SQL" + built_in + dims + R"SQL(
 SELECT ops.install_change_triggers(table_name::text) FROM information_schema.tables
 WHERE table_schema = 'marts' AND table_type = 'BASE TABLE';
-)SQL" + dims;
+)SQL";
 }
 
 std::string StagingDdl(const PipelineSpec& spec, const DatasetSpec& d) {
@@ -233,7 +187,15 @@ FROM (SELECT DISTINCT ON (name) name, population FROM staging.state_population
       WHERE ds = (SELECT max(ds) FROM staging.state_population WHERE ds <= $1) ORDER BY name) p
 WHERE p.name = s.name AND s.population IS DISTINCT FROM p.population)SQL"},
        {"dwh.dim_state"},
-       {"staging.states", "staging.state_population"}},
+       {"staging.states", "staging.state_population"},
+       R"SQL(
+CREATE TABLE IF NOT EXISTS dwh.dim_state (
+  state_key bigserial PRIMARY KEY,
+  abbreviation text NOT NULL UNIQUE,
+  name text NOT NULL);
+ALTER TABLE dwh.dim_state ADD COLUMN IF NOT EXISTS population bigint;
+CREATE INDEX IF NOT EXISTS dim_state_name ON dwh.dim_state (name);
+)SQL"},
 
       // Only the businesses whose reviews the day changed are recounted (a review that moved
       // also recounts the business it left).
@@ -260,7 +222,24 @@ INSERT INTO marts.business_stars (business_id, reviews, avg_stars)
 SELECT business_id, count(*), round(avg(stars), 2) FROM dwh.fact_review
 WHERE business_id IN (SELECT business_id FROM tmp_review_businesses) GROUP BY business_id)SQL"},
        {"dwh.fact_review", "marts.business_stars"},
-       {"staging.reviews", "dwh.fact_review"}},
+       {"staging.reviews", "dwh.fact_review"},
+       R"SQL(
+-- Reviews from the reviews API, one row per review at its latest version: overlapping and
+-- repeated extractions converge by key, newest updated_at wins.
+CREATE TABLE IF NOT EXISTS dwh.fact_review (
+  review_id bigint PRIMARY KEY,
+  business_id text NOT NULL,
+  stars integer NOT NULL,
+  title text,
+  updated_at timestamptz NOT NULL,
+  first_ds date NOT NULL,
+  last_ds date NOT NULL);
+CREATE INDEX IF NOT EXISTS fact_review_business ON dwh.fact_review (business_id);
+CREATE TABLE IF NOT EXISTS marts.business_stars (
+  business_id text PRIMARY KEY,
+  reviews bigint NOT NULL,
+  avg_stars numeric(4,2) NOT NULL);
+)SQL"},
 
       {"orders_current",
        {R"SQL(
@@ -312,7 +291,18 @@ WHERE orders_current.updated_at <= EXCLUDED.updated_at  -- never behind what CDC
       (EXCLUDED.customer_id, EXCLUDED.status, EXCLUDED.ordered_at, EXCLUDED.updated_at,
        EXCLUDED.amount))SQL"},
        {"marts.orders_current"},
-       {"staging.orders", "dwh.fact_sales", "raw.orders_current"}},
+       {"staging.orders", "dwh.fact_sales", "raw.orders_current"},
+       R"SQL(
+CREATE TABLE IF NOT EXISTS marts.orders_current (
+  order_id bigint PRIMARY KEY,
+  customer_id bigint NOT NULL,
+  status text NOT NULL,
+  ordered_at timestamptz NOT NULL,
+  updated_at timestamptz NOT NULL,
+  amount numeric(14,2));
+CREATE INDEX IF NOT EXISTS orders_current_status ON marts.orders_current (status);
+CREATE TABLE IF NOT EXISTS serving.orders_current (LIKE marts.orders_current INCLUDING ALL);
+)SQL"},
 
       // Snapshot fact: the day's API listing, with the change against the previous day's
       // snapshot; the next day's change is recomputed too, so loading days out of order converges.
@@ -342,7 +332,29 @@ SELECT d.date, f.business_id, f.name, f.review_count, f.review_change
 FROM dwh.fact_business_daily f JOIN dwh.dim_date d USING (date_key)
 WHERE d.date IN ($1::date, $1::date + 1))SQL"},
        {"dwh.fact_business_daily", "marts.business_review_changes"},
-       {"staging.businesses", "dwh.fact_business_daily"}},
+       {"staging.businesses", "dwh.fact_business_daily"},
+       R"SQL(
+-- Periodic snapshot of the review-site API: one row per business per day.
+CREATE TABLE IF NOT EXISTS dwh.fact_business_daily (
+  business_id text NOT NULL,
+  date_key integer NOT NULL,
+  name text, category text, state text,
+  price_level integer,
+  rating numeric(3,1),
+  review_count integer NOT NULL,
+  review_change integer,  -- vs the previous day's snapshot; NULL when there is none
+  PRIMARY KEY (business_id, date_key));
+CREATE INDEX IF NOT EXISTS fact_business_daily_date ON dwh.fact_business_daily (date_key);
+
+CREATE TABLE IF NOT EXISTS marts.business_review_changes (
+  ds date NOT NULL,
+  business_id text NOT NULL,
+  name text,
+  review_count integer NOT NULL,
+  review_change integer,
+  PRIMARY KEY (ds, business_id));
+CREATE TABLE IF NOT EXISTS serving.business_review_changes (LIKE marts.business_review_changes INCLUDING ALL);
+)SQL"},
   };
   return kModels;
 }
@@ -359,11 +371,11 @@ std::vector<Model> ResolveModels(const PipelineSpec& spec) {
   for (const auto& name : spec.models) {
     if (const DimensionSpec* dim = spec.FindDimension(name)) {
       const bool captured = std::find(spec.cdc.datasets.begin(), spec.cdc.datasets.end(), dim->from) != spec.cdc.datasets.end();
-      out.push_back({name, DimensionStatements(*dim, *spec.Find(dim->from), captured), {"dwh." + name}, {}});
+      out.push_back({name, DimensionStatements(*dim, *spec.Find(dim->from), captured), {"dwh." + name}, {}, ""});
       continue;
     }
     if (const FactSpec* fact = spec.FindFact(name)) {
-      out.push_back({name, FactStatements(spec, *fact), {"dwh." + name}, {}});
+      out.push_back({name, FactStatements(spec, *fact), {"dwh." + name}, {}, ""});
       continue;
     }
     const Model* found = nullptr;

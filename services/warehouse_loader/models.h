@@ -26,6 +26,7 @@ struct Model {
   std::vector<std::string> statements;  // run in order in one transaction; $1 is ds
   std::vector<std::string> tables;      // what a built-in model builds (schema.table)
   std::vector<std::string> reads;       // what a built-in model's statements read, for lineage
+  std::string ddl;                      // a built-in model's tables, created only when the spec lists it
 };
 
 // Built-in models (facts, marts), in dependency order.

@@ -63,8 +63,9 @@ rc, out, err = ctl("--json", "lineage", "marts.daily_sales", DEMO)
 lin = json.loads(out) if rc == 0 else {}
 check(rc == 0 and lin["upstream"][:2] == ["dwh.fact_sales", "dwh.dim_date"] and
       {"source.orders", "source.order_items", "source.customers", "source.products"} <= set(lin["upstream"]) and
-      lin["downstream"] == ["serving.daily_sales"],
-      f"stratactl lineage marts.daily_sales: from the fact back to the sources, published as serving.daily_sales ({lin or err})")
+      lin["downstream"] == ["serving.daily_sales", "endpoint.daily_sales"],
+      f"stratactl lineage marts.daily_sales: from the fact back to the sources, published as serving.daily_sales, "
+      f"served by the daily_sales endpoint ({lin or err})")
 rc, _, err = ctl("lineage", "marts.nothing", DEMO)
 check(rc == 2 and err.startswith("lineage: pipeline demo has no table 'marts.nothing' (its tables: "),
       f"stratactl lineage of an unknown table: exit 2 listing the tables ({err[:80]})")
@@ -102,7 +103,37 @@ param = broken({"p.sql": "/* strata\nname: marts.p\nkind: incremental_by_ds\n*/\
 rc, _, err = ctl("validate", param)
 check(rc == 2 and err.strip() == f"{param}/models/p.sql:5: unknown parameter {{day}} (parameters: {{ds}}, {{start}}, {{end}})",
       f"an unknown parameter: exit 2 naming it ({err.strip()})")
-for d in (cyclic, unknown, param):
+
+
+def with_endpoint(item):
+    """The demo folder with one more endpoint (the list ends the file); its line in pipeline.yaml."""
+    d = broken({})
+    path = os.path.join(d, "pipeline.yaml")
+    lines = open(path).read().rstrip("\n").split("\n")
+    with open(path, "w") as f:
+        f.write("\n".join(lines + ["  " + item]) + "\n")
+    return d, len(lines) + 1
+
+
+nope, line = with_endpoint("- {name: nope, path: /nope, sql: SELECT * FROM serving.nope}")
+want = f"{nope}/pipeline.yaml:{line}: endpoints (nope): the SQL reads serving.nope, which this pipeline neither builds nor publishes"
+rc, _, err = ctl("validate", nope)
+check(rc == 2 and err.strip() == want, f"an endpoint reading a table nobody builds: exit 2 naming file and line ({err.strip()})")
+rc, err = start("strata-warehouse-loader", "", {"STRATA_PIPELINE_SPEC": nope, "STRATA_PG_DSN": "host=127.0.0.1 port=1",
+                                                "STRATA_WAREHOUSE_LOADER_GRPC": f"127.0.0.1:{free_port()}",
+                                                "STRATA_WAREHOUSE_LOADER_METRICS": f"127.0.0.1:{free_port()}"})
+check(rc == 2 and want in err, f"and the loader refuses to start with the same message ({rc}: {err.strip()[-200:]})")
+badtype, line = with_endpoint("- {name: t, path: /t, params: [{name: n, type: int32}], sql: 'SELECT {n}'}")
+want = (f"{badtype}/pipeline.yaml:{line}: endpoints[8] (t).params[0] (n).type: unknown type 'int32' "
+        "(known: boolean, date, integer, number, text)")
+rc, _, err = ctl("validate", badtype)
+check(rc == 2 and err.strip() == want, f"an unknown parameter type: exit 2 naming file, line and key ({err.strip()})")
+rc, err = start("strata-query", "", {"STRATA_PIPELINE_SPEC": badtype, "STRATA_PG_DSN": "host=127.0.0.1 port=1",
+                                     "STRATA_QUERY_GRPC": f"127.0.0.1:{free_port()}",
+                                     "STRATA_QUERY_METRICS": f"127.0.0.1:{free_port()}",
+                                     "STRATA_QUERY_HTTP": f"127.0.0.1:{free_port()}"})
+check(rc == 2 and want in err, f"and the query service refuses to start with it ({rc}: {err.strip()[-200:]})")
+for d in (cyclic, unknown, param, nope, badtype):
     shutil.rmtree(d)
 
 rc, _, err = stratactl("run", "--date", "2024-13-01")
