@@ -122,6 +122,7 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
       else if (key == "max_active_runs") c.max_active_runs = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "reclaim_idle_ms") c.reclaim_idle_ms = PositiveInt(Scalar(kv.second, path), path);
       else if (key == "reuse_port") c.reuse_port = Bool(Scalar(kv.second, path), path);
+      else if (key == "schedules") c.schedules = Bool(Scalar(kv.second, path), path);
       else if (key == "services") {
         if (!kv.second.IsMap()) throw InputError("config " + path + ": expected a mapping");
         for (const auto& svc : kv.second) {
@@ -156,12 +157,18 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
   override_str("STRATA_LAKE_ROOT", c.lake_root);
   override_str("STRATA_PIPELINE_SPEC", c.pipeline_spec);
   override_str("STRATA_WEBHOOK_URL", c.webhook_url);
+  for (const char* role : {"analyst", "scientist", "engineer"}) {
+    std::string var = std::string("STRATA_") + role + "_PASSWORD";
+    for (auto& ch : var) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    if (const char* v = env(var.c_str())) c.role_passwords[role] = v;
+  }
   override_str("STRATA_SOURCE_HTTP", c.source_http);
   override_str("STRATA_WEBHOOK_FORMAT", c.webhook_format);
   if (const char* v = env("STRATA_BATCH_ROWS")) c.batch_rows = PositiveInt(v, "STRATA_BATCH_ROWS");
   if (const char* v = env("STRATA_BUS_HIGH_WATER")) c.bus_high_water = PositiveInt(v, "STRATA_BUS_HIGH_WATER");
   if (const char* v = env("STRATA_RECLAIM_IDLE_MS")) c.reclaim_idle_ms = PositiveInt(v, "STRATA_RECLAIM_IDLE_MS");
   if (const char* v = env("STRATA_REUSE_PORT")) c.reuse_port = Bool(v, "STRATA_REUSE_PORT");
+  if (const char* v = env("STRATA_SCHEDULES")) c.schedules = Bool(v, "STRATA_SCHEDULES");
   if (const char* v = env("STRATA_QUERY_RATE_LIMIT_RPS"))
     c.query_rate_limit_rps = PositiveInt(v, "STRATA_QUERY_RATE_LIMIT_RPS");
   if (const char* v = env("STRATA_QUERY_TIMEOUT_MS")) c.query_timeout_ms = PositiveInt(v, "STRATA_QUERY_TIMEOUT_MS");

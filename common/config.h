@@ -31,6 +31,8 @@ struct Config {
   std::string lake_root = ".strata/lake";
   std::string pipeline_spec = "pipelines/demo";  // a pipeline folder (or its YAML file)
   std::string webhook_url;  // empty: alerts are logged only
+  // Passwords of the warehouse roles strata creates (common/governance.h), set by the loader.
+  std::map<std::string, std::string> role_passwords;
   std::string webhook_format = "slack";  // slack ({"text": ...} plus fields) | generic (fields only)
   std::string source_http = "http://127.0.0.1:8089";
   int batch_rows = 5000;
@@ -62,6 +64,9 @@ struct Config {
   // Let several processes listen on one gRPC/HTTP address (SO_REUSEPORT). Off: a second
   // instance on a live address fails start-up instead of silently splitting the traffic.
   bool reuse_port = false;
+  // The controller queues the spec's scheduled runs (and alerts missed deadlines) only when true
+  // (STRATA_SCHEDULES); local and test stacks turn it off and run dates by hand.
+  bool schedules = true;
   std::map<std::string, Endpoint> services;
 
   // The endpoint of a known service; throws InputError for an unknown name.

@@ -19,7 +19,12 @@ namespace {
 
 const std::regex kIdent("^[a-z_][a-z0-9_]*$");
 const std::regex kPath("^(/[A-Za-z0-9_.~-]+)+$");
-const std::regex kInteger("^-?[0-9]{1,18}$");
+// -?[0-9]{1,18}: fits int64. Checked on every call, so without std::regex.
+bool IsInteger(const std::string& v) {
+  const size_t digits = v.size() - (!v.empty() && v[0] == '-' ? 1 : 0);
+  if (digits < 1 || digits > 18) return false;
+  return std::all_of(v.end() - static_cast<long>(digits), v.end(), [](char c) { return c >= '0' && c <= '9'; });
+}
 const std::set<std::string> kTypes = {"integer", "number", "boolean", "text", "date"};
 const std::set<std::string> kCaches = {"published", "realtime", "none"};
 // Paths the gateway answers itself.
@@ -48,7 +53,7 @@ std::string Scalar(const Where& w, const YAML::Node& n, const std::string& key) 
 
 int Int(const Where& w, const YAML::Node& n, const std::string& key, int lo, int hi) {
   const std::string v = Scalar(w, n, key);
-  if (!std::regex_match(v, kInteger)) w.Fail(n, key, "expected an integer, got '" + v + "'");
+  if (!IsInteger(v)) w.Fail(n, key, "expected an integer, got '" + v + "'");
   const long long x = std::stoll(v);
   if (x < lo || x > hi) w.Fail(n, key, "must be from " + std::to_string(lo) + " to " + std::to_string(hi) + ", got " + v);
   return static_cast<int>(x);
@@ -91,7 +96,7 @@ EndpointParam ParseParam(const Where& w, const YAML::Node& n, const std::string&
     p.allowed = List(w, n["enum"], where + ".enum");
     if (p.allowed.empty()) w.Fail(n["enum"], where + ".enum", "expected at least one value");
     for (const auto& v : p.allowed)
-      if (p.type == "integer" && !std::regex_match(v, kInteger)) w.Fail(n["enum"], where + ".enum", "'" + v + "' is not an integer");
+      if (p.type == "integer" && !IsInteger(v)) w.Fail(n["enum"], where + ".enum", "'" + v + "' is not an integer");
   }
   for (const char* bound : {"min", "max"}) {
     if (!n[bound]) continue;
@@ -178,6 +183,28 @@ bool ValidUtf8(const std::string& s) {
   return true;
 }
 
+// The statement every call runs: each {name} replaced by $k::type, numbered in order of first
+// use; paged, LIMIT and OFFSET as the last two. Computed once, not per call.
+void Bind(ApiEndpoint& e) {
+  std::map<std::string, int> number;
+  size_t copied = 0;
+  ScanSql(
+      e.sql,
+      [&](size_t pos, size_t len, const std::string& name) {
+        auto [it, fresh] = number.emplace(name, static_cast<int>(number.size()) + 1);
+        if (fresh) e.bind_order.push_back(name);
+        e.bound_sql += e.sql.substr(copied, pos - copied) + "$" + std::to_string(it->second) + "::" + PgTypeOf(e.Param(name)->type);
+        copied = pos + len;
+      },
+      [](size_t, size_t) {}, [](size_t) {});
+  e.bound_sql += e.sql.substr(copied);
+  if (e.paged) {
+    // On its own line: the SQL may end in a -- comment.
+    const int n = static_cast<int>(e.bind_order.size());
+    e.bound_sql += "\nLIMIT $" + std::to_string(n + 1) + "::bigint OFFSET $" + std::to_string(n + 2) + "::bigint";
+  }
+}
+
 }  // namespace
 
 const EndpointParam* ApiEndpoint::Param(const std::string& n) const {
@@ -197,7 +224,7 @@ std::string PgTypeOf(const std::string& type) {
 std::string CheckParamValue(const EndpointParam& p, const std::string& v) {
   const std::string got = ", got " + QuoteForMessage(v);
   if (p.type == "integer") {
-    if (!std::regex_match(v, kInteger)) return "expected an integer" + got;
+    if (!IsInteger(v)) return "expected an integer" + got;
     const long long x = std::stoll(v);
     if (p.min && x < std::stoll(*p.min)) return "at least " + *p.min + got;
     if (p.max && x > std::stoll(*p.max)) return "at most " + *p.max + got;
@@ -292,6 +319,7 @@ std::vector<ApiEndpoint> ParseEndpoints(const YAML::Node& node, const std::strin
     else if (n["sql_file"]) e.sql = ReadSqlFile(w, n["sql_file"], file, Scalar(w, n["sql_file"], "sql_file"));
     else w.Fail(n, "sql", "missing (a SELECT, or sql_file: a file of the pipeline folder)");
     CheckSql(w, n["sql"] ? n["sql"] : n["sql_file"], e);
+    Bind(e);
     out.push_back(std::move(e));
   }
   return out;

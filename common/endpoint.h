@@ -64,6 +64,10 @@ struct ApiEndpoint {
   std::map<std::string, std::string> columns;  // column -> description
   std::string sql;
   std::vector<std::string> reads;  // schema.table names the SQL reads
+  // The statement a call runs: {name}s as $1::type, ... (then LIMIT/OFFSET when paged), and
+  // which parameter each $k is.
+  std::string bound_sql;
+  std::vector<std::string> bind_order;
 
   const EndpointParam* Param(const std::string& name) const;
 };

@@ -1,8 +1,14 @@
 #include "common/governance.h"
 
+#include "common/pg.h"
+
 namespace strata {
 
-std::string GovernanceDdl() {
+std::string GovernanceDdl(const std::map<std::string, std::string>& passwords) {
+  std::string set_passwords;
+  for (const auto& [role, password] : passwords)
+    if ((role == "analyst" || role == "scientist" || role == "engineer") && !password.empty())
+      set_passwords += "ALTER ROLE " + role + " PASSWORD " + QuoteLiteral(password) + ";\n";
   return R"SQL(
 DO $$
 DECLARE
@@ -27,7 +33,7 @@ BEGIN
     EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT ON TABLES TO %I', g[2], g[1]);
   END LOOP;
 END $$;
-)SQL";
+)SQL" + set_passwords;
 }
 
 }  // namespace strata

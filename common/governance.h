@@ -4,13 +4,17 @@
 //   analyst    dwh, marts, serving, quality
 //   scientist  the analyst's layers + staging
 //   engineer   everything: raw, staging, dwh, marts, serving, quality, ops
-// Roles are created WITH LOGIN and no password: operators set passwords (ALTER ROLE ...).
-// Nobody but the loading user may write.
+// Roles are created WITH LOGIN; a role's password is set from the configuration when one is given
+// (role_passwords: STRATA_ANALYST_PASSWORD, STRATA_SCIENTIST_PASSWORD, STRATA_ENGINEER_PASSWORD),
+// so a dashboard logging in as `analyst` works as deployed; otherwise it has none and operators
+// set it (ALTER ROLE ...). Nobody but the loading user may write.
 #pragma once
+#include <map>
 #include <string>
 
 namespace strata {
 
-std::string GovernanceDdl();
+// `passwords`: role -> password, for roles strata creates (others are ignored).
+std::string GovernanceDdl(const std::map<std::string, std::string>& passwords = {});
 
 }  // namespace strata

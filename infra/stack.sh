@@ -142,6 +142,8 @@ up() {
     echo "export STRATA_WEBHOOK_PORT=$webhook_port"
     echo "export STRATA_STACK_DIR=$DIR"
     echo "export STRATA_RECLAIM_IDLE_MS=${STRATA_RECLAIM_IDLE_MS:-3000}"
+    # Dates are run by hand here (stratactl run / backfill): the spec's schedule stays idle.
+    echo "export STRATA_SCHEDULES=${STRATA_SCHEDULES:-false}"
     echo "export STRATA_BIN=$(cd "$BIN" && pwd)"
     for s in $SERVICES; do
       S=$(echo "$s" | tr a-z A-Z)
@@ -158,6 +160,8 @@ up() {
     echo "export STRATA_QUERY_TOKEN=$analyst"
     echo "export STRATA_QUERY_VIEWER_TOKEN=$viewer"
     echo "export STRATA_QUERY_RATE_LIMIT_RPS=${STRATA_QUERY_RATE_LIMIT_RPS:-200}"
+    # The warehouse role dashboards log in as gets a password (set by the loader).
+    echo "export STRATA_ANALYST_PASSWORD=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     # The simulated reviews API's bearer token, shared by the simulator and ingest.
     echo "export STRATA_REVIEWS_TOKEN=$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   } >"$DIR/env"

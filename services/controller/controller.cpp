@@ -545,7 +545,7 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
           tx.exec("SELECT 1");  // the lock lives as long as this session
           last_lock_check = std::chrono::steady_clock::now();
         }
-        if (spec_.schedule.present && std::chrono::steady_clock::now() - last_schedule_pass > 5s) {
+        if (spec_.schedule.present && config_.schedules && std::chrono::steady_clock::now() - last_schedule_pass > 5s) {
           last_schedule_pass = std::chrono::steady_clock::now();
           SchedulePass();
         }
@@ -1102,12 +1102,30 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
     } catch (const std::exception& e) {
       spdlog::error("cannot record run end run_id={} error={}", run_id, e.what());
     }
+    if (final_state == "failed") AlertRunFailed(run_id, pipeline, ds, failure);
     metrics_.active.Add({}).Decrement();
     metrics_.runs.Add({{"state", final_state}}).Increment();
     if (failure.empty()) metrics_.last_success.Add({}).SetToCurrentTime();
     metrics_.run_duration.Add({}, prometheus::Histogram::BucketBoundaries{1, 5, 15, 60, 300, 900, 3600})
         .Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count());
     spdlog::info("run finished run_id={} ds={} state={} message={}", run_id, ds, final_state, failure);
+  }
+
+  // A failed run reaches a person through the same notifier as failing checks (the quality
+  // service's webhook), not only as a metric someone must be watching. Best effort: the run's
+  // state is recorded already; a notifier that is down is logged and counted there.
+  void AlertRunFailed(const std::string& run_id, const std::string& pipeline, const std::string& ds,
+                      const std::string& failure) {
+    strata::v1::NotifyRequest n;
+    n.set_event("run_failed");
+    n.set_pipeline(pipeline);
+    n.set_ds(ds);
+    n.set_message("run " + run_id + " failed: " + failure);
+    strata::v1::NotifyReply reply;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    const grpc::Status st = quality_->Notify(&ctx, n, &reply);
+    if (!st.ok()) spdlog::warn("cannot alert run failure run_id={} error={}", run_id, st.error_message());
   }
 
   // The marts were published: announcing the warehouse's publication version makes every

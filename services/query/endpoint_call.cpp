@@ -50,28 +50,12 @@ BoundCall BindCall(const ApiEndpoint& e, const std::map<std::string, std::string
       throw InputError("page_token: not a token this service issued");
     out.cache_key += "limit=" + std::to_string(out.limit) + ";page=" + std::to_string(out.offset);
   }
-  // Parameters in order of first use; each bound once however often the SQL names it.
-  std::map<std::string, int> number;
-  std::string sql;
-  size_t copied = 0;
-  ScanSql(
-      e.sql,
-      [&](size_t pos, size_t len, const std::string& name) {
-        auto [it, fresh] = number.emplace(name, static_cast<int>(number.size()) + 1);
-        if (fresh) out.values.push_back(effective.at(name));
-        sql += e.sql.substr(copied, pos - copied) + "$" + std::to_string(it->second) + "::" + PgTypeOf(e.Param(name)->type);
-        copied = pos + len;
-      },
-      [](size_t, size_t) {}, [](size_t) {});
-  sql += e.sql.substr(copied);
-  // On its own line: the SQL may end in a -- comment.
+  for (const auto& name : e.bind_order) out.values.push_back(effective.at(name));
   if (e.paged) {
-    const int n = static_cast<int>(out.values.size());
-    sql += "\nLIMIT $" + std::to_string(n + 1) + "::bigint OFFSET $" + std::to_string(n + 2) + "::bigint";
     out.values.push_back(std::to_string(out.limit + 1));
     out.values.push_back(std::to_string(out.offset));
   }
-  out.sql = std::move(sql);
+  out.sql = e.bound_sql;
   return out;
 }
 

@@ -187,6 +187,12 @@ constexpr int kPageSize = 10;
 
 }  // namespace
 
+bool ShopExists(const std::string& dsn) {
+  pqxx::connection c(dsn);
+  pqxx::read_transaction tx(c);
+  return tx.exec("SELECT to_regclass('shop.sim_state') IS NOT NULL")[0][0].as<bool>();
+}
+
 void InitShop(const std::string& dsn, const std::string& start, const SimOptions& opt) {
   ParseDate(start, "--start");
   pqxx::connection c(dsn);

@@ -30,6 +30,8 @@ struct SimOptions {
 
 // Creates (or recreates) schema shop; the simulation starts at `start` (nothing generated yet).
 void InitShop(const std::string& dsn, const std::string& start, const SimOptions& opt);
+// Whether the shop was initialised already (a deployment seeds it once, then keeps it).
+bool ShopExists(const std::string& dsn);
 // Generates every day after the last generated one through `through`; returns days generated.
 int Advance(const std::string& dsn, const std::string& through, const SimOptions& opt);
 

@@ -61,7 +61,7 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
     auto conn = PgConnect(config_.warehouse_dsn);
     std::string ddl = WarehouseDdl(spec_);
     for (const auto& d : spec_.datasets) ddl += StagingDdl(spec_, d);
-    RunDdl(*conn, ddl + SharedOpsDdl() + CdcDdl(spec_) + GovernanceDdl());
+    RunDdl(*conn, ddl + SharedOpsDdl() + CdcDdl(spec_) + GovernanceDdl(config_.role_passwords));
     EnsureSqlModelTables(*conn, spec_);
     cdc_.Start();
   }

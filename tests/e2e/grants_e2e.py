@@ -2,6 +2,10 @@
 may INSERT, UPDATE, DELETE or TRUNCATE any table of any layer (nobody but the loading user writes).
 Every write is tried inside a transaction that is rolled back, so a wrongly granted write changes
 nothing."""
+import base64
+import hashlib
+import hmac
+
 import psycopg2
 
 from strata_e2e import ENV, check, finish, wh
@@ -67,4 +71,26 @@ for role, allowed in ALLOWED.items():
             conn.rollback()
         check(not wrong, f"{role} may not INSERT, UPDATE, DELETE or TRUNCATE {table}" + (f": {wrong}" if wrong else ""))
     conn.close()
+
+
+def scram_matches(verifier, password):
+    """Whether PostgreSQL's SCRAM-SHA-256 verifier (RFC 5803 form) was made from `password`."""
+    if not verifier or not verifier.startswith("SCRAM-SHA-256$"):
+        return False
+    iterations_salt, keys = verifier[len("SCRAM-SHA-256$"):].split("$")
+    iterations, salt = iterations_salt.split(":")
+    stored_key = keys.split(":")[0]
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), base64.b64decode(salt), int(iterations))
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    return base64.b64encode(hashlib.sha256(client_key).digest()).decode() == stored_key
+
+
+# The analyst's password comes from the configuration (STRATA_ANALYST_PASSWORD), as a dashboard
+# needs it; roles given none have none.
+verifiers = dict(wh("SELECT rolname, rolpassword FROM pg_authid WHERE rolname IN ('analyst', 'scientist')"))
+check(scram_matches(verifiers.get("analyst"), ENV["STRATA_ANALYST_PASSWORD"]),
+      "the loader set analyst's password from STRATA_ANALYST_PASSWORD (its SCRAM verifier matches)")
+check(not scram_matches(verifiers.get("analyst"), ENV["STRATA_ANALYST_PASSWORD"] + "x"),
+      "and only that password matches")
+check(verifiers.get("scientist") is None, "a role given no password has none")
 finish()

@@ -2,6 +2,7 @@
 with pipeline.yaml changed by `transform(text) -> text`. Returns the new folder, which is what
 STRATA_PIPELINE_SPEC takes."""
 import os
+import re
 import shutil
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -18,3 +19,8 @@ def demo_variant(dst, transform):
     with open(path, "w") as f:
         f.write(transform(text))
     return dst
+
+
+def without_schedule(text):
+    """pipeline.yaml without its `schedule:` block (for a variant that declares its own)."""
+    return re.sub(r"\nschedule:\n(?:[ #].*\n)+", "\n", text)

@@ -5,7 +5,7 @@ import json
 import psycopg2
 
 from strata_e2e import (ENV, WebhookReceiver, check, checksum, dead_letters, finish, metric_value, metrics,
-                        sim_advance, sim_control, src, stratactl, wh)
+                        sim_advance, sim_control, src, stratactl, wait_for, wh)
 
 DAYS = [f"2024-01-0{d}" for d in range(1, 8)]
 DWH = ["dwh.dim_customer", "dwh.dim_product", "dwh.dim_state", "dwh.fact_sales", "marts.daily_sales",
@@ -165,6 +165,10 @@ check(failed == [("dead_letters:businesses", "5")], f"quality.check_results has 
 failing_alerts = [a["check"] for a in received if a["event"] == "check_failing" and a["severity"] == "error"]
 check(failing_alerts == ["dead_letters:businesses"], f"the webhook received one alert naming the check ({received})")
 check(received and received[0]["sample"] == [] and "text" in received[0], "the alert is Slack-compatible")
+run_alerts = lambda: [a for a in received if a["event"] == "run_failed" and a["ds"] == DAYS[-1]]  # noqa: E731
+check(wait_for(lambda: len(run_alerts()) == 1, 30, "the run_failed alert") and
+      run["run_id"] in run_alerts()[0]["message"] and "dead_letters:businesses" in run_alerts()[0]["message"],
+      f"the failed run is alerted too, once, naming the run and why ({run_alerts()})")
 reasons = __import__("strata_e2e").run("redis-cli", "-p", ENV["STRATA_REDIS_PORT"], "xrange", "strata:deadletter", "-", "+")[1]
 for reason in ["column 'rating' expected float, got \"n/a\"", "missing key 'id'", "bad JSON"]:
     check(reason in reasons, f"a dead letter says: {reason}")

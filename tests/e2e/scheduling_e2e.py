@@ -8,7 +8,7 @@ import subprocess
 
 import grpc
 
-from pipeline_copy import demo_variant
+from pipeline_copy import demo_variant, without_schedule
 from strata_e2e import BIN, ENV, WebhookReceiver, check, finish, free_port, load_pb2, stratactl, wait_for, wh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -133,9 +133,9 @@ def missed():
     return sorted(a["ds"] for a in alerts if a.get("event") == "run_deadline_missed")
 
 
-spec_path = demo_variant(os.path.join(ENV["STRATA_STACK_DIR"], "sched"), lambda t: t.replace("pipeline: demo", "pipeline: sched") +
+spec_path = demo_variant(os.path.join(ENV["STRATA_STACK_DIR"], "sched"), lambda t: without_schedule(t).replace("pipeline: demo", "pipeline: sched") +
                          f"\nschedule:\n  cron: '* * * * *'\n  timezone: UTC\n  start_date: {start}\n  catchup: true\n  deadline: '00:00'\n")
-env = dict(os.environ, STRATA_PIPELINE_SPEC=spec_path, STRATA_CONTROLLER_GRPC=f"127.0.0.1:{free_port()}",
+env = dict(os.environ, STRATA_PIPELINE_SPEC=spec_path, STRATA_SCHEDULES="true", STRATA_CONTROLLER_GRPC=f"127.0.0.1:{free_port()}",
            STRATA_CONTROLLER_METRICS=f"127.0.0.1:{free_port()}", STRATA_CONTROLLER_HTTP=f"127.0.0.1:{free_port()}")
 log = open(os.path.join(ENV["STRATA_STACK_DIR"], "logs", "controller_sched.log"), "w")
 sched = subprocess.Popen([f"{BIN}/strata-controller"], env=env, stdout=log, stderr=log)
@@ -197,10 +197,10 @@ def forget_paris():
 
 forget_paris()
 # start_date far ahead: nothing is scheduled by itself, runs are started by hand below.
-spec_path = demo_variant(os.path.join(ENV["STRATA_STACK_DIR"], "paris"), lambda t: t.replace("pipeline: demo", "pipeline: paris") +
+spec_path = demo_variant(os.path.join(ENV["STRATA_STACK_DIR"], "paris"), lambda t: without_schedule(t).replace("pipeline: demo", "pipeline: paris") +
                          "\nschedule:\n  cron: '0 2 * * *'\n  timezone: Europe/Paris\n  start_date: 2099-01-01\n")
 paris_grpc, paris_metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-env = dict(os.environ, STRATA_PIPELINE_SPEC=spec_path, STRATA_CONTROLLER_GRPC=paris_grpc,
+env = dict(os.environ, STRATA_PIPELINE_SPEC=spec_path, STRATA_SCHEDULES="true", STRATA_CONTROLLER_GRPC=paris_grpc,
            STRATA_CONTROLLER_METRICS=paris_metrics, STRATA_CONTROLLER_HTTP=f"127.0.0.1:{free_port()}",
            STRATA_INGEST_GRPC=f"127.0.0.1:{ingest_port}")
 log = open(os.path.join(ENV["STRATA_STACK_DIR"], "logs", "controller_paris.log"), "w")
