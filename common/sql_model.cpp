@@ -188,6 +188,13 @@ SqlModel ParseSqlModel(const std::string& text, const std::string& file) {
     if (key == "name") m.name = scalar();
     else if (key == "kind") m.kind = scalar();
     else if (key == "time_column") m.time_column = scalar();
+    else if (key == "lookahead_days") {
+      const std::string v = scalar();
+      if (v.empty() || v.size() > 2 || !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
+          std::stoi(v) > 31)
+        Fail(file, line, "lookahead_days: expected a whole number of days from 0 to 31, got '" + v + "'");
+      m.lookahead_days = std::stoi(v);
+    }
     else if (key == "unique_key") m.unique_key = Columns(v, file, yaml_line, key);
     else if (key == "description") m.description = scalar();
     else if (key == "depends_on") {
@@ -200,7 +207,7 @@ SqlModel ParseSqlModel(const std::string& text, const std::string& file) {
       for (const auto& c : v) m.columns[c.first.as<std::string>()] = c.second.IsScalar() ? c.second.as<std::string>() : "";
     } else {
       Fail(file, line, "unknown key '" + key +
-                           "' (known: name, kind, time_column, unique_key, indexes, depends_on, description, columns)");
+                           "' (known: name, kind, time_column, lookahead_days, unique_key, indexes, depends_on, description, columns)");
     }
     if (key == "depends_on") {
       std::vector<std::string> deps;
@@ -233,6 +240,8 @@ SqlModel ParseSqlModel(const std::string& text, const std::string& file) {
   } else if (!m.time_column.empty()) {
     Fail(file, line_of(decl["time_column"]), "time_column: only an incremental_by_ds model has one (this one is " + m.kind + ")");
   }
+  if (m.lookahead_days > 0 && m.kind != "incremental_by_ds")
+    Fail(file, line_of(decl["lookahead_days"]), "lookahead_days: only an incremental_by_ds model rebuilds later days (this one is " + m.kind + ")");
   if (m.kind == "incremental_by_key" && m.unique_key.empty())
     Fail(file, decl_line, "unique_key: an incremental_by_key model merges on its unique key; declare it");
   if (m.kind == "view" && (!m.unique_key.empty() || !m.indexes.empty()))

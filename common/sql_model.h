@@ -7,6 +7,8 @@
 //   name: marts.daily_sales          # the table it builds (schema.table)
 //   kind: incremental_by_ds          # full | incremental_by_ds | incremental_by_key | view
 //   time_column: ds                  # incremental_by_ds: the day column (default ds)
+//   lookahead_days: 1                # incremental_by_ds: a day's change also changes the next
+//                                    # days (a day-over-day delta): they are rebuilt with it
 //   unique_key: [ds]                 # the table's primary key (required by incremental_by_key)
 //   indexes: [[product_id]]          # optional, each a list of columns
 //   depends_on: [dwh.fact_sales]     # optional, beyond the tables the SELECT names
@@ -34,6 +36,7 @@ struct SqlModel {
   std::string name;  // schema.table
   std::string kind;  // full | incremental_by_ds | incremental_by_key | view
   std::string time_column;
+  int lookahead_days = 0;  // incremental_by_ds: also rebuild this many days after each changed day
   std::vector<std::string> unique_key;
   std::vector<std::vector<std::string>> indexes;
   std::vector<std::string> depends_on;  // declared

@@ -174,29 +174,6 @@ std::string StagingDdl(const PipelineSpec& spec, const DatasetSpec& d) {
 
 const std::vector<Model>& AllModels() {
   static const std::vector<Model> kModels = {
-      {"dim_state",
-       {R"SQL(
-INSERT INTO dwh.dim_state (abbreviation, name)
-SELECT abbreviation, name FROM staging.states WHERE ds = $1
-ON CONFLICT (abbreviation) DO UPDATE SET name = EXCLUDED.name
-  WHERE dim_state.name IS DISTINCT FROM EXCLUDED.name)SQL",
-        // Population from the census API, matched by state name (type 1: the latest count).
-        R"SQL(
-UPDATE dwh.dim_state s SET population = p.population
-FROM (SELECT DISTINCT ON (name) name, population FROM staging.state_population
-      WHERE ds = (SELECT max(ds) FROM staging.state_population WHERE ds <= $1) ORDER BY name) p
-WHERE p.name = s.name AND s.population IS DISTINCT FROM p.population)SQL"},
-       {"dwh.dim_state"},
-       {"staging.states", "staging.state_population"},
-       R"SQL(
-CREATE TABLE IF NOT EXISTS dwh.dim_state (
-  state_key bigserial PRIMARY KEY,
-  abbreviation text NOT NULL UNIQUE,
-  name text NOT NULL);
-ALTER TABLE dwh.dim_state ADD COLUMN IF NOT EXISTS population bigint;
-CREATE INDEX IF NOT EXISTS dim_state_name ON dwh.dim_state (name);
-)SQL"},
-
       // Only the businesses whose reviews the day changed are recounted (a review that moved
       // also recounts the business it left).
       {"reviews",
@@ -304,57 +281,6 @@ CREATE INDEX IF NOT EXISTS orders_current_status ON marts.orders_current (status
 CREATE TABLE IF NOT EXISTS serving.orders_current (LIKE marts.orders_current INCLUDING ALL);
 )SQL"},
 
-      // Snapshot fact: the day's API listing, with the change against the previous day's
-      // snapshot; the next day's change is recomputed too, so loading days out of order converges.
-      {"business_daily",
-       {R"SQL(
-DELETE FROM dwh.fact_business_daily WHERE date_key = to_char($1::date, 'YYYYMMDD')::int)SQL",
-        R"SQL(
-INSERT INTO dwh.fact_business_daily (business_id, date_key, name, category, state, price_level, rating,
-                                     review_count, review_change)
-SELECT DISTINCT ON (b.id) b.id, to_char($1::date, 'YYYYMMDD')::int, b.name, b.category, b.state, b.price_level,
-       b.rating::numeric(3,1), b.review_count, b.review_count - prev.review_count
-FROM staging.businesses b
-LEFT JOIN dwh.fact_business_daily prev
-  ON prev.business_id = b.id AND prev.date_key = to_char($1::date - 1, 'YYYYMMDD')::int
-WHERE b.ds = $1 AND b.review_count IS NOT NULL
-ORDER BY b.id)SQL",
-        R"SQL(
-UPDATE dwh.fact_business_daily n SET review_change = n.review_count - c.review_count
-FROM dwh.fact_business_daily c
-WHERE n.date_key = to_char($1::date + 1, 'YYYYMMDD')::int AND c.date_key = to_char($1::date, 'YYYYMMDD')::int
-  AND c.business_id = n.business_id AND n.review_change IS DISTINCT FROM n.review_count - c.review_count)SQL",
-        R"SQL(
-DELETE FROM marts.business_review_changes WHERE ds IN ($1::date, $1::date + 1))SQL",
-        R"SQL(
-INSERT INTO marts.business_review_changes (ds, business_id, name, review_count, review_change)
-SELECT d.date, f.business_id, f.name, f.review_count, f.review_change
-FROM dwh.fact_business_daily f JOIN dwh.dim_date d USING (date_key)
-WHERE d.date IN ($1::date, $1::date + 1))SQL"},
-       {"dwh.fact_business_daily", "marts.business_review_changes"},
-       {"staging.businesses", "dwh.fact_business_daily"},
-       R"SQL(
--- Periodic snapshot of the review-site API: one row per business per day.
-CREATE TABLE IF NOT EXISTS dwh.fact_business_daily (
-  business_id text NOT NULL,
-  date_key integer NOT NULL,
-  name text, category text, state text,
-  price_level integer,
-  rating numeric(3,1),
-  review_count integer NOT NULL,
-  review_change integer,  -- vs the previous day's snapshot; NULL when there is none
-  PRIMARY KEY (business_id, date_key));
-CREATE INDEX IF NOT EXISTS fact_business_daily_date ON dwh.fact_business_daily (date_key);
-
-CREATE TABLE IF NOT EXISTS marts.business_review_changes (
-  ds date NOT NULL,
-  business_id text NOT NULL,
-  name text,
-  review_count integer NOT NULL,
-  review_change integer,
-  PRIMARY KEY (ds, business_id));
-CREATE TABLE IF NOT EXISTS serving.business_review_changes (LIKE marts.business_review_changes INCLUDING ALL);
-)SQL"},
   };
   return kModels;
 }

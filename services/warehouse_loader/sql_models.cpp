@@ -240,6 +240,11 @@ void RunSqlModels(pqxx::transaction_base& tx, const PipelineSpec& spec, const st
         auto it = changed.find(up);
         if (it != changed.end()) days.insert(it->second.begin(), it->second.end());
       }
+      // A day's rows may feed the next days' (a day-over-day change): those are rebuilt too.
+      std::set<std::string> later;
+      for (const auto& d : days)
+        for (int k = 1; k <= m->lookahead_days; ++k) later.insert(AddDays(d, k));
+      days.insert(later.begin(), later.end());
       // $1 is the day being built; the model's own parameters follow.
       const BoundSql b = BindParameters(*m, 2);
       const std::string tc = QuoteIdent(m->time_column);

@@ -5,7 +5,6 @@ come from the warehouse's publication record) and a PostgreSQL restart (the conn
 reconnects). Runs on the stack after the tests that read the week pipeline_e2e loaded: it
 restarts the stack's controller, Redis and PostgreSQL."""
 import concurrent.futures
-import decimal
 import http.client
 import json
 import os
@@ -23,6 +22,7 @@ import grpc
 import psycopg2
 import redis
 
+from call_rows import rows
 from strata_e2e import (BIN, ENV, check, finish, free_port, load_pb2, metric, metrics, metrics_up, pid_of, set_pid,
                         start, wait_for, wh)
 
@@ -47,22 +47,6 @@ def call(endpoint, params, timeout=10):
 
 def daily(frm, to, timeout=10):
     return call("daily_sales", {"from": frm, "to": to}, timeout=timeout)
-
-
-def cell(c):
-    """One cell as Python: int, float, Decimal (exact digits), bool, str (dates and timestamps too) or None."""
-    kind = c.WhichOneof("kind")
-    if kind is None or kind == "is_null":
-        return None
-    if kind == "decimal_value":
-        return decimal.Decimal(c.decimal_value)
-    return getattr(c, kind)
-
-
-def rows(reply):
-    """A CallReply's rows as dicts {column name: value}."""
-    names = [c.name for c in reply.columns]
-    return [dict(zip(names, map(cell, r.cells))) for r in reply.rows]
 
 
 def outcome(fn):

@@ -1,6 +1,5 @@
 """strata seen by clients that are not strata: Python grpcio (health and Query.Call of declared
 endpoints), promtool on every /metrics, redis-py playing a consumer that dies holding a batch."""
-import decimal
 import os
 import subprocess
 import time
@@ -8,6 +7,7 @@ import time
 import grpc
 import redis
 
+from call_rows import rows
 from strata_e2e import ENV, check, finish, load_pb2, metric, metrics, sim_advance, src, stratactl, wait_for, wh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,22 +49,6 @@ def daily(params, **kw):
 def top(params, **kw):
     """The top_customers endpoint with parameters {"limit": ..., "status": ...} (as text)."""
     return call(strata_pb2.CallRequest(endpoint="top_customers", params=params), **kw)
-
-
-def cell(c):
-    """One cell as Python: int, float, Decimal (exact digits), bool, str (dates and timestamps too) or None."""
-    kind = c.WhichOneof("kind")
-    if kind is None or kind == "is_null":
-        return None
-    if kind == "decimal_value":
-        return decimal.Decimal(c.decimal_value)
-    return getattr(c, kind)
-
-
-def rows(reply):
-    """A CallReply's rows as dicts {column name: value}."""
-    names = [c.name for c in reply.columns]
-    return [dict(zip(names, map(cell, r.cells))) for r in reply.rows]
 
 
 # Expected answers come from the source (the shop's orders and lines), for the published days.

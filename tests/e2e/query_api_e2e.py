@@ -20,6 +20,7 @@ import urllib.request
 import grpc
 import psycopg2
 
+from call_rows import listing, rows
 from strata_e2e import (ENV, check, finish, free_port, gauge, load_pb2, metrics_up, src, start,
                         wait_for, wh)
 
@@ -39,23 +40,15 @@ RESULT = {"orders_by_status": "orders", "top_orders": "orders", "top_customers":
           "rating_by_price_level": "levels", "order_live": "orders"}
 
 
-def cell(c):
-    kind = c.WhichOneof("kind")
-    if kind is None or kind == "is_null":
-        return None
-    if kind == "decimal_value":
-        return float(c.decimal_value)
-    return getattr(c, kind)
-
-
 class Answer:
     """A Call reply with its rows as objects under the endpoint's result key (reply.orders[0].order_id)."""
 
     def __init__(self, endpoint, reply):
         self.reply = reply
         self.columns = [(c.name, c.type) for c in reply.columns]
-        self.rows = [types.SimpleNamespace(**{c.name: cell(v) for c, v in zip(reply.columns, r.cells)})
-                     for r in reply.rows]
+        # Decimals as floats: as the HTTP gateway answers them.
+        self.rows = [types.SimpleNamespace(**{k: float(v) if isinstance(v, decimal.Decimal) else v for k, v in r.items()})
+                     for r in rows(reply)]
         self.result = RESULT[endpoint]
         setattr(self, self.result, self.rows)
         self.next_page_token = reply.next_page_token
@@ -125,12 +118,12 @@ status, body = curl("/health", token=None)
 check(status == 200 and body == {"status": "SERVING"}, "GET /health answers without a token")
 
 # --- the API is what the pipeline declares --------------------------------------------------------
-listing = channel.unary_unary("/strata.v1.Query/ListEndpoints",
-                                          request_serializer=pb.ListEndpointsRequest.SerializeToString,
-                                          response_deserializer=pb.ListEndpointsReply.FromString)(
+endpoint_list = channel.unary_unary("/strata.v1.Query/ListEndpoints",
+                                    request_serializer=pb.ListEndpointsRequest.SerializeToString,
+                                    response_deserializer=pb.ListEndpointsReply.FromString)(
     pb.ListEndpointsRequest(), timeout=10)
-declared = {e.name: e for e in listing.endpoints}
-check(sorted(declared) == sorted(RESULT) and all(e.pipeline == "demo" for e in listing.endpoints),
+declared = {e.name: e for e in endpoint_list.endpoints}
+check(sorted(declared) == sorted(RESULT) and all(e.pipeline == "demo" for e in endpoint_list.endpoints),
       f"ListEndpoints lists the demo's {len(RESULT)} declared endpoints ({sorted(declared)})")
 check([(c.name, c.type) for c in declared["daily_sales"].columns] ==
       [("ds", "date"), ("orders", "integer"), ("units", "integer"), ("revenue", "decimal")],
@@ -164,7 +157,7 @@ check(daily_op["operationId"] == "daily_sales" and
       [p["name"] for p in daily_op["parameters"] if p["required"]] == ["from", "to"] and
       row_schema["properties"]["ds"]["format"] == "date" and row_schema["properties"]["orders"]["type"] == "integer",
       "it describes each endpoint's parameters and typed rows")
-check(set(body["paths"]) == {"/health"} | {e.path for e in listing.endpoints}, "and every declared path, no other")
+check(set(body["paths"]) == {"/health"} | {e.path for e in endpoint_list.endpoints}, "and every declared path, no other")
 # Near real time: order_live reads what change data capture keeps current (marts), not the publish.
 oid, status_now = wh("SELECT order_id, status FROM marts.orders_current ORDER BY order_id LIMIT 1")[0]
 live = call("order_live", order_id=oid)
@@ -234,16 +227,8 @@ check(status == 400 and body["error"]["message"].startswith("form: unknown param
 
 
 def businesses(ds):
-    """The review-site API's listing for a day, read here page by page over plain HTTP."""
-    out, page = {}, 1
-    while True:
-        with urllib.request.urlopen(f"{ENV['STRATA_SOURCE_HTTP']}/businesses?date={ds}&page={page}", timeout=10) as r:
-            body = json.loads(r.read())
-        for b in body["businesses"]:
-            out[b["id"]] = b
-        if page >= body["total_pages"]:
-            return out
-        page += 1
+    """The review-site API's listing for a day, read page by page over plain HTTP."""
+    return listing(ENV["STRATA_SOURCE_HTTP"], ds)
 
 
 api_first, api_last = businesses(first), businesses(last)
@@ -255,6 +240,14 @@ reply = call("review_changes", **{"from": first, "to": last, "limit": 10})
 check([(b.business_id, b.name, b.review_count, b.change) for b in reply.businesses] ==
       [(b, api_last[b]["name"], api_last[b]["review_count"], c) for b, c in changes[:10]],
       f"review_changes: the ten largest review-count changes equal the API's ({changes[:3]}...)")
+# The day-over-day change of every business on `last`, against the API's listing of the day before.
+prev = str(datetime.date.fromisoformat(last) - datetime.timedelta(days=1))
+if prev in served:
+    api_prev = businesses(prev)
+    want = {b: api_last[b]["review_count"] - api_prev[b]["review_count"] for b in api_last if b in api_prev}
+    got = dict(wh("SELECT business_id, review_change FROM serving.business_review_changes WHERE ds = %s", (last,)))
+    check(len(want) == 35 and got == want,
+          f"business_review_changes on {last}: each business's change equals the API's count minus {prev}'s")
 # rating_by_price_level: businesses and their mean rating per price level on `last`.
 levels = {}
 for b in api_last.values():

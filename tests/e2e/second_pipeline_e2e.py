@@ -12,7 +12,6 @@ on a stack of its own, with none of the demo's tables created.
 
 Environment: STRATA_BUILD_BIN (default <repo>/build/bin). Run with /usr/bin/python3.
 """
-import datetime as dt
 import decimal
 import json
 import os
@@ -23,6 +22,7 @@ from collections import defaultdict
 
 import grpc
 
+from call_rows import listing
 from own_stack import FAILURES, check, clean_env, load_pb2, query, run_on_own_stack, step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -47,23 +47,15 @@ def stratactl(*args):
     return run(f"{BIN}/stratactl", *args)
 
 
-def listing(day):
-    """The API's businesses for `day`, read page by page over plain HTTP."""
-    out, page = {}, 1
-    while True:
-        with urllib.request.urlopen(f"{ENV['STRATA_SOURCE_HTTP']}/businesses?date={day}&page={page}", timeout=10) as r:
-            body = json.loads(r.read())
-        for b in body["businesses"]:
-            out[b["id"]] = b
-        if page >= body["total_pages"]:
-            return out
-        page += 1
+def api_listing(day):
+    """The API's businesses for `day` ({id: record})."""
+    return listing(ENV["STRATA_SOURCE_HTTP"], day)
 
 
 def per_category(day):
     """(category, businesses, mean rating to 2 decimals, reviews) from the API, in category order."""
     groups = defaultdict(list)
-    for b in listing(day).values():
+    for b in api_listing(day).values():
         groups[b["category"]].append(b)
     two = decimal.Decimal("0.01")
     return [(c, len(bs), (sum(decimal.Decimal(str(b["rating"])) for b in bs) / len(bs)).quantize(two, decimal.ROUND_HALF_UP),
@@ -110,7 +102,7 @@ def scenario():
                                               WHERE ds = %s ORDER BY category""", (day,))
         want = per_category(day)
         check(got == want and len(want) >= 5, f"marts.category_day on {day} equals the API's listing per category ({len(want)})")
-    latest = listing(D2)
+    latest = api_listing(D2)
     by_state = defaultdict(lambda: [0, 0])
     for b in latest.values():
         by_state[b["state"]][0] += 1
@@ -119,7 +111,7 @@ def scenario():
                                           "SELECT abbreviation, businesses, reviews FROM marts.state_listing")}
     check(len(got) == 51 and all(got[s] == tuple(v) for s, v in by_state.items()) and
           sum(n for n, _ in got.values()) == len(latest),
-          f"marts.state_listing (full) holds the 51 states with the latest day's businesses and reviews")
+          "marts.state_listing (full) holds the 51 states with the latest day's businesses and reviews")
 
     step("the endpoints")
     status, body = http(f"/listings/categories?ds={D1}")

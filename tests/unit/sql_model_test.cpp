@@ -89,8 +89,12 @@ TEST(SqlModel, RefusalsNameTheFileAndLine) {
   EXPECT_EQ(ErrorOf("/* strata\nname: marts.x\nkind: snapshot\n*/\nSELECT 1 AS a"),
             "models/m.sql:3: kind: unknown kind 'snapshot' (full, incremental_by_ds, incremental_by_key, view)");
   EXPECT_EQ(ErrorOf("/* strata\nname: marts.x\nkind: full\nowner: me\n*/\nSELECT 1 AS a"),
-            "models/m.sql:4: unknown key 'owner' (known: name, kind, time_column, unique_key, indexes, depends_on, "
-            "description, columns)");
+            "models/m.sql:4: unknown key 'owner' (known: name, kind, time_column, lookahead_days, unique_key, indexes, "
+            "depends_on, description, columns)");
+  EXPECT_EQ(ErrorOf("/* strata\nname: marts.x\nkind: full\nlookahead_days: 1\n*/\nSELECT 1 AS a"),
+            "models/m.sql:4: lookahead_days: only an incremental_by_ds model rebuilds later days (this one is full)");
+  EXPECT_EQ(ErrorOf("/* strata\nname: marts.x\nkind: incremental_by_ds\nlookahead_days: -1\n*/\nSELECT {ds} AS ds"),
+            "models/m.sql:4: lookahead_days: expected a whole number of days from 0 to 31, got '-1'");
   EXPECT_EQ(ErrorOf("/* strata\nname: staging.x\nkind: full\n*/\nSELECT 1 AS a"),
             "models/m.sql:2: name: 'staging.x' must be dwh.<table> or marts.<table> (lower case, digits, _)");
   EXPECT_EQ(ErrorOf("/* strata\nkind: full\n*/\nSELECT 1 AS a"),

@@ -138,6 +138,43 @@ TEST_F(SqlModelsTest, TheSliceIsTheRunsDayPlusTheDaysTheFactChangedAndNoOtherDay
   EXPECT_EQ(Query("SELECT ds, xmin FROM marts.visit_minutes WHERE ds <> '2024-01-02' ORDER BY ds"), others);
 }
 
+// A day-over-day change: each day's count of visits minus the day before's, from staging.
+const char* kDelta = R"(/* strata
+name: marts.visit_delta
+kind: incremental_by_ds
+lookahead_days: 1
+unique_key: [ds]
+*/
+SELECT {ds} AS ds, count(*) AS visits,
+       count(*) - (SELECT count(*) FROM staging.visits p WHERE p.ds = {ds} - 1) AS change
+FROM staging.visits WHERE ds = {ds})";
+
+TEST_F(SqlModelsTest, LookaheadRebuildsTheNextDaySoDaysLoadedOutOfOrderConverge) {
+  Use({{"visit_delta.sql", kDelta}});
+  const auto stage = [&](const std::string& day, int n) {
+    for (int i = 0; i < n; ++i)
+      wh_->Exec("INSERT INTO staging.visits VALUES ('" + day + "', 'r', " + std::to_string(day[9] * 10 + i) + ", 1, 60, '" +
+                day + " 10:00+00', '" + day + " 10:00+00')");
+  };
+  // Day 2 arrives first: its change is against an empty day 1.
+  stage("2024-01-02", 5);
+  wh_->Build(spec_, "2024-01-02");
+  EXPECT_EQ(Query("SELECT ds, visits, change FROM marts.visit_delta ORDER BY ds"), "2024-01-02|5|5\n");
+  const std::string day2_before = Query("SELECT xmin FROM marts.visit_delta WHERE ds = '2024-01-02'");
+  // Day 1 arrives late: building it rebuilds day 2 too, whose change is now against day 1.
+  stage("2024-01-01", 2);
+  wh_->Build(spec_, "2024-01-01");
+  EXPECT_EQ(Query("SELECT ds, visits, change FROM marts.visit_delta ORDER BY ds"), "2024-01-01|2|2\n2024-01-02|5|3\n");
+  EXPECT_NE(Query("SELECT xmin FROM marts.visit_delta WHERE ds = '2024-01-02'"), day2_before);
+  // Day 3 is built with days 3 and 4 (no day 4 yet: nothing for it); days 1 and 2 stay as they are.
+  stage("2024-01-03", 1);
+  const std::string first_two = Query("SELECT ds, xmin FROM marts.visit_delta ORDER BY ds");
+  wh_->Build(spec_, "2024-01-03");
+  EXPECT_EQ(Query("SELECT ds, visits, change FROM marts.visit_delta ORDER BY ds"),
+            "2024-01-01|2|2\n2024-01-02|5|3\n2024-01-03|1|-4\n");
+  EXPECT_EQ(Query("SELECT ds, xmin FROM marts.visit_delta WHERE ds < '2024-01-03' ORDER BY ds"), first_two);
+}
+
 TEST_F(SqlModelsTest, RefusalsAtStartUpNameTheFileAndLine) {
   EXPECT_EQ(ErrorOf([&] {
               Use({{"bad.sql", "/* strata\nname: marts.bad\nkind: full\n*/\nSELECT nope FROM dwh.fact_visit"}});
