@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -10,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "common/checksum.h"
 #include "common/errors.h"
 #include "common/sql_model.h"
 #include "common/time_util.h"
@@ -203,6 +205,12 @@ void Bind(ApiEndpoint& e) {
     const int n = static_cast<int>(e.bind_order.size());
     e.bound_sql += "\nLIMIT $" + std::to_string(n + 1) + "::bigint OFFSET $" + std::to_string(n + 2) + "::bigint";
   }
+  std::string identity = e.bound_sql + "\x1f" + e.result + "\x1f" + std::to_string(e.default_limit) + "/" +
+                         std::to_string(e.max_limit);
+  for (const auto& p : e.params)
+    identity += "\x1f" + p.name + ":" + p.type + ":" + p.default_value.value_or("\x01") + ":" + p.min.value_or("") + ":" +
+                p.max.value_or("");
+  e.fingerprint = Checksum(identity).substr(0, 12);
 }
 
 }  // namespace
@@ -230,8 +238,10 @@ std::string CheckParamValue(const EndpointParam& p, const std::string& v) {
     if (p.max && x > std::stoll(*p.max)) return "at most " + *p.max + got;
   } else if (p.type == "number") {
     char* end = nullptr;
+    errno = 0;
     const double x = v.empty() || v.size() > 64 ? NAN : std::strtod(v.c_str(), &end);
-    if (std::isnan(x) || std::isinf(x) || end != v.c_str() + v.size()) return "expected a number" + got;
+    // ERANGE: too large, or too small to be told from 0 (PostgreSQL would refuse it unnamed).
+    if (std::isnan(x) || std::isinf(x) || errno == ERANGE || end != v.c_str() + v.size()) return "expected a number" + got;
     if (p.min && x < std::stod(*p.min)) return "at least " + *p.min + got;
     if (p.max && x > std::stod(*p.max)) return "at most " + *p.max + got;
   } else if (p.type == "boolean") {

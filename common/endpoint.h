@@ -68,6 +68,9 @@ struct ApiEndpoint {
   // which parameter each $k is.
   std::string bound_sql;
   std::vector<std::string> bind_order;
+  // What its answers depend on besides the data (statement, parameters, paging, result key):
+  // part of its cache keys, so a changed declaration never serves the former one's answers.
+  std::string fingerprint;
 
   const EndpointParam* Param(const std::string& name) const;
 };

@@ -4,11 +4,15 @@
 
 namespace strata {
 
-std::string GovernanceDdl(const std::map<std::string, std::string>& passwords) {
-  std::string set_passwords;
+std::string RolePasswordsSql(const std::map<std::string, std::string>& passwords) {
+  std::string out;
   for (const auto& [role, password] : passwords)
     if ((role == "analyst" || role == "scientist" || role == "engineer") && !password.empty())
-      set_passwords += "ALTER ROLE " + role + " PASSWORD " + QuoteLiteral(password) + ";\n";
+      out += "ALTER ROLE " + role + " PASSWORD " + QuoteLiteral(password) + ";\n";
+  return out;
+}
+
+std::string GovernanceDdl() {
   return R"SQL(
 DO $$
 DECLARE
@@ -33,7 +37,7 @@ BEGIN
     EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT ON TABLES TO %I', g[2], g[1]);
   END LOOP;
 END $$;
-)SQL" + set_passwords;
+)SQL";
 }
 
 }  // namespace strata

@@ -14,7 +14,9 @@
 
 namespace strata {
 
-// `passwords`: role -> password, for roles strata creates (others are ignored).
-std::string GovernanceDdl(const std::map<std::string, std::string>& passwords = {});
+std::string GovernanceDdl();
+// ALTER ROLE ... PASSWORD for each of `passwords` (role -> password) naming a role strata
+// creates (others are ignored); empty when there is none.
+std::string RolePasswordsSql(const std::map<std::string, std::string>& passwords);
 
 }  // namespace strata

@@ -666,6 +666,7 @@ PipelineSpec LoadPipelineSpec(const std::string& path) {
   ss << in.rdbuf();
   PipelineSpec spec = ParsePipelineSpec(ss.str(), file);
   spec.sql_models = LoadSqlModels((fs::path(file).parent_path() / "models").string());
+  spec.migrations = LoadMigrations((fs::path(file).parent_path() / "migrations").string());
   for (const auto& m : spec.sql_models) {
     const std::string table = m.name.substr(m.name.find('.') + 1);
     if (m.name.rfind("dwh.", 0) == 0 && (spec.FindDimension(table) || spec.FindFact(table)))

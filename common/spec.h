@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "common/endpoint.h"
+#include "common/migration.h"
 #include "common/sql_model.h"
 
 namespace strata {
@@ -219,6 +220,8 @@ struct PipelineSpec {
   // The pipeline folder's models/*.sql (common/sql_model.h), built after `models`, each after
   // the models it reads.
   std::vector<SqlModel> sql_models;
+  // The folder's migrations/NNN_what.sql (common/migration.h), by version.
+  std::vector<Migration> migrations;
   std::vector<CheckSpec> checks;
   std::vector<ApiEndpoint> endpoints;  // common/endpoint.h
   const DatasetSpec* Find(const std::string& dataset) const;

@@ -37,8 +37,4 @@ class CdcStreamer {
   std::unique_ptr<Impl> impl_;
 };
 
-// "16/B374D848" <-> 0x16B374D848
-uint64_t ParseLsn(const std::string& text);
-std::string FormatLsn(uint64_t lsn);
-
 }  // namespace strata::ingest

@@ -11,41 +11,24 @@
 
 namespace strata::ingest {
 
-TokenBucket::TokenBucket(double rps, int burst)
-    : rps_(rps), burst_(std::max(1, burst)), tokens_(std::max(1, burst)), last_(Clock::now()) {}
+RequestPacer::RequestPacer(double rps, int burst) : bucket_(rps, burst) {}
 
-std::chrono::milliseconds TokenBucket::Acquire() {
+std::chrono::milliseconds RequestPacer::Acquire() {
   const auto start = Clock::now();
   for (;;) {
-    Clock::time_point wake;
+    double wait = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      const auto now = Clock::now();
-      if (now < paused_until_) {
-        wake = paused_until_;
-      } else {
-        if (rps_ > 0) {
-          tokens_ = std::min(burst_, tokens_ + std::chrono::duration<double>(now - last_).count() * rps_);
-          last_ = now;
-        } else {
-          tokens_ = burst_;
-        }
-        if (tokens_ >= 1.0) {
-          tokens_ -= 1.0;
-          return std::chrono::duration_cast<std::chrono::milliseconds>(now - start);
-        }
-        wake = now + std::chrono::microseconds(static_cast<long long>((1.0 - tokens_) / rps_ * 1e6) + 1);
-      }
+      if (bucket_.TryTake(Seconds(Clock::now()), &wait))
+        return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
     }
-    std::this_thread::sleep_until(wake);
+    std::this_thread::sleep_for(std::chrono::microseconds(static_cast<long long>(wait * 1e6) + 1));
   }
 }
 
-void TokenBucket::PauseUntil(Clock::time_point t) {
+void RequestPacer::PauseUntil(Clock::time_point t) {
   std::lock_guard<std::mutex> lock(mu_);
-  paused_until_ = std::max(paused_until_, t);
-  tokens_ = 0;
-  last_ = std::max(last_, t);
+  bucket_.PauseUntil(Seconds(t));
 }
 
 namespace {

@@ -14,26 +14,25 @@
 #include <vector>
 
 #include "common/spec.h"
+#include "common/token_bucket.h"
 
 namespace strata::ingest {
 
-// Requests per second with a burst allowance. Acquire() blocks until a token is free;
-// PauseUntil() makes every caller wait (a server's Retry-After applies to the whole client).
-class TokenBucket {
+// Requests per second with a burst allowance, shared by a source's tasks (common/token_bucket.h
+// underneath). Acquire() blocks until a token is free; PauseUntil() makes every caller wait (a
+// server's Retry-After applies to the whole client). Thread-safe.
+class RequestPacer {
  public:
   using Clock = std::chrono::steady_clock;
-  TokenBucket(double rps, int burst);
+  RequestPacer(double rps, int burst);
   // Returns how long the caller waited.
   std::chrono::milliseconds Acquire();
   void PauseUntil(Clock::time_point t);
 
  private:
+  static double Seconds(Clock::time_point t) { return std::chrono::duration<double>(t.time_since_epoch()).count(); }
   std::mutex mu_;
-  double rps_;
-  double burst_;
-  double tokens_;
-  Clock::time_point last_;
-  Clock::time_point paused_until_{};
+  TokenBucket bucket_;
 };
 
 // The target of `rel="next"` in a Link header, resolved against `base_url` when relative.

@@ -570,11 +570,11 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
     return {{a.header, secret}};
   }
 
-  TokenBucket& BucketFor(const DatasetSpec& d) {
+  RequestPacer& BucketFor(const DatasetSpec& d) {
     std::lock_guard<std::mutex> lock(buckets_mu_);
     auto it = buckets_.find(d.name);
     if (it == buckets_.end())
-      it = buckets_.emplace(d.name, std::make_unique<TokenBucket>(d.source.rate_limit_rps, d.source.rate_limit_burst)).first;
+      it = buckets_.emplace(d.name, std::make_unique<RequestPacer>(d.source.rate_limit_rps, d.source.rate_limit_burst)).first;
     return *it->second;
   }
 
@@ -584,7 +584,7 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
   // (401, 404...) fail at once. Errors name the redacted URL, the status and the attempts.
   std::pair<HttpResponse, nlohmann::json> GetJson(const std::string& url, const DatasetSpec& d,
                                                   const std::map<std::string, std::string>& headers) {
-    TokenBucket& bucket = BucketFor(d);
+    RequestPacer& bucket = BucketFor(d);
     std::mt19937 rng(std::random_device{}());
     for (int attempt = 1;; ++attempt) {
       const auto waited = bucket.Acquire();
@@ -619,7 +619,7 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
   }
 
   std::string GetText(const std::string& url, const DatasetSpec& d) {
-    TokenBucket& bucket = BucketFor(d);
+    RequestPacer& bucket = BucketFor(d);
     for (int attempt = 1;; ++attempt) {
       bucket.Acquire();
       const HttpResponse r = HttpGet(url, AuthHeaders(d), d.source.timeout_ms);
@@ -824,7 +824,7 @@ class IngestImpl final : public Component, public strata::v1::Ingest::Service {
   PipelineSpec spec_;
   Metrics metrics_;
   std::mutex buckets_mu_;
-  std::map<std::string, std::unique_ptr<TokenBucket>> buckets_;  // per dataset, shared by its tasks
+  std::map<std::string, std::unique_ptr<RequestPacer>> buckets_;  // per dataset, shared by its tasks
   LeaseKeeper leases_;  // outlives runner_: its tasks release their leases
   TaskRunner runner_;
   CdcStreamer cdc_;

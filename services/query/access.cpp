@@ -4,14 +4,6 @@
 
 namespace strata::query {
 
-bool TokenBucket::Take(double now) {
-  if (last_ >= 0) tokens_ = std::min(burst_, tokens_ + (now - last_) * rate_);
-  last_ = now;
-  if (tokens_ < 1.0) return false;
-  tokens_ -= 1.0;
-  return true;
-}
-
 std::string EncodePageToken(long long offset) { return "o" + std::to_string(offset); }
 
 bool DecodePageToken(const std::string& token, long long* offset) {

@@ -1,20 +1,9 @@
-// Access control pieces of the query service, pure and clock-injectable: per-token token
-// buckets, page tokens, and the HTTP status for a gRPC code.
+// Pieces of the query service's access, pure: page tokens and the HTTP status for a gRPC code
+// (the per-token rate limit is common/token_bucket.h).
 #pragma once
 #include <string>
 
 namespace strata::query {
-
-// A token bucket: `rate` tokens per second, holding at most `burst`. Starts full.
-class TokenBucket {
- public:
-  TokenBucket(double rate, double burst) : rate_(rate), burst_(burst), tokens_(burst) {}
-  bool Take(double now_seconds);
-
- private:
-  double rate_, burst_, tokens_;
-  double last_ = -1;
-};
 
 // Page tokens are opaque to clients; today they carry an offset.
 std::string EncodePageToken(long long offset);

@@ -23,15 +23,28 @@ const char* kLookupScript =
     "if not v then return {} end "
     "return {v, redis.call('GET', 'strata:q:v' .. v .. ':' .. ARGV[1])}";
 
-grpc::Status WarehouseFailure(const Call& call, const std::exception& e) {
+// A realtime answer and how long Redis keeps it still: the process keeps it no longer, so an
+// answer is never older than the endpoint's staleness bound, whoever stored it.
+const char* kRealtimeScript =
+    "local v = redis.call('GET', KEYS[1]) "
+    "if not v then return {} end "
+    "return {v, redis.call('PTTL', KEYS[1])}";
+
+grpc::Status WarehouseFailure(const Call& call, bool has_params, const std::exception& e) {
   const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e);
   const std::string state = sql ? sql->sqlstate() : "";
   if (state == "57014") return {grpc::StatusCode::DEADLINE_EXCEEDED, "query exceeded its deadline"};
-  if (state.rfind("22", 0) == 0) {
+  if (state.rfind("22", 0) == 0 && has_params) {
     // Data exception: a parameter passed validation but not PostgreSQL (validation should have
     // caught it; the log says which).
     spdlog::warn("warehouse refused a parameter method={} sqlstate={} error={}", call.method, state, e.what());
     return {grpc::StatusCode::INVALID_ARGUMENT, "a parameter is outside the range the warehouse accepts"};
+  }
+  if (state.rfind("22", 0) == 0 || state.rfind("42", 0) == 0) {
+    // The endpoint's SQL fails on the data or the schema: its declaration needs a fix; retrying
+    // will not help.
+    spdlog::error("endpoint SQL failed method={} sqlstate={} error={}", call.method, state, e.what());
+    return {grpc::StatusCode::INTERNAL, "the endpoint's SQL failed in the warehouse (the service log says why)"};
   }
   // The client gets a code and a message it can act on; PostgreSQL's text goes to the log.
   spdlog::error("warehouse query failed method={} sqlstate={} error={}", call.method, state, e.what());
@@ -58,10 +71,11 @@ std::optional<long long> QueryCore::WarehouseVersion() {
 
 QueryCore::Lookup QueryCore::LookUp(const Call& call, const ApiEndpoint& e, const std::string& params, pb::CallReply* reply) {
   Lookup l;
-  const std::string suffix = call.method + ":" + params;
+  // The endpoint's identity: its pipeline, name and declaration (a changed declaration, or another
+  // pipeline's endpoint of the same name sharing this Redis, never answers from these entries).
+  const std::string id = pipeline_ + "." + e.name + "@" + e.fingerprint;
+  const std::string suffix = id + ":" + params;
   const bool published = e.cache == "published";
-  const std::optional<std::chrono::milliseconds> life =
-      published ? std::nullopt : std::optional(std::chrono::milliseconds(e.staleness_ms));
   if (e.cache == "none") {
     l.redis_ok = false;
     l.key = "strata:q:none:" + suffix;  // single-flight only
@@ -76,10 +90,10 @@ QueryCore::Lookup QueryCore::LookUp(const Call& call, const ApiEndpoint& e, cons
   };
   std::string bytes;
   if (!published) {
-    l.key = RealtimeCacheKey(call.method, params);
+    l.key = RealtimeCacheKey(id, params);
     if (local_.Get(l.key, &bytes) && reply->ParseFromString(bytes)) return hit(true);
   } else if (version_.known() &&
-             local_.Get(CacheKey(version_.version(), call.method, params), &bytes) && reply->ParseFromString(bytes)) {
+             local_.Get(CacheKey(version_.version(), id, params), &bytes) && reply->ParseFromString(bytes)) {
     return hit(true);
   }
   try {
@@ -99,9 +113,10 @@ QueryCore::Lookup QueryCore::LookUp(const Call& call, const ApiEndpoint& e, cons
         return hit(false);
       }
     } else {
-      const RedisReply r = Redis().Command({"GET", l.key});
-      if (r.type == RedisReply::kString && reply->ParseFromString(r.str)) {
-        local_.Put(l.key, r.str, life);
+      const RedisReply r = Redis().Command({"EVAL", kRealtimeScript, "1", l.key});
+      if (r.type == RedisReply::kArray && r.elements.size() == 2 && reply->ParseFromString(r.elements[0].str)) {
+        const long long left = std::min<long long>(r.elements[1].integer, e.staleness_ms);
+        if (left > 0) local_.Put(l.key, r.elements[0].str, std::chrono::milliseconds(left));
         return hit(false);
       }
     }
@@ -163,14 +178,14 @@ grpc::Status QueryCore::Cached(const Call& call, const ApiEndpoint& e, const std
       l.redis_ok = false;
     }
   }
-  const grpc::Status st = FromWarehouse(call, reply, fill);
+  const grpc::Status st = FromWarehouse(call, !e.params.empty() || e.paged, reply, fill);
   if (st.ok() && e.cache == "published") reply->set_version(std::stoll(l.version));
   const std::string bytes = st.ok() ? reply->SerializeAsString() : "";
   if (st.ok() && l.redis_ok) Store(e, l.key, bytes);
   return finish(st, bytes);
 }
 
-grpc::Status QueryCore::FromWarehouse(const Call& call, pb::CallReply* reply, const Fill& fill) {
+grpc::Status QueryCore::FromWarehouse(const Call& call, bool has_params, pb::CallReply* reply, const Fill& fill) {
   if (Clock::now() >= call.deadline) return {grpc::StatusCode::DEADLINE_EXCEEDED, "deadline already passed"};
   if (auto shed = Admit(call); !shed.ok()) return shed;
   // Admitted: the slot is held until the warehouse answered (or failed).
@@ -196,7 +211,7 @@ grpc::Status QueryCore::FromWarehouse(const Call& call, pb::CallReply* reply, co
     return grpc::Status::OK;
   } catch (const std::exception& e) {
     reply->Clear();
-    return WarehouseFailure(call, e);
+    return WarehouseFailure(call, has_params, e);
   }
 }
 

@@ -85,7 +85,7 @@ grpc::Status QueryCore::Authorize(const Call& call, const ApiEndpoint& e) {
   auto it = buckets_.find(bucket_key);
   if (it == buckets_.end())
     it = buckets_.emplace(bucket_key, TokenBucket(config_.query_rate_limit_rps, 2.0 * config_.query_rate_limit_rps)).first;
-  if (!it->second.Take(now))
+  if (!it->second.TryTake(now))
     return {grpc::StatusCode::RESOURCE_EXHAUSTED,
             "rate limit of " + std::to_string(config_.query_rate_limit_rps) + " requests/s exceeded for this token"};
   return grpc::Status::OK;
@@ -121,9 +121,12 @@ grpc::Status QueryCore::Run(const Call& call, const ApiEndpoint& e, const pb::Ca
 }
 
 std::vector<pb::Column> QueryCore::Describe(const ApiEndpoint& e) {
+  const auto now = std::chrono::steady_clock::now();
   {
     std::lock_guard<std::mutex> lock(described_mu_);
     if (auto it = described_.find(e.name); it != described_.end()) return it->second;
+    // The listing is public: a warehouse that cannot describe yet is asked again at most every 10 s.
+    if (auto it = undescribed_.find(e.name); it != undescribed_.end() && now - it->second < std::chrono::seconds(10)) return {};
   }
   // Asked of the warehouse until it can say (the tables may not exist before the first run),
   // then remembered.
@@ -144,6 +147,8 @@ std::vector<pb::Column> QueryCore::Describe(const ApiEndpoint& e) {
     });
   } catch (const std::exception& ex) {
     spdlog::debug("cannot describe endpoint {} yet: {}", e.name, ex.what());
+    std::lock_guard<std::mutex> lock(described_mu_);
+    undescribed_[e.name] = now;
     return {};
   }
   std::lock_guard<std::mutex> lock(described_mu_);

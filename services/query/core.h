@@ -24,6 +24,7 @@
 #include "common/config.h"
 #include "common/endpoint.h"
 #include "common/pg.h"
+#include "common/token_bucket.h"
 #include "services/query/access.h"
 #include "services/query/admission.h"
 #include "services/query/local_cache.h"
@@ -71,7 +72,7 @@ class QueryCore {
   // answer_cache.cpp
   grpc::Status Cached(const Call& call, const ApiEndpoint& e, const std::string& params, v1::CallReply* reply, const Fill& fill);
   Lookup LookUp(const Call& call, const ApiEndpoint& e, const std::string& params, v1::CallReply* reply);
-  grpc::Status FromWarehouse(const Call& call, v1::CallReply* reply, const Fill& fill);
+  grpc::Status FromWarehouse(const Call& call, bool has_params, v1::CallReply* reply, const Fill& fill);
   void Store(const ApiEndpoint& e, const std::string& key, const std::string& bytes);
   std::optional<long long> WarehouseVersion();
   grpc::Status Admit(const Call& call);
@@ -96,6 +97,7 @@ class QueryCore {
   std::map<std::string, TokenBucket> buckets_;
   std::mutex described_mu_;
   std::map<std::string, std::vector<v1::Column>> described_;
+  std::map<std::string, std::chrono::steady_clock::time_point> undescribed_;  // the last failed attempt
   std::mutex flight_mu_;
   std::map<std::string, std::shared_future<std::pair<grpc::Status, std::string>>> inflight_;
 };

@@ -1,5 +1,5 @@
 // From a call's parameters to the statement the warehouse runs, and from the warehouse's rows to
-// the answer: pure logic (no database, no network), tested in tests/unit/endpoint_call_test.cpp.
+// the answer: pure logic (no database, no network), tested in tests/unit/endpoint_test.cpp.
 #pragma once
 #include <map>
 #include <optional>

@@ -133,8 +133,12 @@ class QueryImpl final : public Component, public pb::Query::Service {
       google::protobuf::util::MessageToJsonString(list, &json, opts);
       SendJson(res, 200, json);
     });
-    for (const auto& e : core_.endpoints())
-      http_.server().Get(e.path, [this, &e](const httplib::Request& r, httplib::Response& res) { Serve(e, r, res); });
+    // The gateway matches paths as regular expressions: a declared path is matched literally.
+    for (const auto& e : core_.endpoints()) {
+      std::string pattern;
+      for (char c : e.path) pattern += c == '.' ? std::string("\\.") : std::string(1, c);
+      http_.server().Get(pattern, [this, &e](const httplib::Request& r, httplib::Response& res) { Serve(e, r, res); });
+    }
   }
 
   Config config_;

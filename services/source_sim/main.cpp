@@ -19,7 +19,8 @@ int main(int argc, char** argv) {
   auto* init = app.add_subcommand("init", "create the shop schema (drops an existing one)");
   init->add_option("--start", start, "first simulated day");
   int days_back = -1;
-  init->add_option("--days-back", days_back, "first simulated day: this many days before today (UTC), instead of --start");
+  init->add_option("--days-back", days_back, "first simulated day: this many days before today (UTC), instead of --start")
+      ->check(CLI::NonNegativeNumber);
   bool if_empty = false;
   init->add_flag("--if-empty", if_empty, "keep an existing shop (and its history) instead of dropping it");
   auto* advance = app.add_subcommand("advance", "generate source activity day by day");

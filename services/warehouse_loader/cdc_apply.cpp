@@ -16,6 +16,7 @@
 
 #include "common/bus.h"
 #include "common/errors.h"
+#include "common/lsn.h"
 #include "common/pg.h"
 #include "common/time_util.h"
 #include <pqxx/tablewriter>
@@ -29,12 +30,6 @@ constexpr const char* kGroup = "warehouse-loader";
 
 std::string Changes(const DatasetSpec& d) { return "raw." + QuoteIdent(d.name + "_changes"); }
 std::string Current(const DatasetSpec& d) { return "raw." + QuoteIdent(d.name + "_current"); }
-
-uint64_t LsnValue(const std::string& text) {
-  const size_t slash = text.find('/');
-  if (slash == std::string::npos) throw InputError("LSN \"" + text + "\": expected X/Y in hex");
-  return (std::stoull(text.substr(0, slash), nullptr, 16) << 32) | std::stoull(text.substr(slash + 1), nullptr, 16);
-}
 
 std::string Temp(const DatasetSpec& d) { return QuoteIdent("tmp_cdc_" + d.name); }
 
@@ -229,7 +224,7 @@ struct CdcApplier::Impl {
     for (const auto* batch : batches) {
       for (const auto& c : batch->changes()) by_dataset[c.dataset()].push_back(&c);
       slot = batch->slot();
-      const uint64_t e = LsnValue(batch->end_lsn());
+      const uint64_t e = ParseLsn(batch->end_lsn());
       if (e >= end) {
         end = e;
         end_lsn = batch->end_lsn();

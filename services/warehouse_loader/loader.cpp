@@ -27,6 +27,7 @@
 #include "services/warehouse_loader/cdc_apply.h"
 #include "services/warehouse_loader/lake_layers.h"
 #include "services/warehouse_loader/lineage.h"
+#include "services/warehouse_loader/migrations.h"
 #include "services/warehouse_loader/models.h"
 #include "services/warehouse_loader/sql_models.h"
 #include "strata.grpc.pb.h"
@@ -61,8 +62,13 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
     auto conn = PgConnect(config_.warehouse_dsn);
     std::string ddl = WarehouseDdl(spec_);
     for (const auto& d : spec_.datasets) ddl += StagingDdl(spec_, d);
-    RunDdl(*conn, ddl + SharedOpsDdl() + CdcDdl(spec_) + GovernanceDdl(config_.role_passwords));
+    RunDdl(*conn, ddl + SharedOpsDdl() + CdcDdl(spec_) + GovernanceDdl());
+    // Passwords apart from the DDL batch: a failing statement would log the whole batch.
+    if (const std::string pw = RolePasswordsSql(config_.role_passwords); !pw.empty()) RunDdl(*conn, pw);
+    // An older warehouse is brought to the shape the models expect before they are checked.
+    ApplyMigrations(*conn, spec_.name, spec_.migrations);
     EnsureSqlModelTables(*conn, spec_);
+    CheckEndpointStatements(*conn, spec_);
     cdc_.Start();
   }
 

@@ -211,6 +211,22 @@ void EnsureSqlModelTables(pqxx::connection& conn, const PipelineSpec& spec) {
   tx.commit();
 }
 
+void CheckEndpointStatements(pqxx::connection& conn, const PipelineSpec& spec) {
+  if (spec.endpoints.empty()) return;
+  pqxx::read_transaction tx(conn);
+  for (const ApiEndpoint& e : spec.endpoints) {
+    try {
+      pqxx::subtransaction sub(tx, "endpoint");
+      sub.exec("PREPARE strata_endpoint_check AS " + e.bound_sql);  // planned, not run
+      sub.exec("DEALLOCATE strata_endpoint_check");
+      sub.commit();
+    } catch (const pqxx::sql_error& ex) {
+      throw InputError(e.file + ":" + std::to_string(e.line) + ": endpoints (" + e.name +
+                       "): PostgreSQL cannot plan its SQL: " + Brief(ex));
+    }
+  }
+}
+
 void RunSqlModels(pqxx::transaction_base& tx, const PipelineSpec& spec, const std::string& ds) {
   if (spec.sql_models.empty()) return;
   // The days each table's build changed in this transaction: a declared fact leaves its touched

@@ -43,4 +43,9 @@ void EnsureSqlModelTables(pqxx::connection& conn, const PipelineSpec& spec);
 // transaction, after the declared dimensions, facts and built-in models.
 void RunSqlModels(pqxx::transaction_base& tx, const PipelineSpec& spec, const std::string& ds);
 
+// Plans every endpoint's statement (PREPARE, never run) against the warehouse the loader just
+// set up: a misspelt column or bad SQL stops the loader at start-up, naming the file, line and
+// endpoint, instead of failing every call. Throws InputError.
+void CheckEndpointStatements(pqxx::connection& conn, const PipelineSpec& spec);
+
 }  // namespace strata::loader

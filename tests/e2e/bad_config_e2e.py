@@ -2,7 +2,7 @@
 import os
 import tempfile
 
-from strata_e2e import BIN, check, finish, free_port, stratactl
+from strata_e2e import BIN, ENV, check, finish, free_port, stratactl
 
 env_clean = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
 
@@ -134,7 +134,17 @@ rc, err = start("strata-query", "", {"STRATA_PIPELINE_SPEC": badtype, "STRATA_PG
                                      "STRATA_QUERY_METRICS": f"127.0.0.1:{free_port()}",
                                      "STRATA_QUERY_HTTP": f"127.0.0.1:{free_port()}"})
 check(rc == 2 and want in err, f"and the query service refuses to start with it ({rc}: {err.strip()[-200:]})")
-for d in (cyclic, unknown, param, nope, badtype):
+# SQL that names a table the pipeline has but a column it lacks passes every offline check; the
+# loader plans each endpoint against the warehouse at start-up and refuses it there.
+typo, line = with_endpoint("- {name: typo, path: /typo, sql: SELECT revenu FROM serving.daily_sales}")
+rc, err = start("strata-warehouse-loader", "", {"STRATA_PIPELINE_SPEC": typo, "STRATA_PG_DSN": ENV["STRATA_PG_DSN"],
+                                                "STRATA_REDIS_URL": ENV["STRATA_REDIS_URL"],
+                                                "STRATA_WAREHOUSE_LOADER_GRPC": f"127.0.0.1:{free_port()}",
+                                                "STRATA_WAREHOUSE_LOADER_METRICS": f"127.0.0.1:{free_port()}"})
+want = f"{typo}/pipeline.yaml:{line}: endpoints (typo): PostgreSQL cannot plan its SQL: "
+check(rc == 2 and want in err and 'column "revenu" does not exist' in err,
+      f"an endpoint whose SQL PostgreSQL cannot plan stops the loader at start-up, named ({rc}: {err.strip()[-250:]})")
+for d in (cyclic, unknown, param, nope, badtype, typo):
     shutil.rmtree(d)
 
 rc, _, err = stratactl("run", "--date", "2024-13-01")

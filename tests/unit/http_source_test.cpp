@@ -132,16 +132,16 @@ TEST(Drift, ReportsNewFieldsOnceAndVanishedColumns) {
   EXPECT_TRUE(d.Vanished().empty());
 }
 
-TEST(TokenBucket, PacesToTheRate) {
-  TokenBucket b(50, 1);
+TEST(RequestPacer, PacesToTheRate) {
+  RequestPacer b(50, 1);
   const auto start = std::chrono::steady_clock::now();
   for (int i = 0; i < 6; ++i) b.Acquire();
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_GE(s, 5 / 50.0 - 0.005) << "six requests at 50/s with a burst of one take at least 100 ms";
 }
 
-TEST(TokenBucket, RetryAfterPausesEveryone) {
-  TokenBucket b(1000, 10);
+TEST(RequestPacer, RetryAfterPausesEveryone) {
+  RequestPacer b(1000, 10);
   b.PauseUntil(std::chrono::steady_clock::now() + std::chrono::milliseconds(150));
   EXPECT_GE(b.Acquire().count(), 140);
 }

@@ -4,9 +4,11 @@
 
 #include "common/errors.h"
 #include "common/http_client.h"
+#include "common/lsn.h"
 #include "common/parquet.h"
 #include "common/pg.h"
 #include "common/time_util.h"
+#include "common/token_bucket.h"
 #include "services/quality/checks.h"
 #include "services/query/query.h"
 #include "services/source_sim/source_sim.h"
@@ -26,6 +28,44 @@ TEST(TimeUtil, DatesRoundTripAndValidate) {
 TEST(Http, RedactsSecrets) {
   EXPECT_EQ(RedactUrl("https://user:pw@api.example.com/x?api_key=abc&page=2&token=t"),
             "https://***@api.example.com/x?api_key=***&page=2&token=***");
+}
+
+TEST(TokenBucket, StartsFullRefillsAtTheRateAndSaysHowLongToWait) {
+  TokenBucket b(2, 3);  // 2 per second, bursts of 3
+  EXPECT_TRUE(b.TryTake(10.0));
+  EXPECT_TRUE(b.TryTake(10.0));
+  EXPECT_TRUE(b.TryTake(10.0));
+  double wait = 0;
+  EXPECT_FALSE(b.TryTake(10.0, &wait));
+  EXPECT_DOUBLE_EQ(wait, 0.5);
+  EXPECT_TRUE(b.TryTake(10.5));
+  EXPECT_FALSE(b.TryTake(10.5));
+  EXPECT_TRUE(b.TryTake(20.0));  // refilled, but never past the burst
+  EXPECT_TRUE(b.TryTake(20.0));
+  EXPECT_TRUE(b.TryTake(20.0));
+  EXPECT_FALSE(b.TryTake(20.0));
+  // A pause (Retry-After) holds every token until it ends, then the bucket refills from empty.
+  b.PauseUntil(30.0);
+  EXPECT_FALSE(b.TryTake(29.0, &wait));
+  EXPECT_DOUBLE_EQ(wait, 1.0);
+  EXPECT_FALSE(b.TryTake(30.0));
+  EXPECT_TRUE(b.TryTake(30.5));
+  TokenBucket unlimited(0, 1);
+  for (int i = 0; i < 100; ++i) EXPECT_TRUE(unlimited.TryTake(1.0));
+}
+
+TEST(Lsn, ParsesWhatPostgreSqlWritesAndRefusesTheRest) {
+  EXPECT_EQ(ParseLsn("16/B374D848"), 0x16B374D848ULL);
+  EXPECT_EQ(FormatLsn(0x16B374D848ULL), "16/B374D848");
+  EXPECT_EQ(ParseLsn(FormatLsn(0xFFFFFFFFFFFFFFFFULL)), 0xFFFFFFFFFFFFFFFFULL);
+  for (const char* bad : {"", "16", "/1", "1/", "G/1", "1/2/3", "100000000/0", "1 /2"}) {
+    try {
+      ParseLsn(bad);
+      ADD_FAILURE() << "accepted " << bad;
+    } catch (const InputError& e) {
+      EXPECT_EQ(std::string(e.what()), std::string("LSN \"") + bad + "\": expected X/Y in hex");
+    }
+  }
 }
 
 TEST(QueryCache, KeyEmbedsPublishedVersion) {

@@ -67,6 +67,8 @@ class PgWarehouse {
     tx.commit();
   }
 
+  pqxx::connection& Conn() { return *conn_; }
+
   std::vector<std::string> Rows(const std::string& sql) {
     pqxx::work tx(*conn_);
     tx.exec("SET LOCAL TIME ZONE 'UTC'");

@@ -145,9 +145,10 @@ kind: incremental_by_ds
 lookahead_days: 1
 unique_key: [ds]
 */
-SELECT {ds} AS ds, count(*) AS visits,
+SELECT ds, count(*) AS visits,
        count(*) - (SELECT count(*) FROM staging.visits p WHERE p.ds = {ds} - 1) AS change
-FROM staging.visits WHERE ds = {ds})";
+FROM staging.visits WHERE ds = {ds}
+GROUP BY ds)";
 
 TEST_F(SqlModelsTest, LookaheadRebuildsTheNextDaySoDaysLoadedOutOfOrderConverge) {
   Use({{"visit_delta.sql", kDelta}});

@@ -11,21 +11,22 @@ description: The review site's listing per business and day.
 columns:
   date_key: the day as yyyymmdd (dwh.dim_date)
   ds: the same day as a date
+  business_id: the listing's id (a repeated listing of one day counts once, the highest count)
   review_change: review_count minus the day before's (NULL when that day has no listing of the business)
 */
 SELECT b.id AS business_id,
        to_char({ds}, 'YYYYMMDD')::int AS date_key,
-       {ds} AS ds,
        b.name,
        b.category,
        b.state,
        b.price_level::integer AS price_level,
        b.rating::numeric(3,1) AS rating,
        b.review_count::integer AS review_count,
-       (b.review_count - p.review_count)::integer AS review_change
+       (b.review_count - p.review_count)::integer AS review_change,
+       {ds} AS ds
 FROM (SELECT DISTINCT ON (id) * FROM staging.businesses
       WHERE ds = {ds} AND review_count IS NOT NULL
-      ORDER BY id) b
+      ORDER BY id, review_count DESC, rating DESC, name) b
 LEFT JOIN (SELECT DISTINCT ON (id) id, review_count FROM staging.businesses
            WHERE ds = {ds} - 1 AND review_count IS NOT NULL
-           ORDER BY id) p USING (id)
+           ORDER BY id, review_count DESC, rating DESC, name) p USING (id)
