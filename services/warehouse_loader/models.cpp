@@ -164,6 +164,10 @@ std::string StagingDdl(const PipelineSpec& spec, const DatasetSpec& d) {
     looked_up = looked_up || f.from == d.name;
     for (const auto& j : f.joins) looked_up = looked_up || j.dataset == d.name;
   }
+  // A SQL model reading the dataset may look its keys up too (the earlier versions of the day's
+  // rows, say).
+  for (const auto& m : spec.sql_models)
+    looked_up = looked_up || std::find(m.reads.begin(), m.reads.end(), "staging." + d.name) != m.reads.end();
   if (looked_up && !d.key.empty()) {
     std::string key;
     for (const auto& k : d.key) key += (key.empty() ? "" : ", ") + QuoteIdent(k);
@@ -174,50 +178,6 @@ std::string StagingDdl(const PipelineSpec& spec, const DatasetSpec& d) {
 
 const std::vector<Model>& AllModels() {
   static const std::vector<Model> kModels = {
-      // Only the businesses whose reviews the day changed are recounted (a review that moved
-      // also recounts the business it left).
-      {"reviews",
-       {R"SQL(
-CREATE TEMP TABLE tmp_review_businesses ON COMMIT DROP AS
-SELECT business_id FROM staging.reviews WHERE ds = $1
-UNION SELECT f.business_id FROM dwh.fact_review f
-WHERE f.review_id IN (SELECT review_id FROM staging.reviews WHERE ds = $1))SQL",
-        "ANALYZE tmp_review_businesses",
-        R"SQL(
-INSERT INTO dwh.fact_review (review_id, business_id, stars, title, updated_at, first_ds, last_ds)
-SELECT DISTINCT ON (review_id) review_id, business_id, stars, title, updated_at, ds, ds
-FROM staging.reviews WHERE ds = $1
-ORDER BY review_id, updated_at DESC
-ON CONFLICT (review_id) DO UPDATE SET business_id = EXCLUDED.business_id, stars = EXCLUDED.stars,
-  title = EXCLUDED.title, updated_at = EXCLUDED.updated_at, last_ds = EXCLUDED.last_ds,
-  first_ds = least(fact_review.first_ds, EXCLUDED.first_ds)
-WHERE EXCLUDED.updated_at > fact_review.updated_at)SQL",
-        R"SQL(
-DELETE FROM marts.business_stars WHERE business_id IN (SELECT business_id FROM tmp_review_businesses))SQL",
-        R"SQL(
-INSERT INTO marts.business_stars (business_id, reviews, avg_stars)
-SELECT business_id, count(*), round(avg(stars), 2) FROM dwh.fact_review
-WHERE business_id IN (SELECT business_id FROM tmp_review_businesses) GROUP BY business_id)SQL"},
-       {"dwh.fact_review", "marts.business_stars"},
-       {"staging.reviews", "dwh.fact_review"},
-       R"SQL(
--- Reviews from the reviews API, one row per review at its latest version: overlapping and
--- repeated extractions converge by key, newest updated_at wins.
-CREATE TABLE IF NOT EXISTS dwh.fact_review (
-  review_id bigint PRIMARY KEY,
-  business_id text NOT NULL,
-  stars integer NOT NULL,
-  title text,
-  updated_at timestamptz NOT NULL,
-  first_ds date NOT NULL,
-  last_ds date NOT NULL);
-CREATE INDEX IF NOT EXISTS fact_review_business ON dwh.fact_review (business_id);
-CREATE TABLE IF NOT EXISTS marts.business_stars (
-  business_id text PRIMARY KEY,
-  reviews bigint NOT NULL,
-  avg_stars numeric(4,2) NOT NULL);
-)SQL"},
-
       {"orders_current",
        {R"SQL(
 CREATE TEMP TABLE tmp_affected_orders ON COMMIT DROP AS

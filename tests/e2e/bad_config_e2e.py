@@ -51,12 +51,12 @@ def ctl(*args):
 
 
 rc, out, err = ctl("validate", DEMO)
-check(rc == 0 and "pipeline demo is valid" in out and "6 SQL models" in out,
-      f"stratactl validate pipelines/demo: valid, 6 SQL models ({rc}: {out.strip()} {err.strip()})")
+check(rc == 0 and "pipeline demo is valid" in out and "8 SQL models" in out,
+      f"stratactl validate pipelines/demo: valid, 8 SQL models ({rc}: {out.strip()} {err.strip()})")
 rc, out, _ = ctl("--json", "models", DEMO)
 names = [m["name"] for m in json.loads(out)] if rc == 0 else []
-check(names == ["dwh.fact_business_daily", "marts.business_review_changes", "marts.daily_sales", "dwh.dim_state",
-                "marts.product_daily_sales", "marts.rating_by_price_level"],
+check(names == ["dwh.fact_business_daily", "marts.business_review_changes", "dwh.fact_review", "marts.business_stars",
+                "marts.daily_sales", "dwh.dim_state", "marts.product_daily_sales", "marts.rating_by_price_level"],
       f"stratactl models lists the demo's SQL models in build order ({names})")
 
 

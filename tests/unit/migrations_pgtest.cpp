@@ -80,14 +80,21 @@ CREATE TABLE dwh.fact_business_daily (business_id text NOT NULL, date_key intege
   PRIMARY KEY (business_id, date_key));
 INSERT INTO dwh.fact_business_daily VALUES ('b1', 20240102, 'Cafe', 'cafe', 'CA', 2, 4.5, 10, 3);
 CREATE TABLE marts.business_review_changes (ds date NOT NULL, business_id text NOT NULL, name text,
-  review_count integer NOT NULL, review_change integer, PRIMARY KEY (ds, business_id));)");
+  review_count integer NOT NULL, review_change integer, PRIMARY KEY (ds, business_id));
+CREATE TABLE dwh.fact_review (review_id bigint PRIMARY KEY, business_id text NOT NULL, stars integer NOT NULL, title text,
+  updated_at timestamptz NOT NULL, first_ds date NOT NULL, last_ds date NOT NULL);
+CREATE INDEX fact_review_business ON dwh.fact_review (business_id);
+INSERT INTO dwh.fact_review VALUES (7, 'b1', 4, 'good', '2024-01-02 10:00+00', '2024-01-02', '2024-01-02');
+CREATE TABLE marts.business_stars (business_id text PRIMARY KEY, reviews bigint NOT NULL, avg_stars numeric(4,2) NOT NULL);)");
   // The stack runs the demo: its folder is STRATA_PIPELINE_SPEC.
   PipelineSpec spec = LoadPipelineSpec(std::getenv("STRATA_PIPELINE_SPEC"));
-  EXPECT_EQ(ApplyMigrations(wh_->Conn(), "demo", spec.migrations), 1);
+  EXPECT_EQ(ApplyMigrations(wh_->Conn(), "demo", spec.migrations), 2);
   // The SQL models accept the tables as they are now (a mismatch would throw), and the rows stayed.
-  pgtest::KeepSqlModels(spec, {"dwh.dim_state", "dwh.fact_business_daily", "marts.business_review_changes"});
+  pgtest::KeepSqlModels(spec, {"dwh.dim_state", "dwh.fact_business_daily", "marts.business_review_changes",
+                               "dwh.fact_review", "marts.business_stars"});
   spec.datasets.erase(std::remove_if(spec.datasets.begin(), spec.datasets.end(), [](const DatasetSpec& d) {
-                        return d.name != "states" && d.name != "state_population" && d.name != "businesses";
+                        return d.name != "states" && d.name != "state_population" && d.name != "businesses" &&
+                               d.name != "reviews";
                       }),
                       spec.datasets.end());
   for (const auto& d : spec.datasets) wh_->Exec(StagingDdl(spec, d));
@@ -96,10 +103,13 @@ CREATE TABLE marts.business_review_changes (ds date NOT NULL, business_id text N
             (std::vector<std::string>{"CA|California|39000000", "TX|Texas|NULL"}));
   EXPECT_EQ(wh_->Rows("SELECT business_id, date_key, ds, review_count FROM dwh.fact_business_daily"),
             std::vector<std::string>{"b1|20240102|2024-01-02|10"});
+  EXPECT_EQ(wh_->Rows("SELECT indexname FROM pg_indexes WHERE schemaname = 'dwh' AND tablename = 'fact_review' ORDER BY 1"),
+            (std::vector<std::string>{"fact_review_business_id", "fact_review_pkey"}));
+  EXPECT_EQ(wh_->Rows("SELECT review_id, business_id FROM dwh.fact_review"), std::vector<std::string>{"7|b1"});
   // A new warehouse: the same migration changes nothing (the models create their tables).
   pgtest::PgWarehouse fresh("strata_migrations_pgtest_fresh");
   fresh.Exec("CREATE SCHEMA ops; CREATE SCHEMA dwh");
-  EXPECT_EQ(ApplyMigrations(fresh.Conn(), "demo", spec.migrations), 1);
+  EXPECT_EQ(ApplyMigrations(fresh.Conn(), "demo", spec.migrations), 2);
   EXPECT_EQ(fresh.Rows("SELECT count(*) FROM pg_tables WHERE schemaname = 'dwh'"), std::vector<std::string>{"0"});
 }
 
