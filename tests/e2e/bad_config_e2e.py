@@ -72,6 +72,15 @@ check(rc == 2 and err.startswith("lineage: pipeline demo has no table 'marts.not
       f"stratactl lineage of an unknown table: exit 2 listing the tables ({err[:80]})")
 
 
+def start_loader(spec, **env):
+    """The warehouse loader on `spec`, on ports of its own, with `env` (default: an unreachable
+    warehouse, so only what it refuses before connecting is seen)."""
+    return start("strata-warehouse-loader", "", dict({
+        "STRATA_PIPELINE_SPEC": spec, "STRATA_PG_DSN": "host=127.0.0.1 port=1",
+        "STRATA_WAREHOUSE_LOADER_GRPC": f"127.0.0.1:{free_port()}",
+        "STRATA_WAREHOUSE_LOADER_METRICS": f"127.0.0.1:{free_port()}"}, **env))
+
+
 def broken(files):
     d = tempfile.mkdtemp(prefix="strata-bad-pipeline-")
     shutil.rmtree(d)
@@ -88,17 +97,13 @@ want = (f"{cyclic}/models/a.sql:5: models form a cycle: {cyclic}/models/a.sql (m
         f"{cyclic}/models/b.sql (marts.b) reads marts.a")
 rc, _, err = ctl("validate", cyclic)
 check(rc == 2 and err.strip() == want, f"a cycle: stratactl validate exits 2 naming both files ({rc}: {err.strip()})")
-rc, err = start("strata-warehouse-loader", "", {"STRATA_PIPELINE_SPEC": cyclic, "STRATA_PG_DSN": "host=127.0.0.1 port=1",
-                                                "STRATA_WAREHOUSE_LOADER_GRPC": f"127.0.0.1:{free_port()}",
-                                                "STRATA_WAREHOUSE_LOADER_METRICS": f"127.0.0.1:{free_port()}"})
+rc, err = start_loader(cyclic)
 check(rc == 2 and want in err, f"and the loader refuses to start with the same message ({rc}: {err.strip()[-300:]})")
 unknown = broken({"u.sql": "/* strata\nname: marts.u\nkind: full\n*/\nSELECT count(*) AS n\nFROM marts.nothing"})
 rc, _, err = ctl("validate", unknown)
 check(rc == 2 and err.strip().startswith(f"{unknown}/models/u.sql:6: reads marts.nothing, which this pipeline does not build"),
       f"a table nobody builds: exit 2 naming file and line ({err.strip()})")
-rc, err = start("strata-warehouse-loader", "", {"STRATA_PIPELINE_SPEC": unknown, "STRATA_PG_DSN": "host=127.0.0.1 port=1",
-                                                "STRATA_WAREHOUSE_LOADER_GRPC": f"127.0.0.1:{free_port()}",
-                                                "STRATA_WAREHOUSE_LOADER_METRICS": f"127.0.0.1:{free_port()}"})
+rc, err = start_loader(unknown)
 check(rc == 2 and "u.sql:6: reads marts.nothing" in err, f"the loader refuses it before connecting ({rc}: {err.strip()[-200:]})")
 param = broken({"p.sql": "/* strata\nname: marts.p\nkind: incremental_by_ds\n*/\nSELECT {day} AS ds"})
 rc, _, err = ctl("validate", param)
@@ -120,9 +125,7 @@ nope, line = with_endpoint("- {name: nope, path: /nope, sql: SELECT * FROM servi
 want = f"{nope}/pipeline.yaml:{line}: endpoints (nope): the SQL reads serving.nope, which this pipeline neither builds nor publishes"
 rc, _, err = ctl("validate", nope)
 check(rc == 2 and err.strip() == want, f"an endpoint reading a table nobody builds: exit 2 naming file and line ({err.strip()})")
-rc, err = start("strata-warehouse-loader", "", {"STRATA_PIPELINE_SPEC": nope, "STRATA_PG_DSN": "host=127.0.0.1 port=1",
-                                                "STRATA_WAREHOUSE_LOADER_GRPC": f"127.0.0.1:{free_port()}",
-                                                "STRATA_WAREHOUSE_LOADER_METRICS": f"127.0.0.1:{free_port()}"})
+rc, err = start_loader(nope)
 check(rc == 2 and want in err, f"and the loader refuses to start with the same message ({rc}: {err.strip()[-200:]})")
 badtype, line = with_endpoint("- {name: t, path: /t, params: [{name: n, type: int32}], sql: 'SELECT {n}'}")
 want = (f"{badtype}/pipeline.yaml:{line}: endpoints[8] (t).params[0] (n).type: unknown type 'int32' "
@@ -137,10 +140,7 @@ check(rc == 2 and want in err, f"and the query service refuses to start with it 
 # SQL that names a table the pipeline has but a column it lacks passes every offline check; the
 # loader plans each endpoint against the warehouse at start-up and refuses it there.
 typo, line = with_endpoint("- {name: typo, path: /typo, sql: SELECT revenu FROM serving.daily_sales}")
-rc, err = start("strata-warehouse-loader", "", {"STRATA_PIPELINE_SPEC": typo, "STRATA_PG_DSN": ENV["STRATA_PG_DSN"],
-                                                "STRATA_REDIS_URL": ENV["STRATA_REDIS_URL"],
-                                                "STRATA_WAREHOUSE_LOADER_GRPC": f"127.0.0.1:{free_port()}",
-                                                "STRATA_WAREHOUSE_LOADER_METRICS": f"127.0.0.1:{free_port()}"})
+rc, err = start_loader(typo, STRATA_PG_DSN=ENV["STRATA_PG_DSN"], STRATA_REDIS_URL=ENV["STRATA_REDIS_URL"])
 want = f"{typo}/pipeline.yaml:{line}: endpoints (typo): PostgreSQL cannot plan its SQL: "
 check(rc == 2 and want in err and 'column "revenu" does not exist' in err,
       f"an endpoint whose SQL PostgreSQL cannot plan stops the loader at start-up, named ({rc}: {err.strip()[-250:]})")

@@ -15,18 +15,10 @@ namespace strata::loader {
 namespace {
 
 using pgtest::AdminDsn;
+using pgtest::ErrorOf;
 
 Migration Make(int version, const std::string& name, const std::string& sql) {
   return {"migrations/" + std::to_string(version) + "_" + name + ".sql", version, name, sql, Checksum(sql)};
-}
-
-std::string ErrorOf(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 class MigrationsTest : public ::testing::Test {

@@ -3,6 +3,7 @@
 // model build run exactly as the loader runs it, and rows read back as "a|b|NULL" lines.
 #pragma once
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <pqxx/pqxx>
 #include <string>
@@ -20,6 +21,16 @@ namespace strata::loader::pgtest {
 inline std::string AdminDsn() {
   const char* dsn = std::getenv("STRATA_PG_ADMIN_DSN");
   return dsn ? dsn : "";
+}
+
+// What `fn` threw (its what()), or "(no error)".
+inline std::string ErrorOf(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "(no error)";
 }
 
 // Keeps only the SQL models of `spec` named in `names` (a test that builds part of the demo).

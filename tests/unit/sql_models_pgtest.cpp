@@ -13,6 +13,7 @@ namespace strata::loader {
 namespace {
 
 using pgtest::AdminDsn;
+using pgtest::ErrorOf;
 
 const char* kMinutes = R"(/* strata
 name: marts.visit_minutes
@@ -64,15 +65,6 @@ class SqlModelsTest : public ::testing::Test {
     std::string out;
     for (const auto& line : wh_->Rows(sql)) out += line + "\n";
     return out;
-  }
-
-  std::string ErrorOf(const std::function<void()>& fn) {
-    try {
-      fn();
-    } catch (const std::exception& e) {
-      return e.what();
-    }
-    return "(no error)";
   }
 
   std::unique_ptr<pgtest::PgWarehouse> wh_;
