@@ -188,7 +188,11 @@ SqlModel ParseSqlModel(const std::string& text, const std::string& file) {
     if (key == "name") m.name = scalar();
     else if (key == "kind") m.kind = scalar();
     else if (key == "time_column") m.time_column = scalar();
-    else if (key == "lookahead_days") {
+    else if (key == "publish") {
+      const std::string v = scalar();
+      if (v != "true" && v != "false") Fail(file, line, "publish: expected true or false, got '" + v + "'");
+      m.publish = v == "true";
+    } else if (key == "lookahead_days") {
       const std::string v = scalar();
       if (v.empty() || v.size() > 2 || !std::all_of(v.begin(), v.end(), [](char c) { return c >= '0' && c <= '9'; }) ||
           std::stoi(v) > 31)
@@ -207,7 +211,8 @@ SqlModel ParseSqlModel(const std::string& text, const std::string& file) {
       for (const auto& c : v) m.columns[c.first.as<std::string>()] = c.second.IsScalar() ? c.second.as<std::string>() : "";
     } else {
       Fail(file, line, "unknown key '" + key +
-                           "' (known: name, kind, time_column, lookahead_days, unique_key, indexes, depends_on, description, columns)");
+                           "' (known: name, kind, time_column, lookahead_days, unique_key, indexes, depends_on, publish, description, "
+                           "columns)");
     }
     if (key == "depends_on") {
       std::vector<std::string> deps;
@@ -240,6 +245,8 @@ SqlModel ParseSqlModel(const std::string& text, const std::string& file) {
   } else if (!m.time_column.empty()) {
     Fail(file, line_of(decl["time_column"]), "time_column: only an incremental_by_ds model has one (this one is " + m.kind + ")");
   }
+  if (m.publish && decl["publish"] && m.name.rfind("marts.", 0) != 0)
+    Fail(file, line_of(decl["publish"]), "publish: only a marts model is published (serving holds marts)");
   if (m.lookahead_days > 0 && m.kind != "incremental_by_ds")
     Fail(file, line_of(decl["lookahead_days"]), "lookahead_days: only an incremental_by_ds model rebuilds later days (this one is " + m.kind + ")");
   if (m.kind == "incremental_by_key" && m.unique_key.empty())

@@ -12,6 +12,7 @@
 //   unique_key: [ds]                 # the table's primary key (required by incremental_by_key)
 //   indexes: [[product_id]]          # optional, each a list of columns
 //   depends_on: [dwh.fact_sales]     # optional, beyond the tables the SELECT names
+//   publish: false                   # a marts model: kept out of serving (default true)
 //   description: Orders, units and revenue per day.
 //   columns: {revenue: sum of quantity × unit price of the day's live lines}
 //   */
@@ -37,6 +38,7 @@ struct SqlModel {
   std::string kind;  // full | incremental_by_ds | incremental_by_key | view
   std::string time_column;
   int lookahead_days = 0;  // incremental_by_ds: also rebuild this many days after each changed day
+  bool publish = true;     // a marts table (not a view) is copied to serving at publish
   std::vector<std::string> unique_key;
   std::vector<std::vector<std::string>> indexes;
   std::vector<std::string> depends_on;  // declared
@@ -47,6 +49,8 @@ struct SqlModel {
   int sql_line = 1;  // the line of the file the SELECT starts on
   bool uses_parameters = false;
 
+  // Whether publish copies it to serving (marts tables marked publish; never dwh or views).
+  bool Published() const { return publish && kind != "view" && name.rfind("marts.", 0) == 0; }
   // Every table the model needs built before it: `reads` and `depends_on`, each once.
   std::vector<std::string> Upstream() const;
 };

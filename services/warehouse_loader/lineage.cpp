@@ -67,14 +67,14 @@ std::map<std::string, std::vector<std::string>> PipelineGraph(const PipelineSpec
         for (const auto& r : m.reads) add(t, r);
   for (const auto& m : spec.sql_models)
     for (const auto& r : m.Upstream()) add(m.name, r);
-  // Published copies of every marts table (views are not published).
+  // Published copies of every marts table (views and models marked `publish: false` are not).
   std::vector<std::string> marts;
   for (const auto& [t, from] : g)
     if (t.rfind("marts.", 0) == 0) marts.push_back(t);
   for (const auto& t : marts) {
-    const bool view = std::any_of(spec.sql_models.begin(), spec.sql_models.end(),
-                                  [&](const SqlModel& m) { return m.name == t && m.kind == "view"; });
-    if (!view) add("serving." + t.substr(6), t);
+    const bool unpublished = std::any_of(spec.sql_models.begin(), spec.sql_models.end(),
+                                         [&](const SqlModel& m) { return m.name == t && !m.Published(); });
+    if (!unpublished) add("serving." + t.substr(6), t);
   }
   // The API: each endpoint reads what it serves.
   for (const auto& e : spec.endpoints)

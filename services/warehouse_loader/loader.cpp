@@ -270,6 +270,14 @@ class LoaderImpl final : public Component, public strata::v1::WarehouseLoader::S
     long long rows = 0;
     for (const auto& t : tables) {
       const std::string mart = t[0].c_str(), name = QuoteIdent(mart);
+      // A SQL model marked `publish: false` stays in marts (an intermediate, or not for readers).
+      if (std::any_of(spec_.sql_models.begin(), spec_.sql_models.end(),
+                      [&](const SqlModel& m) { return m.name == "marts." + mart && !m.Published(); })) {
+        // What its change triggers noted is never published: dropped, so it cannot pile up.
+        tx.exec_params("DELETE FROM ops.mart_day_changes WHERE mart = $1", mart);
+        tx.exec_params("DELETE FROM ops.mart_key_changes WHERE mart = $1", mart);
+        continue;
+      }
       tx.exec("CREATE TABLE IF NOT EXISTS serving." + name + " (LIKE marts." + name + " INCLUDING ALL)");
       const bool tracked = tx.exec_params("SELECT ops.install_change_triggers($1)", mart)[0][0].as<bool>();
       const bool by_day = !tx.exec_params("SELECT 1 FROM information_schema.columns WHERE table_schema = 'marts' "

@@ -204,7 +204,7 @@ void EnsureSqlModelTables(pqxx::connection& conn, const PipelineSpec& spec) {
   }
   // A published mart is read from its serving copy, which exists (empty) before the first publish.
   for (const auto& m : spec.sql_models)
-    if (m.kind != "view" && m.name.rfind("marts.", 0) == 0) {
+    if (m.Published()) {
       const std::string table = QuoteIdent(m.name.substr(6));
       tx.exec("CREATE TABLE IF NOT EXISTS serving." + table + " (LIKE marts." + table + " INCLUDING ALL)");
     }

@@ -67,6 +67,17 @@ TEST(Lineage, EndpointsAreDownstreamOfWhatTheyRead) {
   EXPECT_NO_THROW(CheckEndpointReads(spec));
 }
 
+TEST(Lineage, AMartMarkedPublishFalseHasNoServingCopy) {
+  PipelineSpec spec = Spec();
+  for (auto& m : spec.sql_models)
+    if (m.name == "marts.visit_days") m.publish = false;
+  EXPECT_EQ(LineageOf(spec, "marts.visit_days").downstream, std::vector<std::string>{"marts.busy_days"});
+  spec.endpoints = EndpointsReading("serving.visit_days");
+  EXPECT_THROW(CheckEndpointReads(spec), InputError);
+  spec.endpoints = EndpointsReading("marts.visit_days");  // a realtime-style read of marts itself
+  EXPECT_NO_THROW(CheckEndpointReads(spec));
+}
+
 TEST(Lineage, AnEndpointReadingATableThePipelineLacksIsRefused) {
   PipelineSpec spec = Spec();
   spec.endpoints = EndpointsReading("serving.busy_days");  // a view: not published

@@ -90,7 +90,11 @@ TEST(SqlModel, RefusalsNameTheFileAndLine) {
             "models/m.sql:3: kind: unknown kind 'snapshot' (full, incremental_by_ds, incremental_by_key, view)");
   EXPECT_EQ(ErrorOf("/* strata\nname: marts.x\nkind: full\nowner: me\n*/\nSELECT 1 AS a"),
             "models/m.sql:4: unknown key 'owner' (known: name, kind, time_column, lookahead_days, unique_key, indexes, "
-            "depends_on, description, columns)");
+            "depends_on, publish, description, columns)");
+  EXPECT_EQ(ErrorOf("/* strata\nname: marts.x\nkind: full\npublish: maybe\n*/\nSELECT 1 AS a"),
+            "models/m.sql:4: publish: expected true or false, got 'maybe'");
+  EXPECT_EQ(ErrorOf("/* strata\nname: dwh.x\nkind: full\npublish: true\n*/\nSELECT 1 AS a"),
+            "models/m.sql:4: publish: only a marts model is published (serving holds marts)");
   EXPECT_EQ(ErrorOf("/* strata\nname: marts.x\nkind: full\nlookahead_days: 1\n*/\nSELECT 1 AS a"),
             "models/m.sql:4: lookahead_days: only an incremental_by_ds model rebuilds later days (this one is full)");
   EXPECT_EQ(ErrorOf("/* strata\nname: marts.x\nkind: incremental_by_ds\nlookahead_days: -1\n*/\nSELECT {ds} AS ds"),

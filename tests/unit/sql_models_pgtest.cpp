@@ -106,6 +106,11 @@ INSERT INTO staging.visits VALUES
   EXPECT_EQ(Query("SELECT visits, minutes FROM marts.visit_total"), "3|3.00\n");
 }
 
+TEST_F(SqlModelsTest, AMartMarkedPublishFalseGetsNoServingCopy) {
+  Use({{"scratch.sql", "/* strata\nname: marts.scratch\nkind: full\npublish: false\n*/\nSELECT count(*) AS n FROM dwh.fact_visit"}});
+  EXPECT_EQ(Query("SELECT schemaname FROM pg_tables WHERE tablename = 'scratch' ORDER BY 1"), "marts\n");
+}
+
 TEST_F(SqlModelsTest, TheSliceIsTheRunsDayPlusTheDaysTheFactChangedAndNoOtherDayIsRewritten) {
   Use({{"visit_minutes.sql", kMinutes}});
   for (const char* day : {"2024-01-01", "2024-01-02", "2024-01-03"}) {
