@@ -32,6 +32,7 @@
 #include "common/task_runner.h"
 #include "common/time_util.h"
 #include "services/controller/dag.h"
+#include "services/controller/schedule.h"
 #include "services/controller/status_page.h"
 #include "strata.grpc.pb.h"
 
@@ -612,26 +613,22 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
     const std::string local = tx.exec_params("SELECT to_char(now() AT TIME ZONE $1, 'YYYY-MM-DD HH24:MI')",
                                              sc.timezone)[0][0].c_str();
     const LocalMinute now{ParseDate(local.substr(0, 10)), std::stoi(local.substr(11, 2)) * 60 + std::stoi(local.substr(14, 2))};
-    const auto fired = CronExpr::Parse(sc.cron).LatestAtOrBefore(now);
-    if (!fired) return;
-    const std::string due = FormatDate(fired->day - 1);
-    if (due < sc.start_date) return;
-    const std::string first = sc.catchup ? std::max(sc.start_date, AddDays(due, -3660)) : due;
+    const auto range = DueRange(sc, now);
+    if (!range) return;
     const auto have = tx.exec_params("SELECT DISTINCT ds::text FROM ops.runs WHERE pipeline = $1 AND ds BETWEEN $2 AND $3",
-                                     spec_.name, first, due);
+                                     spec_.name, range->first, range->second);
     std::set<std::string> existing;
     for (const auto& row : have) existing.insert(row[0].c_str());
     int queued = 0;
-    for (std::string ds = first; ds <= due && queued < 1000; ds = AddDays(ds, 1)) {
-      if (existing.count(ds)) continue;
+    for (const auto& ds : DatesToQueue(*range, existing)) {
       InsertRun(tx, spec_.name, ds, "schedule");
       ++queued;
     }
+    const std::string& due = range->second;
     if (queued) spdlog::info("schedule queued runs={} through ds={} cron=\"{}\" tz={}", queued, due, sc.cron, sc.timezone);
 
     if (!sc.deadline.empty()) {
-      // ds's deadline is HH:MM local on the day after ds; look back a week.
-      const int deadline_minute = std::stoi(sc.deadline.substr(0, 2)) * 60 + std::stoi(sc.deadline.substr(3, 2));
+      // Look back a week for dates without a successful run and no alert yet.
       const auto late = tx.exec_params(
           "SELECT d::date::text FROM generate_series(greatest($2::date, $3::date - 7), $3::date, interval '1 day') d "
           "WHERE NOT EXISTS (SELECT 1 FROM ops.runs r WHERE r.pipeline = $1 AND r.ds = d::date AND r.state = 'succeeded') "
@@ -639,8 +636,8 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
           spec_.name, sc.start_date, FormatDate(now.day - 1));
       for (const auto& row : late) {
         const std::string ds = row[0].c_str();
+        if (!DeadlinePassed(sc, ds, now)) continue;
         const int64_t deadline_day = ParseDate(ds) + 1;
-        if (now.day < deadline_day || (now.day == deadline_day && now.minute < deadline_minute)) continue;
         strata::v1::NotifyRequest n;
         n.set_event("run_deadline_missed");
         n.set_pipeline(spec_.name);
