@@ -191,23 +191,22 @@ GROUP BY order_id)SQL",
         // index); otherwise, and for orders whose lines alone changed, the newest of its staged
         // versions through the key index. The amount is re-summed only where the order's lines
         // changed today or the mart lacks the order (a status change keeps the amount the mart
-        // holds). Cost follows the day's orders, never the table's age.
+        // holds). Both are scalar subqueries on purpose: one index probe per affected order,
+        // where a join lets the planner walk the fact's and the mart's whole key index (the
+        // newest orders sort last), which grows with the warehouse's age.
         R"SQL(
 INSERT INTO marts.orders_current (order_id, customer_id, status, ordered_at, updated_at, amount)
 WITH newest AS (SELECT $1 >= coalesce((SELECT max(ds) FROM staging.orders), $1) AS is_newest),
 headers AS (
   SELECT DISTINCT ON (o.order_id) o.order_id, o.customer_id, o.status, o.ordered_at, o.updated_at
   FROM staging.orders o WHERE o.ds = $1 AND (SELECT is_newest FROM newest)
-  ORDER BY o.order_id, o.updated_at DESC),
-amounts AS (  -- one grouped pass (by index for a few orders, by the key order for many)
-  SELECT f.order_id, sum(f.amount) AS amount FROM dwh.fact_sales f
-  WHERE f.order_id IN (SELECT order_id FROM tmp_affected_orders WHERE lines) AND NOT f.is_deleted
-  GROUP BY f.order_id)
+  ORDER BY o.order_id, o.updated_at DESC)
 SELECT h.order_id, h.customer_id, h.status, h.ordered_at, h.updated_at,
-       CASE WHEN a.lines THEN m.amount
-            WHEN c.order_id IS NULL
-            THEN (SELECT sum(f.amount) FROM dwh.fact_sales f WHERE f.order_id = a.order_id AND NOT f.is_deleted)
-            ELSE c.amount END
+       CASE WHEN a.lines
+            THEN (SELECT sum(f.amount) FROM dwh.fact_sales f WHERE f.order_id = h.order_id AND NOT f.is_deleted)
+            ELSE coalesce((SELECT c.amount FROM marts.orders_current c WHERE c.order_id = h.order_id),
+                          (SELECT sum(f.amount) FROM dwh.fact_sales f WHERE f.order_id = h.order_id AND NOT f.is_deleted))
+       END
 FROM (SELECT * FROM headers
       UNION ALL
       SELECT a.order_id, l.customer_id, l.status, l.ordered_at, l.updated_at
@@ -216,8 +215,6 @@ FROM (SELECT * FROM headers
         WHERE o.order_id = a.order_id ORDER BY o.updated_at DESC, o.ds DESC LIMIT 1) l
       WHERE NOT (a.staged AND (SELECT is_newest FROM newest))) h
 JOIN tmp_affected_orders a USING (order_id)
-LEFT JOIN amounts m USING (order_id)
-LEFT JOIN marts.orders_current c USING (order_id)
 ORDER BY h.order_id
 ON CONFLICT (order_id) DO UPDATE SET customer_id = EXCLUDED.customer_id, status = EXCLUDED.status,
   ordered_at = EXCLUDED.ordered_at, updated_at = EXCLUDED.updated_at, amount = EXCLUDED.amount
