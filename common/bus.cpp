@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "common/errors.h"
+#include "common/redis_cluster.h"
 
 namespace strata {
 
@@ -37,37 +38,37 @@ RedisReply Convert(const redisReply* r) {
 }
 }  // namespace
 
+struct RedisClient::Node {
+  std::string host;
+  int port = 0;
+  redisContext* ctx = nullptr;
+  std::string Name() const { return host + ":" + std::to_string(port); }
+};
+
 RedisClient::RedisClient(std::string url, int timeout_ms) : timeout_ms_(timeout_ms) {
-  // redis://host:port[/db]; Config validated the shape already.
-  std::string rest = url.rfind("redis://", 0) == 0 ? url.substr(8) : url;
-  rest = rest.substr(0, rest.find('/'));
-  const auto colon = rest.rfind(':');
-  host_ = rest.substr(0, colon);
-  if (colon != std::string::npos) port_ = std::stoi(rest.substr(colon + 1));
+  // Config validated the shape already; a bad URL here is a programming error, reported as such.
+  for (const RedisNode& n : ParseRedisUrl(url)) seeds_.emplace_back(n.host, n.port);
 }
 
 RedisClient::~RedisClient() {
-  if (ctx_) redisFree(ctx_);
+  for (auto& [name, node] : nodes_)
+    if (node->ctx) redisFree(node->ctx);
 }
 
-void RedisClient::ConnectLocked() {
-  if (ctx_) return;
-  timeval tv{timeout_ms_ / 1000, (timeout_ms_ % 1000) * 1000};
-  redisContext* c = redisConnectWithTimeout(host_.c_str(), port_, tv);
-  if (!c || c->err) {
-    const std::string why = c ? c->errstr : "out of memory";
-    if (c) redisFree(c);
-    throw EnvError("redis " + host_ + ":" + std::to_string(port_) + ": " + why);
+RedisClient::Node& RedisClient::NodeLocked(const std::string& host, int port) {
+  auto& slot = nodes_[host + ":" + std::to_string(port)];
+  if (!slot) {
+    slot = std::make_unique<Node>();
+    slot->host = host;
+    slot->port = port;
   }
-  // Blocking reads (XREADGROUP BLOCK) must not hit the socket timeout: allow block + slack.
-  timeval rtv{timeout_ms_ / 1000 + 30, 0};
-  redisSetTimeout(c, rtv);
-  ctx_ = c;
+  return *slot;
 }
 
-RedisReply RedisClient::Command(const std::vector<std::string>& argv) {
-  std::lock_guard<std::mutex> lock(mu_);
-  ConnectLocked();
+// Sends one command to one node; a broken connection (e.g. Redis restarted since the last
+// call) is re-opened and the command sent once more, so one restart costs callers nothing.
+// Returns the reply (never null) or throws EnvError.
+void* RedisClient::SendLocked(Node& node, const std::vector<std::string>& argv, bool asking) {
   std::vector<const char*> args;
   std::vector<size_t> lens;
   args.reserve(argv.size());
@@ -76,30 +77,139 @@ RedisReply RedisClient::Command(const std::vector<std::string>& argv) {
     args.push_back(a.data());
     lens.push_back(a.size());
   }
-  auto* r = static_cast<redisReply*>(
-      redisCommandArgv(ctx_, static_cast<int>(argv.size()), args.data(), lens.data()));
-  if (!r) {
-    // The connection broke (e.g. Redis restarted since the last call): reconnect and try once
-    // more, so one restart costs callers nothing. A second failure is reported.
-    redisFree(ctx_);
-    ctx_ = nullptr;
-    ConnectLocked();
-    r = static_cast<redisReply*>(redisCommandArgv(ctx_, static_cast<int>(argv.size()), args.data(), lens.data()));
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    if (!node.ctx) {
+      timeval tv{timeout_ms_ / 1000, (timeout_ms_ % 1000) * 1000};
+      redisContext* c = redisConnectWithTimeout(node.host.c_str(), node.port, tv);
+      if (!c || c->err) {
+        const std::string why = c ? c->errstr : "out of memory";
+        if (c) redisFree(c);
+        throw EnvError("redis " + node.Name() + ": " + why);
+      }
+      // Blocking reads (XREADGROUP BLOCK) must not hit the socket timeout: allow block + slack.
+      timeval rtv{timeout_ms_ / 1000 + 30, 0};
+      redisSetTimeout(c, rtv);
+      node.ctx = c;
+    }
+    if (asking) {
+      auto* ok = static_cast<redisReply*>(redisCommand(node.ctx, "ASKING"));
+      if (ok) freeReplyObject(ok);
+    }
+    auto* r = static_cast<redisReply*>(
+        redisCommandArgv(node.ctx, static_cast<int>(argv.size()), args.data(), lens.data()));
+    if (r) return r;
+    const std::string why = node.ctx->errstr;
+    redisFree(node.ctx);
+    node.ctx = nullptr;
+    if (attempt == 1) throw EnvError("redis " + node.Name() + " " + argv[0] + ": " + why);
   }
-  if (!r) {
-    const std::string why = ctx_->errstr;
-    redisFree(ctx_);
-    ctx_ = nullptr;
-    throw EnvError("redis " + host_ + ":" + std::to_string(port_) + " " + argv[0] + ": " + why);
-  }
-  if (r->type == REDIS_REPLY_ERROR) {
-    const std::string why(r->str, r->len);
+  return nullptr;  // unreachable
+}
+
+// Reads the slot map from any node known (seeds first). False when none answered with one.
+bool RedisClient::RefreshSlotsLocked() {
+  std::vector<std::pair<std::string, int>> ask = seeds_;
+  for (const auto& [name, node] : nodes_) ask.emplace_back(node->host, node->port);
+  for (const auto& [host, port] : ask) {
+    redisReply* r = nullptr;
+    try {
+      r = static_cast<redisReply*>(SendLocked(NodeLocked(host, port), {"CLUSTER", "SLOTS"}, false));
+    } catch (const EnvError&) {
+      continue;
+    }
+    if (r->type != REDIS_REPLY_ARRAY) {
+      freeReplyObject(r);
+      continue;
+    }
+    std::vector<Node*> map(kClusterSlots, nullptr);
+    for (size_t i = 0; i < r->elements; ++i) {
+      const redisReply* range = r->element[i];
+      if (range->type != REDIS_REPLY_ARRAY || range->elements < 3) continue;
+      const redisReply* master = range->element[2];
+      if (master->type != REDIS_REPLY_ARRAY || master->elements < 2) continue;
+      // An empty host means "the node you asked".
+      std::string mhost(master->element[0]->str ? master->element[0]->str : "", master->element[0]->len);
+      if (mhost.empty() || mhost == "?") mhost = host;
+      Node* owner = &NodeLocked(mhost, static_cast<int>(master->element[1]->integer));
+      for (long long s = range->element[0]->integer; s <= range->element[1]->integer && s < kClusterSlots; ++s)
+        map[static_cast<size_t>(s)] = owner;
+    }
     freeReplyObject(r);
-    throw EnvError("redis " + argv[0] + ": " + why);
+    slots_ = std::move(map);
+    return true;
   }
-  RedisReply out = Convert(r);
-  freeReplyObject(r);
-  return out;
+  return false;
+}
+
+void RedisClient::ProbeLocked() {
+  if (probed_) return;
+  // The first seed that answers decides: a cluster node answers CLUSTER SLOTS, a standalone
+  // server refuses it ("cluster support disabled").
+  std::string last_error;
+  for (const auto& [host, port] : seeds_) {
+    redisReply* r = nullptr;
+    try {
+      r = static_cast<redisReply*>(SendLocked(NodeLocked(host, port), {"CLUSTER", "SLOTS"}, false));
+    } catch (const EnvError& e) {
+      last_error = e.what();
+      continue;
+    }
+    const bool cluster = r->type == REDIS_REPLY_ARRAY;
+    freeReplyObject(r);
+    cluster_ = cluster && RefreshSlotsLocked();
+    probed_ = true;
+    return;
+  }
+  throw EnvError(last_error);
+}
+
+RedisReply RedisClient::Command(const std::vector<std::string>& argv) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ProbeLocked();
+  Node* target = &NodeLocked(seeds_[0].first, seeds_[0].second);
+  std::optional<std::string> key;
+  if (cluster_) {
+    key = RoutingKey(argv);
+    if (key && slots_[static_cast<size_t>(KeySlot(*key))]) target = slots_[static_cast<size_t>(KeySlot(*key))];
+  }
+  bool asking = false;
+  for (int hop = 0;; ++hop) {
+    redisReply* r = nullptr;
+    try {
+      r = static_cast<redisReply*>(SendLocked(*target, argv, asking));
+    } catch (const EnvError&) {
+      // A cluster node that stopped answering: its replica may own the slot by now.
+      if (!cluster_ || hop >= 5 || !RefreshSlotsLocked()) throw;
+      std::this_thread::sleep_for(std::chrono::milliseconds(200 * (hop + 1)));
+      Node* owner = key ? slots_[static_cast<size_t>(KeySlot(*key))] : nullptr;
+      target = owner ? owner : target;
+      asking = false;
+      continue;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+      const std::string why(r->str, r->len);
+      freeReplyObject(r);
+      const auto redirect = cluster_ && hop < 5 ? ParseRedirect(why) : std::nullopt;
+      if (!redirect) throw EnvError("redis " + argv[0] + ": " + why);
+      Node& to = NodeLocked(redirect->node.host, redirect->node.port);
+      if (!redirect->ask) {
+        // The slot moved for good: remember where, and re-read the whole map (others moved too).
+        if (!RefreshSlotsLocked()) slots_[static_cast<size_t>(redirect->slot)] = &to;
+      }
+      target = &to;
+      asking = redirect->ask;
+      continue;
+    }
+    RedisReply out = Convert(r);
+    freeReplyObject(r);
+    return out;
+  }
+}
+
+bool RedisClient::cluster() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ProbeLocked();
+  return cluster_;
 }
 
 bool RedisClient::Ping() {
@@ -152,10 +262,10 @@ void VersionWatcher::Observe(long long v) {
 
 void VersionWatcher::Loop() {
   RedisClient probe(url_, 500);
-  std::string rest = url_.rfind("redis://", 0) == 0 ? url_.substr(8) : url_;
-  rest = rest.substr(0, rest.find('/'));
-  const std::string host = rest.substr(0, rest.rfind(':'));
-  const int port = std::stoi(rest.substr(rest.rfind(':') + 1));
+  // Published messages reach every node of a cluster: the first seed is as good as any.
+  const RedisNode seed = ParseRedisUrl(url_)[0];
+  const std::string host = seed.host;
+  const int port = seed.port;
   auto last_authority = std::chrono::steady_clock::time_point{};
   while (!stop_) {
     // Subscribe first, then read the key: a bump between the two is seen either way.

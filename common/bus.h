@@ -47,6 +47,12 @@ struct RedisReply {
   std::vector<RedisReply> elements;
 };
 
+// A Redis Cluster is found by itself: the URL names one node or several seed nodes
+// (redis://h1:p1,h2:p2), and when they answer CLUSTER SLOTS each command goes to the node
+// owning its key's slot (redis_cluster.h), following MOVED (the slot map is re-read) and ASK
+// (one ASKING hop); a node that stops answering makes it re-read the map from any node it
+// knows, so a failover costs the caller a retry, not an error. A stream lives on one node:
+// strata's streams are sharded by name, not within one stream.
 class RedisClient {
  public:
   explicit RedisClient(std::string url, int timeout_ms = 5000);
@@ -58,14 +64,23 @@ class RedisClient {
   RedisReply Command(const std::vector<std::string>& argv);
   // True if PING succeeds (never throws).
   bool Ping();
+  // True if the server is a cluster node (asks it first if no command went out yet; throws
+  // EnvError when no seed answers). A script may then touch only keys of one slot.
+  bool cluster();
 
  private:
-  void ConnectLocked();
-  std::string host_;
-  int port_ = 6379;
+  struct Node;
+  Node& NodeLocked(const std::string& host, int port);
+  void* SendLocked(Node& node, const std::vector<std::string>& argv, bool asking);
+  void ProbeLocked();
+  bool RefreshSlotsLocked();
+  std::vector<std::pair<std::string, int>> seeds_;
   int timeout_ms_;
   std::mutex mu_;
-  redisContext* ctx_ = nullptr;
+  std::map<std::string, std::unique_ptr<Node>> nodes_;  // "host:port" -> connection
+  bool probed_ = false;
+  bool cluster_ = false;
+  std::vector<Node*> slots_;  // slot -> owner, when cluster_
 };
 
 struct StreamEntry {

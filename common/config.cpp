@@ -207,8 +207,15 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
   if (c.redis_url.rfind("redis://", 0) != 0)
     throw InputError("config redis_url (or STRATA_REDIS_URL): expected redis://host:port, got \"" +
                      c.redis_url + "\"");
-  ValidateHostPort(c.redis_url.substr(8, c.redis_url.find('/', 8) - 8),
-                   "config redis_url (or STRATA_REDIS_URL)");
+  {  // One node, or seed nodes of a Redis Cluster: redis://h1:p1,h2:p2
+    const std::string nodes = c.redis_url.substr(8, c.redis_url.find('/', 8) - 8);
+    for (size_t start = 0;;) {
+      const auto comma = nodes.find(',', start);
+      ValidateHostPort(nodes.substr(start, comma - start), "config redis_url (or STRATA_REDIS_URL)");
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+  }
   if (c.webhook_format != "slack" && c.webhook_format != "generic")
     throw InputError("config webhook_format (or STRATA_WEBHOOK_FORMAT): expected slack or generic, got \"" +
                      c.webhook_format + "\"");

@@ -9,6 +9,10 @@
 # --lake s3 keeps the lake in an S3-compatible store instead of DIR/lake: s3rver (npm, from
 # tests/s3) on a free port, bucket strata-lake, STRATA_LAKE_ROOT=s3://strata-lake/lake.
 #
+# STRATA_REDIS_CLUSTER=N (N >= 3) runs the bus on a Redis Cluster of N masters instead of one
+# Redis (redis-server --cluster-enabled, redis-cli --cluster create); STRATA_REDIS_URL then
+# lists every node as seeds and STRATA_REDIS_CLUSTER_PORTS holds their ports.
+#
 # `up` writes DIR/env (shell-sourceable): STRATA_PG_DSN, STRATA_SOURCE_DSN, STRATA_REDIS_URL,
 # STRATA_LAKE_ROOT, STRATA_SOURCE_HTTP, STRATA_<SERVICE>_GRPC / _METRICS, ... Logs go to DIR/logs.
 set -euo pipefail
@@ -66,6 +70,7 @@ down() {
     # shellcheck disable=SC1091
     . "$DIR/env"
     redis-cli -p "$STRATA_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    for p in ${STRATA_REDIS_CLUSTER_PORTS:-}; do redis-cli -p "$p" shutdown nosave >/dev/null 2>&1 || true; done
   fi
   local pgdir
   pgdir=$(cat "$DIR/pgdir" 2>/dev/null || true)
@@ -117,8 +122,38 @@ up() {
   fi
   psql "$pg dbname=postgres" -qAtc "CREATE DATABASE warehouse" -c "CREATE DATABASE source" >/dev/null
 
-  redis-server --port "$redis_port" --bind 127.0.0.1 --daemonize yes --dir "$DIR/redis" \
-    --save "" --appendonly yes --appendfsync everysec --pidfile "$DIR/run/redis.pid" --logfile "$DIR/logs/redis.log"
+  local redis_url="redis://127.0.0.1:$redis_port" cluster_ports=""
+  if [ "${STRATA_REDIS_CLUSTER:-0}" -ge 3 ] 2>/dev/null; then
+    # A Redis Cluster of N masters on free ports; the first is also STRATA_REDIS_PORT.
+    local p nodes="" i
+    cluster_ports=$redis_port
+    for i in $(seq 2 "$STRATA_REDIS_CLUSTER"); do cluster_ports="$cluster_ports $(free_port)"; done
+    for p in $cluster_ports; do
+      mkdir -p "$DIR/redis/$p"
+      redis-server --port "$p" --bind 127.0.0.1 --daemonize yes --dir "$DIR/redis/$p" --cluster-enabled yes \
+        --cluster-config-file nodes.conf --cluster-node-timeout 3000 --save "" --appendonly yes \
+        --appendfsync everysec --pidfile "$DIR/run/redis-$p.pid" --logfile "$DIR/logs/redis-$p.log"
+      nodes="$nodes 127.0.0.1:$p"
+    done
+    nodes=${nodes# }
+    redis_url="redis://${nodes// /,}"
+    for p in $cluster_ports; do
+      for _ in $(seq 1 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    done
+    # shellcheck disable=SC2086
+    redis-cli --cluster create $nodes --cluster-replicas 0 --cluster-yes >"$DIR/logs/redis-cluster.log" 2>&1 ||
+      { echo "stack: redis cluster create failed" >&2; cat "$DIR/logs/redis-cluster.log" >&2; exit 1; }
+    for p in $cluster_ports; do
+      for i in $(seq 1 100); do
+        redis-cli -p "$p" cluster info 2>/dev/null | grep -q 'cluster_state:ok' && break
+        [ "$i" -eq 100 ] && { echo "stack: redis cluster node $p not ok" >&2; exit 1; }
+        sleep 0.1
+      done
+    done
+  else
+    redis-server --port "$redis_port" --bind 127.0.0.1 --daemonize yes --dir "$DIR/redis" \
+      --save "" --appendonly yes --appendfsync everysec --pidfile "$DIR/run/redis.pid" --logfile "$DIR/logs/redis.log"
+  fi
 
   {
     echo "# strata local stack — source me: . $DIR/env"
@@ -126,8 +161,9 @@ up() {
     echo "export STRATA_SOURCE_DSN='$pg dbname=source'"
     echo "export STRATA_PG_ADMIN_DSN='$pg'"
     echo "export STRATA_PG_PORT=$pg_port"
-    echo "export STRATA_REDIS_URL=redis://127.0.0.1:$redis_port"
+    echo "export STRATA_REDIS_URL=$redis_url"
     echo "export STRATA_REDIS_PORT=$redis_port"
+    echo "export STRATA_REDIS_CLUSTER_PORTS='$cluster_ports'"
     if [ "$LAKE" = s3 ]; then
       echo "export STRATA_LAKE_ROOT=s3://strata-lake/lake"
       echo "export STRATA_S3_ENDPOINT=http://127.0.0.1:$s3_port"

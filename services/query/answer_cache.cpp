@@ -18,6 +18,8 @@ namespace {
 
 // One round trip: read the published version and the entry cached under it. An empty reply
 // means the version key is gone (Redis restarted empty): it is derived again from the warehouse.
+// On a Redis Cluster the entry lives in another slot than the version, which a script may not
+// touch: there the two are read one after the other (below).
 const char* kLookupScript =
     "local v = redis.call('GET', KEYS[1]) "
     "if not v then return {} end "
@@ -98,7 +100,13 @@ QueryCore::Lookup QueryCore::LookUp(const Call& call, const ApiEndpoint& e, cons
   }
   try {
     if (published) {
-      const RedisReply r = Redis().Command({"EVAL", kLookupScript, "1", kPublishVersionKey, suffix});
+      RedisReply r;
+      if (!Redis().cluster()) {
+        r = Redis().Command({"EVAL", kLookupScript, "1", kPublishVersionKey, suffix});
+      } else if (RedisReply v = Redis().Command({"GET", kPublishVersionKey}); v.type == RedisReply::kString) {
+        r.type = RedisReply::kArray;
+        r.elements = {v, Redis().Command({"GET", "strata:q:v" + v.str + ":" + suffix})};
+      }
       if (r.type == RedisReply::kArray && !r.elements.empty()) {
         l.version = r.elements[0].str;
       } else if (const auto v = WarehouseVersion()) {

@@ -55,6 +55,10 @@ TEST(Config, BadValuesFailFast) {
   EXPECT_EQ(ErrorOf("", {{"STRATA_REDIS_URL", "http://x:1"}}),
             "config redis_url (or STRATA_REDIS_URL): expected redis://host:port, got \"http://x:1\"");
   EXPECT_NE(ErrorOf("a: [1, 2\n").find("not valid YAML"), std::string::npos);
+  // Seed nodes of a Redis Cluster: each one checked, the bad one named.
+  EXPECT_EQ(ErrorOf("", {{"STRATA_REDIS_URL", "redis://a:7000,b:7001"}}), "");
+  EXPECT_EQ(ErrorOf("", {{"STRATA_REDIS_URL", "redis://a:7000,b"}}),
+            "config redis_url (or STRATA_REDIS_URL): expected host:port, got \"b\"");
 }
 
 }  // namespace

@@ -1,0 +1,162 @@
+"""The bus on a Redis Cluster: the demo pipeline on a stack whose Redis is a three-master cluster
+(STRATA_REDIS_CLUSTER=3), with a live reshard in the middle.
+
+  - a day runs through every service with the cluster's nodes as seeds; the fact holds exactly
+    the source's lines of the day; strata's keys (streams, leases, the serving version, cached
+    answers) are spread over more than one node, each on the node that owns its slot;
+  - every slot of the node holding strata:batches moves to another node while the services run
+    (redis-cli --cluster reshard): the next day runs to the same exact numbers, the streams now
+    answered by their new owner (the services followed MOVED, nobody was restarted);
+  - an answer is cached in the cluster and served again from it.
+
+Environment: STRATA_BUILD_BIN (default <repo>/build/bin). Run with /usr/bin/python3.
+"""
+import json
+import os
+import subprocess
+import urllib.request
+
+from own_stack import FAILURES, check, clean_env, query, run_on_own_stack, step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.abspath(os.environ.get("STRATA_BUILD_BIN") or os.path.join(ROOT, "build", "bin"))
+D1, D2 = "2024-01-02", "2024-01-03"
+ENV = {}
+
+
+def run(*args, timeout=600):
+    p = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout, env=ENV)
+    return p.returncode, p.stdout, p.stderr
+
+
+def cli(port, *args):
+    rc, out, err = run("redis-cli", "-p", str(port), *args)
+    if rc != 0:
+        raise RuntimeError(f"redis-cli -p {port} {' '.join(args)}: {err}")
+    return out.strip()
+
+
+def ports():
+    return ENV["STRATA_REDIS_CLUSTER_PORTS"].split()
+
+
+def node_ids():
+    """{port: node id} from CLUSTER NODES."""
+    out = {}
+    for line in cli(ports()[0], "cluster", "nodes").splitlines():
+        f = line.split()
+        out[f[1].split("@")[0].rsplit(":", 1)[1]] = f[0]
+    return out
+
+
+def owner_of(key):
+    """The port of the node that owns `key`'s slot, from the cluster itself."""
+    slot = int(cli(ports()[0], "cluster", "keyslot", key))
+    for line in cli(ports()[0], "cluster", "nodes").splitlines():
+        f = line.split()
+        if "master" not in f[2]:
+            continue
+        for part in f[8:]:
+            lo, _, hi = part.partition("-")
+            if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                return f[1].split("@")[0].rsplit(":", 1)[1]
+    return None
+
+
+def keys_on(port):
+    return set(cli(port, "--scan").split())
+
+
+def source_lines(day):
+    return query(ENV["STRATA_SOURCE_DSN"],
+                 "SELECT count(*), coalesce(sum(quantity * unit_price), 0)::text FROM shop.order_items "
+                 "WHERE updated_at >= %s::date AND updated_at < %s::date + 1", (day, day))[0]
+
+
+def fact_lines(day):
+    return query(ENV["STRATA_PG_DSN"],
+                 "SELECT count(*), coalesce(sum(amount), 0)::text FROM dwh.fact_sales "
+                 "WHERE date_key = to_char(%s::date, 'YYYYMMDD')::int AND NOT is_deleted", (day,))[0]
+
+
+def run_day(day):
+    run(f"{BIN}/strata-source-sim", "advance", "--through", day)
+    rc, out, err = run(f"{BIN}/stratactl", "--json", "run", "--date", day, "--timeout", "400")
+    state = json.loads(out)["state"] if rc == 0 and out.strip() else f"rc={rc} {err.strip()[:300]}"
+    check(state == "succeeded", f"{day} runs on the cluster (state {state})")
+    src, fact = source_lines(day), fact_lines(day)
+    check(src == fact and src[0] > 0, f"{day}: dwh.fact_sales holds the source's {src[0]} lines, sum {src[1]} (has {fact})")
+
+
+def http(path):
+    req = urllib.request.Request(f"http://{ENV['STRATA_QUERY_HTTP']}{path}",
+                                 headers={"Authorization": f"Bearer {ENV['STRATA_QUERY_TOKEN']}"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.status, json.loads(r.read())
+
+
+def scenario():
+    step("the stack's bus is a three-master cluster")
+    check(len(ports()) == 3 and ENV["STRATA_REDIS_URL"].count(",") == 2,
+          f"three nodes, all seeds in STRATA_REDIS_URL ({ENV['STRATA_REDIS_URL']})")
+    check(all("cluster_state:ok" in cli(p, "cluster", "info") for p in ports()), "cluster_state:ok on every node")
+
+    step(f"{D1} runs through every service")
+    run_day(D1)
+    placed = {p: keys_on(p) for p in ports()}
+    used = [p for p in ports() if placed[p]]
+    check(len(used) >= 2, f"strata's keys are spread over {len(used)} nodes ({ {p: len(k) for p, k in placed.items()} })")
+    misplaced = [(k, p) for p in ports() for k in placed[p] if owner_of(k) != p]
+    check(not misplaced, f"every key sits on the node owning its slot (misplaced: {misplaced[:3]})")
+    for stream in ("strata:batches", "strata:events"):
+        check(stream in placed.get(owner_of(stream), set()), f"{stream} is on its owner {owner_of(stream)}")
+
+    step("an answer is cached in the cluster")
+    status, first = http(f"/analytics/sales/daily?from={D1}&to={D2}")
+    status2, again = http(f"/analytics/sales/daily?from={D1}&to={D2}")
+    cached = [k for p in ports() for k in keys_on(p) if k.startswith("strata:q:")]
+    same = {k: v for k, v in first.items() if k != "cached"} == {k: v for k, v in again.items() if k != "cached"}
+    check(status == status2 == 200 and same and again.get("cached") is True and cached,
+          f"the daily sales answer twice the same, the second from the cache (cached={again.get('cached')}), "
+          f"kept under {cached[:1]}")
+
+    step("every slot of the node holding strata:batches moves to another node, services running")
+    src = owner_of("strata:batches")
+    dst = next(p for p in ports() if p != src)
+    ids = node_ids()
+    owned = 0
+    for line in cli(ports()[0], "cluster", "nodes").splitlines():
+        f = line.split()
+        if f[0] == ids[src]:
+            for part in f[8:]:
+                lo, _, hi = part.partition("-")
+                if lo.isdigit():
+                    owned += int(hi or lo) - int(lo) + 1
+    rc, out, err = run("redis-cli", "--cluster", "reshard", f"127.0.0.1:{src}", "--cluster-from", ids[src],
+                       "--cluster-to", ids[dst], "--cluster-slots", str(owned), "--cluster-yes", timeout=300)
+    check(rc == 0, f"reshard of {owned} slots {src} -> {dst} ({err.strip()[-200:]})")
+    check(owner_of("strata:batches") == dst, f"strata:batches now belongs to {owner_of('strata:batches')}")
+
+    step(f"{D2} runs after the reshard, nobody restarted")
+    run_day(D2)
+    check("strata:batches" in keys_on(dst) and "strata:batches" not in keys_on(src),
+          f"strata:batches answered by its new owner {dst}")
+    status, after = http(f"/analytics/sales/daily?from={D1}&to={D2}")
+    check(status == 200 and D2 in json.dumps(after) and D1 in json.dumps(after),
+          f"the API answers after the reshard, both days in its answer ({json.dumps(after)[:160]})")
+
+
+def main():
+    def prepare(stack_dir):
+        return {"STRATA_REDIS_CLUSTER": "3"}
+
+    def with_stack(env, webhook):
+        global ENV
+        ENV = env
+        scenario()
+
+    run_on_own_stack(ROOT, BIN, "strata-cluster-", clean_env(), [], with_stack, FAILURES, prepare)
+
+
+if __name__ == "__main__":
+    main()
