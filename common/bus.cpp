@@ -2,6 +2,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "common/errors.h"
@@ -173,23 +174,35 @@ RedisReply RedisClient::Command(const std::vector<std::string>& argv) {
     if (key && slots_[static_cast<size_t>(KeySlot(*key))]) target = slots_[static_cast<size_t>(KeySlot(*key))];
   }
   bool asking = false;
-  for (int hop = 0;; ++hop) {
+  // A failover (a master gone, its replica not yet promoted: connection refused, CLUSTERDOWN,
+  // TRYAGAIN) lasts about the cluster's node timeout: commands wait it out, re-reading the slot
+  // map, for up to kFailoverWindow before the error reaches the caller.
+  constexpr auto kFailoverWindow = std::chrono::seconds(20);
+  const auto deadline = std::chrono::steady_clock::now() + kFailoverWindow;
+  auto wait_and_remap = [&](int attempt) {
+    if (!cluster_ || std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::min(100 * (1 << std::min(attempt, 4)), 1000)));
+    RefreshSlotsLocked();
+    Node* owner = key ? slots_[static_cast<size_t>(KeySlot(*key))] : nullptr;
+    if (owner) target = owner;
+    asking = false;
+    return true;
+  };
+  for (int hop = 0, waits = 0;; ++hop) {
     redisReply* r = nullptr;
     try {
       r = static_cast<redisReply*>(SendLocked(*target, argv, asking));
     } catch (const EnvError&) {
-      // A cluster node that stopped answering: its replica may own the slot by now.
-      if (!cluster_ || hop >= 5 || !RefreshSlotsLocked()) throw;
-      std::this_thread::sleep_for(std::chrono::milliseconds(200 * (hop + 1)));
-      Node* owner = key ? slots_[static_cast<size_t>(KeySlot(*key))] : nullptr;
-      target = owner ? owner : target;
-      asking = false;
+      if (!wait_and_remap(waits++)) throw;
       continue;
     }
     if (r->type == REDIS_REPLY_ERROR) {
       const std::string why(r->str, r->len);
       freeReplyObject(r);
-      const auto redirect = cluster_ && hop < 5 ? ParseRedirect(why) : std::nullopt;
+      if (cluster_ && (why.rfind("CLUSTERDOWN", 0) == 0 || why.rfind("TRYAGAIN", 0) == 0)) {
+        if (wait_and_remap(waits++)) continue;
+      }
+      const auto redirect = cluster_ && hop < 16 ? ParseRedirect(why) : std::nullopt;
       if (!redirect) throw EnvError("redis " + argv[0] + ": " + why);
       Node& to = NodeLocked(redirect->node.host, redirect->node.port);
       if (!redirect->ask) {
@@ -262,17 +275,19 @@ void VersionWatcher::Observe(long long v) {
 
 void VersionWatcher::Loop() {
   RedisClient probe(url_, 500);
-  // Published messages reach every node of a cluster: the first seed is as good as any.
-  const RedisNode seed = ParseRedisUrl(url_)[0];
-  const std::string host = seed.host;
-  const int port = seed.port;
+  // Published messages reach every node of a cluster: any seed that answers will do, the next
+  // one when it stops answering.
+  const std::vector<RedisNode> seeds = ParseRedisUrl(url_);
+  size_t next_seed = 0;
   auto last_authority = std::chrono::steady_clock::time_point{};
   while (!stop_) {
+    const RedisNode& seed = seeds[next_seed % seeds.size()];
     // Subscribe first, then read the key: a bump between the two is seen either way.
     timeval connect_tv{0, 500000};
-    redisContext* c = redisConnectWithTimeout(host.c_str(), port, connect_tv);
+    redisContext* c = redisConnectWithTimeout(seed.host.c_str(), seed.port, connect_tv);
     if (!c || c->err) {
       if (c) redisFree(c);
+      ++next_seed;
       known_ = false;
       std::this_thread::sleep_for(std::chrono::milliseconds(500));
       continue;

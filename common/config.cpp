@@ -68,6 +68,22 @@ const Endpoint& Config::endpoint(const std::string& service) const {
   return it->second;
 }
 
+// "dsn1; dsn2": libpq DSNs hold spaces and '=' but no ';'. Empty parts are dropped.
+std::vector<std::string> SplitDsns(const std::string& value) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  for (;;) {
+    const auto semi = value.find(';', start);
+    std::string part = value.substr(start, semi == std::string::npos ? std::string::npos : semi - start);
+    part.erase(0, part.find_first_not_of(" \t"));
+    part.erase(part.find_last_not_of(" \t") + 1);
+    if (!part.empty()) out.push_back(part);
+    if (semi == std::string::npos) break;
+    start = semi + 1;
+  }
+  return out;
+}
+
 void ValidateHostPort(const std::string& value, const std::string& what) {
   const auto colon = value.rfind(':');
   bool ok = colon != std::string::npos && colon > 0 && colon + 1 < value.size();
@@ -96,6 +112,7 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
       if (key == "warehouse_dsn") c.warehouse_dsn = Scalar(kv.second, path);
       else if (key == "source_dsn") c.source_dsn = Scalar(kv.second, path);
       else if (key == "redis_url") c.redis_url = Scalar(kv.second, path);
+      else if (key == "query_replica_dsns") c.query_replica_dsns = SplitDsns(Scalar(kv.second, path));
       else if (key == "lake_root") c.lake_root = Scalar(kv.second, path);
       else if (key == "pipeline_spec") c.pipeline_spec = Scalar(kv.second, path);
       else if (key == "webhook_url") c.webhook_url = Scalar(kv.second, path);
@@ -157,6 +174,7 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
   override_str("STRATA_LAKE_ROOT", c.lake_root);
   override_str("STRATA_PIPELINE_SPEC", c.pipeline_spec);
   override_str("STRATA_WEBHOOK_URL", c.webhook_url);
+  if (const char* v = env("STRATA_QUERY_REPLICA_DSNS")) c.query_replica_dsns = SplitDsns(v);
   for (const char* role : {"analyst", "scientist", "engineer"}) {
     std::string var = std::string("STRATA_") + role + "_PASSWORD";
     for (auto& ch : var) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));

@@ -39,6 +39,9 @@ struct Config {
   // Ingest pauses while a bus stream it feeds holds this many entries (backpressure).
   int bus_high_water = 2000;
   int query_cache_ttl_seconds = 300;
+  // Hot standbys of the warehouse the query service reads published answers from, as libpq
+  // DSNs separated by ';' (services/query/replicas.h). Empty: every read goes to the primary.
+  std::vector<std::string> query_replica_dsns;
   // API tokens of the query service, token -> role (analyst | viewer). Environment only
   // (STRATA_QUERY_TOKENS="tokA:analyst,tokB:viewer"): secrets never live in the file.
   // Empty: authentication is off (a warning is logged at start-up).
@@ -85,5 +88,7 @@ Config LoadConfig(const std::string& path);
 
 // host:port check used for every address; throws InputError naming `what`.
 void ValidateHostPort(const std::string& value, const std::string& what);
+// "dsn1; dsn2" -> {"dsn1", "dsn2"} (query_replica_dsns): trimmed, empty parts dropped.
+std::vector<std::string> SplitDsns(const std::string& value);
 
 }  // namespace strata

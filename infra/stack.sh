@@ -11,7 +11,12 @@
 #
 # STRATA_REDIS_CLUSTER=N (N >= 3) runs the bus on a Redis Cluster of N masters instead of one
 # Redis (redis-server --cluster-enabled, redis-cli --cluster create); STRATA_REDIS_URL then
-# lists every node as seeds and STRATA_REDIS_CLUSTER_PORTS holds their ports.
+# lists every node as seeds and STRATA_REDIS_CLUSTER_PORTS holds their ports;
+# STRATA_REDIS_CLUSTER_REPLICAS=R (default 0) gives each master R replicas (N*(1+R) nodes).
+#
+# STRATA_PG_REPLICA=1 adds a hot standby of the warehouse server (pg_basebackup -R, streaming
+# replication) on a free port: STRATA_PG_REPLICA_DSN, and STRATA_QUERY_REPLICA_DSNS so the query
+# service reads published answers from it.
 #
 # `up` writes DIR/env (shell-sourceable): STRATA_PG_DSN, STRATA_SOURCE_DSN, STRATA_REDIS_URL,
 # STRATA_LAKE_ROOT, STRATA_SOURCE_HTTP, STRATA_<SERVICE>_GRPC / _METRICS, ... Logs go to DIR/logs.
@@ -74,6 +79,9 @@ down() {
   fi
   local pgdir
   pgdir=$(cat "$DIR/pgdir" 2>/dev/null || true)
+  if [ -n "$pgdir" ] && [ -f "$pgdir/replica/postmaster.pid" ]; then
+    as_pg "$PGBIN/pg_ctl" -D "$pgdir/replica" -m fast -w stop >/dev/null || true
+  fi
   if [ -n "$pgdir" ] && [ -f "$pgdir/data/postmaster.pid" ]; then
     as_pg "$PGBIN/pg_ctl" -D "$pgdir/data" -m fast -w stop >/dev/null || true
   fi
@@ -121,13 +129,24 @@ up() {
     done
   fi
   psql "$pg dbname=postgres" -qAtc "CREATE DATABASE warehouse" -c "CREATE DATABASE source" >/dev/null
+  local replica_port=""
+  if [ "${STRATA_PG_REPLICA:-0}" = 1 ]; then
+    # A hot standby streaming from the server above (initdb's trust rules admit replication
+    # connections on loopback).
+    replica_port=$(free_port)
+    as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$pg_port" -U postgres -D "$pgdir/replica" -R -X stream \
+      >"$DIR/logs/pg_basebackup.log" 2>&1 || { echo "stack: pg_basebackup failed" >&2; cat "$DIR/logs/pg_basebackup.log" >&2; exit 1; }
+    as_pg "$PGBIN/pg_ctl" -D "$pgdir/replica" -l "$pgdir/replica.log" -w -t 60 start \
+      -o "-p $replica_port -k $pgdir -c listen_addresses=127.0.0.1 -c hot_standby=on -c max_connections=200" >/dev/null
+  fi
 
   local redis_url="redis://127.0.0.1:$redis_port" cluster_ports=""
   if [ "${STRATA_REDIS_CLUSTER:-0}" -ge 3 ] 2>/dev/null; then
     # A Redis Cluster of N masters on free ports; the first is also STRATA_REDIS_PORT.
     local p nodes="" i
     cluster_ports=$redis_port
-    for i in $(seq 2 "$STRATA_REDIS_CLUSTER"); do cluster_ports="$cluster_ports $(free_port)"; done
+    local replicas=${STRATA_REDIS_CLUSTER_REPLICAS:-0}
+    for i in $(seq 2 $((STRATA_REDIS_CLUSTER * (1 + replicas)))); do cluster_ports="$cluster_ports $(free_port)"; done
     for p in $cluster_ports; do
       mkdir -p "$DIR/redis/$p"
       redis-server --port "$p" --bind 127.0.0.1 --daemonize yes --dir "$DIR/redis/$p" --cluster-enabled yes \
@@ -141,7 +160,7 @@ up() {
       for _ in $(seq 1 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
     done
     # shellcheck disable=SC2086
-    redis-cli --cluster create $nodes --cluster-replicas 0 --cluster-yes >"$DIR/logs/redis-cluster.log" 2>&1 ||
+    redis-cli --cluster create $nodes --cluster-replicas "$replicas" --cluster-yes >"$DIR/logs/redis-cluster.log" 2>&1 ||
       { echo "stack: redis cluster create failed" >&2; cat "$DIR/logs/redis-cluster.log" >&2; exit 1; }
     for p in $cluster_ports; do
       for i in $(seq 1 100); do
@@ -161,6 +180,11 @@ up() {
     echo "export STRATA_SOURCE_DSN='$pg dbname=source'"
     echo "export STRATA_PG_ADMIN_DSN='$pg'"
     echo "export STRATA_PG_PORT=$pg_port"
+    if [ -n "$replica_port" ]; then
+      echo "export STRATA_PG_REPLICA_PORT=$replica_port"
+      echo "export STRATA_PG_REPLICA_DSN='host=127.0.0.1 port=$replica_port user=postgres dbname=warehouse'"
+      echo "export STRATA_QUERY_REPLICA_DSNS='host=127.0.0.1 port=$replica_port user=postgres dbname=warehouse'"
+    fi
     echo "export STRATA_REDIS_URL=$redis_url"
     echo "export STRATA_REDIS_PORT=$redis_port"
     echo "export STRATA_REDIS_CLUSTER_PORTS='$cluster_ports'"

@@ -186,14 +186,16 @@ grpc::Status QueryCore::Cached(const Call& call, const ApiEndpoint& e, const std
       l.redis_ok = false;
     }
   }
-  const grpc::Status st = FromWarehouse(call, !e.params.empty() || e.paged, reply, fill);
+  const grpc::Status st = FromWarehouse(call, !e.params.empty() || e.paged,
+                                        e.cache == "published" ? std::optional(std::stoll(l.version)) : std::nullopt, reply, fill);
   if (st.ok() && e.cache == "published") reply->set_version(std::stoll(l.version));
   const std::string bytes = st.ok() ? reply->SerializeAsString() : "";
   if (st.ok() && l.redis_ok) Store(e, l.key, bytes);
   return finish(st, bytes);
 }
 
-grpc::Status QueryCore::FromWarehouse(const Call& call, bool has_params, pb::CallReply* reply, const Fill& fill) {
+grpc::Status QueryCore::FromWarehouse(const Call& call, bool has_params, std::optional<long long> version,
+                                      pb::CallReply* reply, const Fill& fill) {
   if (Clock::now() >= call.deadline) return {grpc::StatusCode::DEADLINE_EXCEEDED, "deadline already passed"};
   if (auto shed = Admit(call); !shed.ok()) return shed;
   // Admitted: the slot is held until the warehouse answered (or failed).
@@ -209,13 +211,15 @@ grpc::Status QueryCore::FromWarehouse(const Call& call, bool has_params, pb::Cal
   if (remaining <= 0) return {grpc::StatusCode::DEADLINE_EXCEEDED, "deadline passed while waiting for a warehouse slot"};
   try {
     metrics_.backend.Add({{"method", call.method}}).Increment();
-    pool_.With([&](pqxx::connection& c) {
-      reply->Clear();  // a retry on a fresh connection starts over
+    const auto read = [&](pqxx::connection& c) {
+      reply->Clear();  // a retry on a fresh connection (or on the primary) starts over
       pqxx::read_transaction tx(c);
       // One round trip for both settings; the deadline becomes the statement timeout.
       tx.exec("SET LOCAL TIME ZONE 'UTC'; SET LOCAL statement_timeout = " + std::to_string(remaining));
       fill(tx);
-    });
+    };
+    if (version) replicas_.Read(*version, read);
+    else replicas_.ReadPrimary(read);
     return grpc::Status::OK;
   } catch (const std::exception& e) {
     reply->Clear();

@@ -29,6 +29,7 @@ QueryCore::QueryCore(const Config& config, std::vector<ApiEndpoint> endpoints, s
               metrics_.reconnects.Add({}).Increment();
               spdlog::warn("warehouse connection replaced: {}", why);
             }),
+      replicas_(config.query_replica_dsns, pool_, registry),
       gate_(config.query_max_backend, config.query_max_queue, std::chrono::milliseconds(config.query_queue_wait_ms)),
       max_in_flight_(std::max(1, config.grpc_max_threads * 3 / 4)),
       local_(config.query_cache_ttl_seconds),

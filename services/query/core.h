@@ -29,6 +29,7 @@
 #include "services/query/admission.h"
 #include "services/query/local_cache.h"
 #include "services/query/query_metrics.h"
+#include "services/query/replicas.h"
 #include "strata.pb.h"
 
 namespace strata::query {
@@ -44,8 +45,14 @@ class QueryCore {
  public:
   QueryCore(const Config& config, std::vector<ApiEndpoint> endpoints, std::string pipeline, prometheus::Registry& registry);
 
-  void Start() { version_.Start(); }
-  void Stop() { version_.Stop(); }
+  void Start() {
+    version_.Start();
+    replicas_.Start();
+  }
+  void Stop() {
+    replicas_.Stop();
+    version_.Stop();
+  }
   const std::vector<ApiEndpoint>& endpoints() const { return endpoints_; }
 
   // One call of `req.endpoint()`: the rows, or a status a client can act on (NOT_FOUND,
@@ -72,7 +79,10 @@ class QueryCore {
   // answer_cache.cpp
   grpc::Status Cached(const Call& call, const ApiEndpoint& e, const std::string& params, v1::CallReply* reply, const Fill& fill);
   Lookup LookUp(const Call& call, const ApiEndpoint& e, const std::string& params, v1::CallReply* reply);
-  grpc::Status FromWarehouse(const Call& call, bool has_params, v1::CallReply* reply, const Fill& fill);
+  // `version`: the publish version a published answer belongs to (read from a replica that has
+  // replayed it, or the primary); nullopt reads the primary.
+  grpc::Status FromWarehouse(const Call& call, bool has_params, std::optional<long long> version, v1::CallReply* reply,
+                             const Fill& fill);
   void Store(const ApiEndpoint& e, const std::string& key, const std::string& bytes);
   std::optional<long long> WarehouseVersion();
   grpc::Status Admit(const Call& call);
@@ -85,7 +95,8 @@ class QueryCore {
   Metrics metrics_;
   RequestSeries series_;
   prometheus::Counter* hit_local_ = nullptr;
-  PgPool pool_;          // every warehouse query, the published version included
+  PgPool pool_;          // the primary: the published version, realtime reads, replicas behind
+  ReplicaSet replicas_;  // hot standbys for published answers (query_replica_dsns)
   AdmissionGate gate_;   // the endpoints' warehouse queries (not the version lookups)
   std::atomic<int> in_flight_{0};
   const int max_in_flight_;
