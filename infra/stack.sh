@@ -134,7 +134,7 @@ up() {
     # A hot standby streaming from the server above (initdb's trust rules admit replication
     # connections on loopback).
     replica_port=$(free_port)
-    as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$pg_port" -U postgres -D "$pgdir/replica" -R -X stream \
+    as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$pg_port" -U postgres -D "$pgdir/replica" -R -X stream --checkpoint=fast \
       >"$DIR/logs/pg_basebackup.log" 2>&1 || { echo "stack: pg_basebackup failed" >&2; cat "$DIR/logs/pg_basebackup.log" >&2; exit 1; }
     as_pg "$PGBIN/pg_ctl" -D "$pgdir/replica" -l "$pgdir/replica.log" -w -t 60 start \
       -o "-p $replica_port -k $pgdir -c listen_addresses=127.0.0.1 -c hot_standby=on -c max_connections=200" >/dev/null
