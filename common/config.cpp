@@ -17,12 +17,12 @@ namespace {
 
 const std::map<std::string, Endpoint>& DefaultEndpoints() {
   static const std::map<std::string, Endpoint> kDefaults = {
-      {"ingest", {"127.0.0.1:50051", "127.0.0.1:9101", ""}},
-      {"lake_export", {"127.0.0.1:50052", "127.0.0.1:9102", ""}},
-      {"warehouse_loader", {"127.0.0.1:50053", "127.0.0.1:9103", ""}},
-      {"quality", {"127.0.0.1:50054", "127.0.0.1:9104", ""}},
-      {"query", {"127.0.0.1:50055", "127.0.0.1:9105", "127.0.0.1:8085"}},
-      {"controller", {"127.0.0.1:50056", "127.0.0.1:9106", "127.0.0.1:8086"}},
+      {"ingest", {"127.0.0.1:50051", "127.0.0.1:9101", "", ""}},
+      {"lake_export", {"127.0.0.1:50052", "127.0.0.1:9102", "", ""}},
+      {"warehouse_loader", {"127.0.0.1:50053", "127.0.0.1:9103", "", ""}},
+      {"quality", {"127.0.0.1:50054", "127.0.0.1:9104", "", ""}},
+      {"query", {"127.0.0.1:50055", "127.0.0.1:9105", "127.0.0.1:8085", ""}},
+      {"controller", {"127.0.0.1:50056", "127.0.0.1:9106", "127.0.0.1:8086", ""}},
   };
   return kDefaults;
 }
@@ -156,7 +156,8 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
             if (fk == "grpc") it->second.grpc = Scalar(f.second, fpath);
             else if (fk == "metrics") it->second.metrics = Scalar(f.second, fpath);
             else if (fk == "http") it->second.http = Scalar(f.second, fpath);
-            else throw InputError("config " + fpath + ": unknown key (known: grpc, metrics, http)");
+            else if (fk == "dial") it->second.dial = Scalar(f.second, fpath);
+            else throw InputError("config " + fpath + ": unknown key (known: grpc, metrics, http, dial)");
           }
         }
       } else {
@@ -219,6 +220,7 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
     override_str((prefix + "GRPC").c_str(), ep.grpc);
     override_str((prefix + "METRICS").c_str(), ep.metrics);
     override_str((prefix + "HTTP").c_str(), ep.http);
+    override_str((prefix + "DIAL").c_str(), ep.dial);
   }
 
   // Validation after overrides: the effective values are what must be right.
@@ -242,8 +244,32 @@ Config ParseConfig(const std::string& yaml_text, const std::string& origin, cons
     ValidateHostPort(ep.grpc, "config services." + name + ".grpc");
     ValidateHostPort(ep.metrics, "config services." + name + ".metrics");
     if (!ep.http.empty()) ValidateHostPort(ep.http, "config services." + name + ".http");
+    if (!ep.dial.empty() && ep.dial.find("://") == std::string::npos && ep.dial.find(':') != std::string::npos &&
+        ep.dial.rfind("ipv4:", 0) != 0 && ep.dial.rfind("ipv6:", 0) != 0 && ep.dial.rfind("unix:", 0) != 0) {
+      const std::string what = "config services." + name + ".dial (or STRATA_" + Upper(name) + "_DIAL)";
+      const bool several = ep.dial.find(',') != std::string::npos;
+      for (size_t start = 0;;) {
+        const auto comma = ep.dial.find(',', start);
+        const std::string addr = ep.dial.substr(start, comma - start);
+        ValidateHostPort(addr, what);
+        // A list becomes an ipv4:/ipv6: target, which takes addresses, not names.
+        const std::string host = addr.substr(0, addr.rfind(':'));
+        if (several && host.find_first_not_of("0123456789.") != std::string::npos && host[0] != '[')
+          throw InputError(what + ": a list takes IP addresses, got \"" + host + "\" (for names use dns:///name:port)");
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+      }
+    }
   }
   return c;
+}
+
+std::string GrpcTarget(const Endpoint& ep) {
+  if (ep.dial.empty()) return ep.grpc;
+  if (ep.dial.find(',') == std::string::npos || ep.dial.find(':') == ep.dial.find("://") ||
+      ep.dial.rfind("ipv4:", 0) == 0 || ep.dial.rfind("ipv6:", 0) == 0)
+    return ep.dial;
+  return (ep.dial[0] == '[' ? "ipv6:" : "ipv4:") + ep.dial;
 }
 
 Config LoadConfig(const std::string& path) {

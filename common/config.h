@@ -22,6 +22,10 @@ struct Endpoint {
   std::string grpc;     // host:port the gRPC server listens on / clients dial
   std::string metrics;  // host:port of the Prometheus /metrics listener
   std::string http;     // optional extra HTTP listener (query gateway)
+  // Where clients dial the service when several instances run: host:port[,host:port...] (each
+  // instance listening on its own `grpc`), or a gRPC target such as dns:///loader:50053 whose
+  // name resolves to every instance. Empty: `grpc`. See GrpcTarget.
+  std::string dial;
 };
 
 struct Config {
@@ -88,6 +92,12 @@ Config LoadConfig(const std::string& path);
 
 // host:port check used for every address; throws InputError naming `what`.
 void ValidateHostPort(const std::string& value, const std::string& what);
+// The gRPC target clients dial for `ep`: its `dial` list as an ipv4:/ipv6: target when it names
+// several addresses ("127.0.0.1:1,127.0.0.1:2" -> "ipv4:127.0.0.1:1,127.0.0.1:2"; names need a
+// dns:/// target instead), any other `dial` as given, else its `grpc` address. Channels to it
+// balance calls round robin and skip an instance that stopped answering.
+std::string GrpcTarget(const Endpoint& ep);
+
 // "dsn1; dsn2" -> {"dsn1", "dsn2"} (query_replica_dsns): trimmed, empty parts dropped.
 std::vector<std::string> SplitDsns(const std::string& value);
 

@@ -144,8 +144,12 @@ class ControllerImpl final : public Component, public strata::v1::Controller::Se
     if (config_.warehouse_dsn.empty()) throw InputError("warehouse_dsn (STRATA_PG_DSN) is not configured");
     auto conn = PgConnect(config_.warehouse_dsn);
     RunDdl(*conn, std::string(kDdl) + GovernanceDdl());
+    // Round robin over every instance the target names (one, or several: STRATA_<SVC>_DIAL);
+    // an instance that stops answering is skipped until it reconnects.
     auto channel = [&](const std::string& svc) {
-      return grpc::CreateChannel(config_.endpoint(svc).grpc, grpc::InsecureChannelCredentials());
+      grpc::ChannelArguments args;
+      args.SetLoadBalancingPolicyName("round_robin");
+      return grpc::CreateCustomChannel(GrpcTarget(config_.endpoint(svc)), grpc::InsecureChannelCredentials(), args);
     };
     ingest_ = strata::v1::Ingest::NewStub(channel("ingest"));
     loader_ = strata::v1::WarehouseLoader::NewStub(channel("warehouse_loader"));

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "common/config.h"
 #include "common/time_util.h"
 #include "services/controller/pipeline_check.h"
 #include "strata.grpc.pb.h"
@@ -161,16 +162,22 @@ int RunOne(strata::v1::Controller::Stub& stub, const std::string& address, const
 int main(int argc, char** argv) {
   CLI::App app{"stratactl — run and inspect strata pipelines"};
   app.require_subcommand(1);
-  std::string controller = EnvOr("STRATA_CONTROLLER_GRPC", "127.0.0.1:50056");
-  std::string query_addr = EnvOr("STRATA_QUERY_GRPC", "127.0.0.1:50055");
-  std::string quality_addr = EnvOr("STRATA_QUALITY_GRPC", "127.0.0.1:50054");
+  // Where the services are dialed: STRATA_<SERVICE>_DIAL when they run as several instances
+  // (config.h, GrpcTarget), else their gRPC address.
+  const auto dial = [](const char* service, const char* fallback) {
+    const std::string up = std::string("STRATA_") + service;
+    return strata::GrpcTarget({EnvOr((up + "_GRPC").c_str(), fallback), "", "", EnvOr((up + "_DIAL").c_str(), "")});
+  };
+  std::string controller = dial("CONTROLLER", "127.0.0.1:50056");
+  std::string query_addr = dial("QUERY", "127.0.0.1:50055");
+  std::string quality_addr = dial("QUALITY", "127.0.0.1:50054");
   std::string token = EnvOr("STRATA_QUERY_TOKEN", "");
   bool json = false;
   std::string pipeline;  // empty: the one the controller runs
   int timeout_s = 1800;
-  app.add_option("--controller", controller, "controller gRPC address (env STRATA_CONTROLLER_GRPC)");
-  app.add_option("--query", query_addr, "query gRPC address (env STRATA_QUERY_GRPC)");
-  app.add_option("--quality", quality_addr, "quality gRPC address (env STRATA_QUALITY_GRPC)");
+  app.add_option("--controller", controller, "controller gRPC address (env STRATA_CONTROLLER_DIAL, else STRATA_CONTROLLER_GRPC)");
+  app.add_option("--query", query_addr, "query gRPC address (env STRATA_QUERY_DIAL, else STRATA_QUERY_GRPC)");
+  app.add_option("--quality", quality_addr, "quality gRPC address (env STRATA_QUALITY_DIAL, else STRATA_QUALITY_GRPC)");
   app.add_option("--token", token, "query API token (env STRATA_QUERY_TOKEN)");
   app.add_flag("--json", json, "machine-readable output");
 

@@ -4,7 +4,8 @@ and the defaults in common/config.cpp:
 
   - every strata container gets the settings with no usable default (warehouse DSN, Redis URL,
     every service's gRPC address), and every host they name (postgres, redis, minio, source-sim,
-    the services) is a compose service — the service running that binary, for a gRPC address;
+    the services) is a compose service; a service is dialed (STRATA_<SERVICE>_DIAL, else its
+    gRPC address) at the compose service running that binary, on the port it listens on;
   - every target Prometheus scrapes is a compose service running a strata binary, on the port
     that binary serves metrics on (STRATA_<SERVICE>_METRICS, or the code's default), on an
     address another container can reach (not loopback);
@@ -42,7 +43,7 @@ def default_endpoints():
     """{service: (grpc, metrics, http)} from common/config.cpp's DefaultEndpoints."""
     src = open(os.path.join(ROOT, "common", "config.cpp")).read()
     found = dict((m[0], (m[1], m[2], m[3])) for m in
-                 re.findall(r'\{"(\w+)", \{"([^"]*)", "([^"]*)", "([^"]*)"\}\}', src))
+                 re.findall(r'\{"(\w+)", \{"([^"]*)", "([^"]*)", "([^"]*)"(?:, "[^"]*")?\}\}', src))
     assert set(found) == set(SERVICES), f"DefaultEndpoints not understood: {found}"
     return found
 
@@ -92,14 +93,20 @@ def problems(cfg, prometheus, defaults, profile_env=None):
                 if h not in names:
                     out.append(f"{name}: {var} names host '{h}', which is no compose service")
         for b in SERVICES:
-            var = f"STRATA_{b.upper()}_GRPC"
+            var, dvar = f"STRATA_{b.upper()}_GRPC", f"STRATA_{b.upper()}_DIAL"
             value = env.get(var)
             if not value:
                 out.append(f"{name}: {var} is not set (the default {defaults[b][0]} is the container itself)")
                 continue
             host, port = str(value).rsplit(":", 1)
-            if runs.get(b) != host:
-                out.append(f"{name}: {var}={value} but strata-{b.replace('_', '-')} runs in '{runs.get(b)}'")
+            if host not in ("0.0.0.0", runs.get(b)):
+                out.append(f"{name}: {var}={value}: strata-{b.replace('_', '-')} runs in '{runs.get(b)}'")
+            # Clients dial STRATA_<SERVICE>_DIAL (else the listen address): the service's name, its port.
+            dial = str(env.get(dvar) or value)
+            dhost, dport = re.sub(r"^dns:///", "", dial).rsplit(":", 1)
+            if dhost != runs.get(b) or dport != port:
+                out.append(f"{name}: clients dial strata-{b.replace('_', '-')} at {dial}, but it runs in "
+                           f"'{runs.get(b)}' listening on port {port}")
         b = binary_of(s)
         if b and defaults[b][2]:
             http = str(env.get(f"STRATA_{b.upper()}_HTTP") or defaults[b][2])
@@ -186,6 +193,8 @@ def main():
         "a scrape port": lambda c, p: p["scrape_configs"][0]["static_configs"][0].__setitem__(
             "targets", ["ingest:9999"] + p["scrape_configs"][0]["static_configs"][0]["targets"][1:]),
         "a gRPC address": lambda c, p: c["services"]["quality"]["environment"].__setitem__("STRATA_QUERY_GRPC", "quality:50055"),
+        "a dial target": lambda c, p: c["services"]["controller"]["environment"].__setitem__(
+            "STRATA_WAREHOUSE_LOADER_DIAL", "dns:///warehouse-loader:50099"),
         "a DSN host": lambda c, p: c["services"]["ingest"]["environment"].__setitem__("STRATA_PG_DSN", "host=pg dbname=w"),
         "a missing Redis URL": lambda c, p: c["services"]["query"]["environment"].pop("STRATA_REDIS_URL"),
         "an undeclared volume": lambda c, p: c["volumes"].pop(next(iter(c["volumes"]))),

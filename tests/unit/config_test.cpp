@@ -42,9 +42,17 @@ TEST(Config, DefaultsThenFileThenEnv) {
 TEST(Config, UnknownKeyNamesItsPath) {
   EXPECT_EQ(ErrorOf("warehouse_dns: x\n"), "config strata.yaml:warehouse_dns: unknown key");
   EXPECT_EQ(ErrorOf("services:\n  ingest: {grcp: 'a:1'}\n"),
-            "config strata.yaml:services.ingest.grcp: unknown key (known: grpc, metrics, http)");
+            "config strata.yaml:services.ingest.grcp: unknown key (known: grpc, metrics, http, dial)");
   EXPECT_NE(ErrorOf("services:\n  billing: {grpc: 'a:1'}\n").find("services.billing: unknown service"),
             std::string::npos);
+}
+
+TEST(Config, GrpcTargetOfSeveralInstances) {
+  EXPECT_EQ(GrpcTarget({"127.0.0.1:50053", "", "", ""}), "127.0.0.1:50053");
+  EXPECT_EQ(GrpcTarget({"127.0.0.1:50053", "", "", "127.0.0.1:1,127.0.0.1:2"}), "ipv4:127.0.0.1:1,127.0.0.1:2");
+  EXPECT_EQ(GrpcTarget({"127.0.0.1:50053", "", "", "[::1]:1,[::1]:2"}), "ipv6:[::1]:1,[::1]:2");
+  EXPECT_EQ(GrpcTarget({"0.0.0.0:50053", "", "", "dns:///loader:50053"}), "dns:///loader:50053");
+  EXPECT_EQ(GrpcTarget({"0.0.0.0:50053", "", "", "loader:50053"}), "loader:50053");
 }
 
 TEST(Config, BadValuesFailFast) {
@@ -55,6 +63,14 @@ TEST(Config, BadValuesFailFast) {
   EXPECT_EQ(ErrorOf("", {{"STRATA_REDIS_URL", "http://x:1"}}),
             "config redis_url (or STRATA_REDIS_URL): expected redis://host:port, got \"http://x:1\"");
   EXPECT_NE(ErrorOf("a: [1, 2\n").find("not valid YAML"), std::string::npos);
+  // Several instances to dial: addresses in a list, names through a dns:/// target.
+  EXPECT_EQ(ErrorOf("", {{"STRATA_WAREHOUSE_LOADER_DIAL", "127.0.0.1:1,127.0.0.1:2"}}), "");
+  EXPECT_EQ(ErrorOf("", {{"STRATA_WAREHOUSE_LOADER_DIAL", "dns:///loader:50053"}}), "");
+  EXPECT_EQ(ErrorOf("", {{"STRATA_INGEST_DIAL", "127.0.0.1:1,ingest-2:50051"}}),
+            "config services.ingest.dial (or STRATA_INGEST_DIAL): a list takes IP addresses, got \"ingest-2\" "
+            "(for names use dns:///name:port)");
+  EXPECT_EQ(ErrorOf("", {{"STRATA_INGEST_DIAL", "127.0.0.1:1,127.0.0.1"}}),
+            "config services.ingest.dial (or STRATA_INGEST_DIAL): expected host:port, got \"127.0.0.1\"");
   // Seed nodes of a Redis Cluster: each one checked, the bad one named.
   EXPECT_EQ(ErrorOf("", {{"STRATA_REDIS_URL", "redis://a:7000,b:7001"}}), "");
   EXPECT_EQ(ErrorOf("", {{"STRATA_REDIS_URL", "redis://a:7000,b"}}),
