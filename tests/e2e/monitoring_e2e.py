@@ -51,8 +51,8 @@ try:
     check(len(up) == len(SERVICES), f"Prometheus scrapes all {len(SERVICES)} services and every target is up ({len(up)})")
     rules = [r["name"] for g in api(port, "/api/v1/rules")["data"]["groups"] for r in g["rules"]]
     declared = re.findall(r"^\s*- alert: (\w+)", open(os.path.join(ROOT, "infra/prometheus/alerts.yml")).read(), re.M)
-    check(len(declared) == 10 and sorted(rules) == sorted(declared),
-          f"the alerting rules are loaded: every rule of infra/prometheus/alerts.yml, 10 ({rules})")
+    check(len(declared) == 11 and sorted(rules) == sorted(declared),
+          f"the alerting rules are loaded: every rule of infra/prometheus/alerts.yml, 11 ({rules})")
     # rate() and increase() need two samples of a series: wait until every target was scraped a few times.
     samples = lambda: api(port, "/api/v1/query?query=" + urllib.parse.quote("count_over_time(up[5m])"))  # noqa: E731
     check(wait_for(lambda: len(samples()["data"]["result"]) == len(SERVICES) and
