@@ -229,6 +229,25 @@ std::string PgTypeOf(const std::string& type) {
   return "text";
 }
 
+bool CompareParams(const std::string& type, const std::string& left, const std::string& op, const std::string& right) {
+  int cmp = 0;
+  if (type == "integer") {
+    const long long a = std::stoll(left), b = std::stoll(right);
+    cmp = a < b ? -1 : a > b ? 1 : 0;
+  } else if (type == "number") {
+    const double a = std::stod(left), b = std::stod(right);
+    cmp = a < b ? -1 : a > b ? 1 : 0;
+  } else {
+    cmp = left.compare(right) < 0 ? -1 : left.compare(right) > 0 ? 1 : 0;
+  }
+  if (op == "<") return cmp < 0;
+  if (op == "<=") return cmp <= 0;
+  if (op == "=") return cmp == 0;
+  if (op == "!=") return cmp != 0;
+  if (op == ">=") return cmp >= 0;
+  return cmp > 0;
+}
+
 std::string CheckParamValue(const EndpointParam& p, const std::string& v) {
   const std::string got = ", got " + QuoteForMessage(v);
   if (p.type == "integer") {
@@ -272,7 +291,7 @@ std::vector<ApiEndpoint> ParseEndpoints(const YAML::Node& node, const std::strin
     const YAML::Node n = node[i];
     Where w{file, "endpoints[" + std::to_string(i) + "]"};
     OnlyKeys(w, n, "", {"name", "path", "description", "roles", "cache", "staleness_ms", "result", "paging", "params",
-                        "columns", "sql", "sql_file"});
+                        "checks", "columns", "sql", "sql_file"});
     ApiEndpoint e;
     e.file = file;
     e.line = n.Mark().line + 1;
@@ -318,6 +337,25 @@ std::vector<ApiEndpoint> ParseEndpoints(const YAML::Node& node, const std::strin
         if (e.paged && (p.name == "limit" || p.name == "page_token"))
           w.Fail(ps[j], "params", "'" + p.name + "' is the paging's own parameter (declared by paging:)");
         e.params.push_back(std::move(p));
+      }
+    }
+    if (n["checks"]) {
+      const std::vector<std::string> texts = List(w, n["checks"], "checks");
+      for (size_t j = 0; j < texts.size(); ++j) {
+        static const std::regex kCheck(R"(\s*([a-z_][a-z0-9_]*)\s*(<=|>=|!=|<|>|=)\s*([a-z_][a-z0-9_]*)\s*)");
+        const YAML::Node at = n["checks"][j];
+        std::smatch m;
+        if (!std::regex_match(texts[j], m, kCheck))
+          w.Fail(at, "checks", "'" + texts[j] + "' is not 'parameter op parameter' (op: < <= = != >= >)");
+        ParamCheck c{m[1], m[2], m[3], texts[j]};
+        const EndpointParam* l = e.Param(c.left);
+        const EndpointParam* r = e.Param(c.right);
+        for (const auto& [name, p] : {std::pair{c.left, l}, std::pair{c.right, r}})
+          if (!p) w.Fail(at, "checks", "'" + texts[j] + "': '" + name + "' is not a declared parameter");
+        if (l->type != r->type || l->type == "boolean")
+          w.Fail(at, "checks", "'" + texts[j] + "' compares " + l->type + " with " + r->type +
+                                   " (two integers, numbers, dates or texts)");
+        e.checks.push_back(std::move(c));
       }
     }
     if (n["columns"]) {

@@ -15,6 +15,7 @@
 //         - {name: from, type: date, required: true, description: first day}
 //         - {name: status, type: text, enum: [open, shipped]}
 //         - {name: limit, type: integer, default: 10, min: 1, max: 1000}
+//       checks: ["from <= to"]              # optional: comparisons between two parameters
 //       columns: {revenue: sum of the day's lines}   # optional descriptions of result columns
 //       sql: SELECT ds, orders, units, revenue FROM serving.daily_sales
 //            WHERE ds BETWEEN {from} AND {to} ORDER BY ds
@@ -48,6 +49,14 @@ struct EndpointParam {
   std::string description;
 };
 
+// `checks:` entry "left op right": two parameters of one type (integer, number, date, text),
+// op one of < <= = != >= >. A call where both have a value and the comparison is false is
+// refused (INVALID_ARGUMENT / 400) naming both; one absent skips the check.
+struct ParamCheck {
+  std::string left, op, right;
+  std::string text;  // as declared, for messages
+};
+
 struct ApiEndpoint {
   std::string file;  // for messages
   int line = 0;
@@ -61,6 +70,7 @@ struct ApiEndpoint {
   bool paged = false;
   int default_limit = 0, max_limit = 0;  // paged only
   std::vector<EndpointParam> params;  // as declared; a paged endpoint's `limit` and `page_token` are not in it
+  std::vector<ParamCheck> checks;
   std::map<std::string, std::string> columns;  // column -> description
   std::string sql;
   std::vector<std::string> reads;  // schema.table names the SQL reads
@@ -85,6 +95,10 @@ std::vector<ApiEndpoint> ParseEndpoints(const YAML::Node& node, const std::strin
 // The value `text` of parameter `p`, checked: "" when it fits, else why not (without the
 // parameter's name).
 std::string CheckParamValue(const EndpointParam& p, const std::string& text);
+
+// Whether `left op right` holds for two checked values of parameter type `type` (numbers
+// compared as numbers, dates and text as text).
+bool CompareParams(const std::string& type, const std::string& left, const std::string& op, const std::string& right);
 
 // The PostgreSQL type a parameter of `type` is bound as.
 std::string PgTypeOf(const std::string& type);

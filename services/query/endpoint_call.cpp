@@ -38,6 +38,12 @@ BoundCall BindCall(const ApiEndpoint& e, const std::map<std::string, std::string
     // Length-prefixed: no value can pose as another parameter or as an absent one.
     out.cache_key += p.name + (v ? "=" + std::to_string(v->size()) + ":" + *v : "-") + ";";
   }
+  for (const auto& c : e.checks) {
+    const auto& l = effective.at(c.left);
+    const auto& r = effective.at(c.right);
+    if (l && r && !CompareParams(e.Param(c.left)->type, *l, c.op, *r))
+      throw InputError(c.left + ", " + c.right + ": " + c.left + " (" + *l + ") must be " + c.op + " " + c.right + " (" + *r + ")");
+  }
   if (e.paged) {
     out.limit = e.default_limit;
     if (auto it = params.find("limit"); it != params.end() && !it->second.empty()) {

@@ -295,6 +295,8 @@ errors = [
      grpc.StatusCode.INVALID_ARGUMENT, "/analytics/orders/customers?limit=-1", ANALYST, 400),
     ("bad date", lambda: call("daily_sales", **{"from": "2024-02-30", "to": last}),
      grpc.StatusCode.INVALID_ARGUMENT, f"/analytics/sales/daily?from=2024-02-30&to={last}", ANALYST, 400),
+    ("range backwards", lambda: call("daily_sales", **{"from": last, "to": first}),
+     grpc.StatusCode.INVALID_ARGUMENT, f"/analytics/sales/daily?from={last}&to={first}", ANALYST, 400),
     ("unknown status", lambda: call("orders_by_status", status="lost"),
      grpc.StatusCode.INVALID_ARGUMENT, "/analytics/orders?status=lost", ANALYST, 400),
     ("forged page token", lambda: call("orders_by_status", page_token="x1"),
@@ -313,6 +315,9 @@ for what, path, param in [("negative limit", "/analytics/orders/customers?limit=
     status, body = curl(path)
     check(status == 400 and body["error"]["message"].startswith(param + ":"),
           f"{what}: the message names the parameter '{param}' ({body['error']['message']})")
+status, body = curl(f"/analytics/sales/daily?from={last}&to={first}")
+check(status == 400 and body["error"]["message"] == f"from, to: from ({last}) must be <= to ({first})",
+      f"a backwards range names both parameters ({body['error']['message']})")
 # A query stuck behind a lock is cut off at the call's deadline: the client gets DEADLINE_EXCEEDED
 # and the service's statement is cancelled in PostgreSQL while the lock is still held (its
 # statement_timeout is the call's remaining time); once the lock is gone the same call succeeds.

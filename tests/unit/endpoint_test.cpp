@@ -32,6 +32,7 @@ const char* kDaily = R"(
   params:
     - {name: from, type: date, required: true}
     - {name: to, type: date, required: true}
+  checks: ["from <= to"]
   sql: |
     SELECT ds, revenue FROM serving.daily_sales
     WHERE ds BETWEEN {from} AND {to} AND ds >= {from}
@@ -62,6 +63,19 @@ TEST(Endpoint, ParsesDeclarations) {
   EXPECT_EQ(eps[1].default_limit, 5);
   EXPECT_EQ(eps[1].max_limit, 50);
   EXPECT_EQ(*eps[1].Param("min_amount")->default_value, "0");
+}
+
+TEST(Endpoint, RefusesBadChecks) {
+  const std::string head = "- {name: x, path: /x, params: [{name: a, type: date}, {name: b, type: date}, {name: f, type: boolean}, "
+                           "{name: n, type: integer}], sql: 'SELECT {a}, {b}, {f}, {n}', ";
+  EXPECT_EQ(ErrorOf(head + "checks: ['a before b']}"),
+            "p/pipeline.yaml:1: endpoints[0] (x).checks: 'a before b' is not 'parameter op parameter' (op: < <= = != >= >)");
+  EXPECT_EQ(ErrorOf(head + "checks: ['a <= c']}"), "p/pipeline.yaml:1: endpoints[0] (x).checks: 'a <= c': 'c' is not a declared parameter");
+  EXPECT_EQ(ErrorOf(head + "checks: ['a <= n']}"),
+            "p/pipeline.yaml:1: endpoints[0] (x).checks: 'a <= n' compares date with integer (two integers, numbers, dates or texts)");
+  EXPECT_EQ(ErrorOf(head + "checks: ['f = f']}"),
+            "p/pipeline.yaml:1: endpoints[0] (x).checks: 'f = f' compares boolean with boolean (two integers, numbers, dates or texts)");
+  EXPECT_EQ(ErrorOf(head + "checks: ['a<b', 'b >= a']}"), "");
 }
 
 TEST(Endpoint, RefusesWithFileLineAndKey) {
@@ -97,7 +111,7 @@ TEST(Endpoint, RefusesWithFileLineAndKey) {
                     "sql: 'SELECT {limit} ORDER BY 1'}"),
             "p/pipeline.yaml:1: endpoints[0] (x).params: 'limit' is the paging's own parameter (declared by paging:)");
   EXPECT_EQ(ErrorOf("- {name: x, path: /x, colour: red, sql: SELECT 1}"),
-            "p/pipeline.yaml:1: endpoints[0].colour: unknown key (known: cache, columns, description, name, paging, "
+            "p/pipeline.yaml:1: endpoints[0].colour: unknown key (known: cache, checks, columns, description, name, paging, "
             "params, path, result, roles, sql, sql_file, staleness_ms)");
 }
 
@@ -172,6 +186,15 @@ TEST(EndpointCall, RefusesNamingTheParameter) {
   EXPECT_EQ(BindError(eps[1], {{"min_amount", "-1"}}), "min_amount: at least 0, got \"-1\"");
   EXPECT_EQ(BindError(eps[1], {{"min_amount", "1e999"}}), "min_amount: expected a number, got \"1e999\"");
   EXPECT_EQ(BindError(eps[1], {{"page_token", "x1"}}), "page_token: not a token this service issued");
+  // checks: between parameters, once both have a value.
+  EXPECT_EQ(BindError(eps[0], {{"from", "2024-02-01"}, {"to", "2024-01-31"}}),
+            "from, to: from (2024-02-01) must be <= to (2024-01-31)");
+  EXPECT_EQ(BindError(eps[0], {{"from", "2024-01-31"}, {"to", "2024-01-31"}}), "");
+  const auto nums = Parse("- {name: n, path: /n, params: [{name: lo, type: integer}, {name: hi, type: integer}], "
+                          "checks: ['lo < hi'], sql: 'SELECT {lo}, {hi}'}");
+  EXPECT_EQ(BindError(nums[0], {{"lo", "10"}, {"hi", "9"}}), "lo, hi: lo (10) must be < hi (9)");
+  EXPECT_EQ(BindError(nums[0], {{"lo", "9"}, {"hi", "10"}}), "");  // as numbers, not as text
+  EXPECT_EQ(BindError(nums[0], {{"lo", "10"}}), "");                // one absent: not checked
   const auto free_text = Parse("- {name: t, path: /t, params: [{name: a, type: text}], sql: 'SELECT {a}'}");
   EXPECT_EQ(BindError(free_text[0], {{"a", std::string("ab\0cd", 5)}}), "a: expected UTF-8 text without NUL bytes, got \"ab\\x00cd\"");
   EXPECT_EQ(BindError(free_text[0], {{"a", "caf\xc3"}}), "a: expected UTF-8 text without NUL bytes, got \"caf\\xc3\"");
