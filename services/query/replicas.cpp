@@ -94,7 +94,7 @@ int ReplicaSet::Pick(long long version) {
 
 void ReplicaSet::Counted(int i) { replicas_[static_cast<size_t>(i)]->reads->Increment(); }
 
-void ReplicaSet::CountPrimary(const char*) { primary_realtime_->Increment(); }
+void ReplicaSet::CountRealtime() { primary_realtime_->Increment(); }
 
 void ReplicaSet::Failed(int i, const std::string& why) {
   Replica& r = *replicas_[static_cast<size_t>(i)];

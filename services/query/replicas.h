@@ -74,7 +74,7 @@ class ReplicaSet {
   // A read that must see the primary (realtime, uncached): counted as such.
   template <typename Fn>
   void ReadPrimary(Fn&& fn) {
-    CountPrimary("realtime");
+    CountRealtime();
     primary_.With(fn);
   }
 
@@ -91,7 +91,7 @@ class ReplicaSet {
   };
   int Pick(long long version);
   void Counted(int i);
-  void CountPrimary(const char* reason);
+  void CountRealtime();
   void Failed(int i, const std::string& why);
   void Poll();
 
